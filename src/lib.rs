@@ -1,0 +1,7 @@
+//! ninjarec: record every publisher of a VDO.Ninja room to its own in-sync H.264 + Opus
+//! MPEG-TS file.
+//!
+//! Data flows one way: [`signaling`] (room state, who publishes) → one [`peer`] session per
+//! publisher → one task per track → [`mux`] (reorder, depacketize, one A/V clock, TS) →
+//! [`record`] (the file).
+pub mod mux;
