@@ -11,6 +11,9 @@
 //!
 //! Shared vocabulary lives in this file; each stage lives in its own module.
 
+pub mod opus_toc;
+pub mod unwrap;
+
 use bytes::Bytes;
 
 /// Which of the (at most two) tracks of a publisher a packet belongs to.
