@@ -1,0 +1,195 @@
+//! Command-line interface.
+//!
+//! Flag names follow Raspberry Ninja's `publish.py` where the meaning is the same (`--room`,
+//! `--record`, `--record-room`, `--record-streams`, `--password`, `--salt`, `--server`,
+//! `--noaudio`, `--novideo`, `--insecure-signaling`), so a user of that tool can switch without
+//! relearning; everything new is named for what it does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// The official VDO.Ninja handshake server.
+pub const DEFAULT_SERVER: &str = "wss://wss.vdo.ninja:443";
+/// A public STUN server, so publishers behind NAT can reach a recorder behind NAT.
+pub const DEFAULT_STUN: &str = "stun:stun.l.google.com:19302";
+
+/// Record VDO.Ninja publishers to MPEG-TS files, one file per publisher, H.264 + Opus in sync.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ninjarec",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; without a subcommand, record.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Recording options (the default action).
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (-q: warnings and errors only, -qq: errors only).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub quiet: u8,
+}
+
+/// Subcommands besides recording.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a VDO.Ninja handshake server (official and relay dialects on one port), for offline and
+    /// intranet use.
+    Serve(ServeArgs),
+    /// Check this machine end to end on loopback, without internet: built-in server, test
+    /// publisher and recorder; prints PASS or FAIL.
+    Selftest(SelftestArgs),
+}
+
+/// Which signaling dialect a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DialectArg {
+    /// Decide from the server's host name (official hosts: wss.vdo.ninja, apibackup.vdo.ninja).
+    Auto,
+    /// Stateful server: server-assigned UUIDs, room listings.
+    Official,
+    /// Relay server: every message carries `from`, publishers offer unasked.
+    Relay,
+}
+
+/// Options for recording (the default action).
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Stream ID to record; with --record-room, the file name prefix instead.
+    #[arg(long, value_name = "STREAMID|PREFIX")]
+    pub record: Option<String>,
+    /// Room to join.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Record every publisher in --room, each to its own file.
+    #[arg(long)]
+    pub record_room: bool,
+    /// With --record-room, record only these stream IDs (comma separated).
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID")]
+    pub record_streams: Vec<String>,
+    /// Password for stream-ID hashing and signaling encryption; `false`, `0` or `off` turns both
+    /// off. Without the flag the VDO.Ninja default password is used.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub password: Option<String>,
+    /// Salt for hashing and encryption (default `vdo.ninja`, as the web app on vdo.ninja).
+    #[arg(long)]
+    pub salt: Option<String>,
+    /// Handshake server URL (`wss://` or `ws://`).
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Server dialect; `auto` decides from the host name.
+    #[arg(long, value_enum, default_value_t = DialectArg::Auto)]
+    pub dialect: DialectArg,
+    /// Accept a self-signed or otherwise invalid TLS certificate from the handshake server.
+    #[arg(long)]
+    pub insecure_signaling: bool,
+    /// Do not record audio.
+    #[arg(long)]
+    pub noaudio: bool,
+    /// Do not record video.
+    #[arg(long)]
+    pub novideo: bool,
+    /// Folder for the recordings.
+    #[arg(long, default_value = ".")]
+    pub output_dir: PathBuf,
+    /// At most this many recordings at once; more publishers wait until one ends.
+    #[arg(long, default_value_t = 64)]
+    pub max_streams: usize,
+    /// STUN server (`stun:host:port`); `none` for no STUN.
+    #[arg(long, default_value = DEFAULT_STUN)]
+    pub stun: String,
+    /// TURN server over UDP (`turn:host:port`).
+    #[arg(long)]
+    pub turn: Option<String>,
+    /// TURN user name.
+    #[arg(long, requires = "turn")]
+    pub turn_user: Option<String>,
+    /// TURN password.
+    #[arg(long, requires = "turn")]
+    pub turn_pass: Option<String>,
+    /// Ask publishers for a keyframe this often (seconds), so files are seekable; 0 = only when
+    /// needed.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub keyframe_interval: u64,
+    /// Give up on a publisher whose connection does not come up within this many seconds.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub ice_timeout: u64,
+    /// Stop by itself after this many seconds (0 = run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub duration: u64,
+}
+
+impl RecordArgs {
+    /// `--keyframe-interval` as an optional duration.
+    pub fn keyframe_interval(&self) -> Option<Duration> {
+        (self.keyframe_interval > 0).then(|| Duration::from_secs(self.keyframe_interval))
+    }
+}
+
+/// Options for `ninjarec serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// TLS certificate chain (PEM); with --tls-key the server speaks wss://.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Options for `ninjarec selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// Seconds to record.
+    #[arg(long, default_value_t = 4)]
+    pub seconds: u64,
+    /// Keep the recording in this folder instead of a temporary one.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn raspberry_ninja_style_invocations_parse() {
+        let cli = Cli::parse_from([
+            "ninjarec",
+            "--room",
+            "r",
+            "--record",
+            "p",
+            "--record-room",
+            "--record-streams",
+            "a,b",
+            "--password",
+            "false",
+        ]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.record.record_streams, ["a", "b"]);
+        assert_eq!(cli.record.password.as_deref(), Some("false"));
+        let cli = Cli::parse_from(["ninjarec", "--record", "s", "--password"]);
+        assert_eq!(cli.record.password.as_deref(), Some(""));
+        let cli = Cli::parse_from(["ninjarec", "serve", "--listen", "127.0.0.1:9000"]);
+        assert!(matches!(cli.command, Some(Command::Serve(_))));
+    }
+}

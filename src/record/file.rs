@@ -1,0 +1,152 @@
+//! The file behind one recording.
+//!
+//! The file is created only when the first TS bytes exist (a publisher that never sends a frame
+//! leaves no empty file), never overwrites an existing file, and is appended in batches: the
+//! recorder calls [`RecordingFile::append`] with whole 188-byte packets, and what is appended is
+//! what a player sees after a crash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::naming::recording_path;
+
+/// How many `_N` suffixes to try when a name is taken (a publisher rejoining in the same second).
+const MAX_NAME_ATTEMPTS: u32 = 100;
+
+/// A disk problem for one recording, reported for that stream only.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be created (missing folder, permission, too many names taken).
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// The path that was tried last.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Writing failed (disk full, I/O error).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The recording's path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+/// One recording's file: named on first write, appended afterwards.
+#[derive(Debug)]
+pub struct RecordingFile {
+    dir: PathBuf,
+    prefix: String,
+    stream_id: String,
+    file: Option<(File, PathBuf)>,
+    bytes_written: u64,
+}
+
+impl RecordingFile {
+    /// A recording of `stream_id` into `dir`, named `PREFIX_STREAMID_UNIX.ts` when first written.
+    pub fn new(dir: &Path, prefix: &str, stream_id: &str) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_owned(),
+            stream_id: stream_id.to_owned(),
+            file: None,
+            bytes_written: 0,
+        }
+    }
+
+    /// The file's path, once it exists.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Bytes appended so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Appends `bytes` (whole TS packets), creating the file first if needed.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), FileError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(self.create()?);
+        }
+        let Some((file, path)) = self.file.as_mut() else {
+            unreachable!("file was just created")
+        };
+        file.write_all(bytes).map_err(|source| FileError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.bytes_written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Asks the OS to put what was written on disk (used at shutdown, not per packet).
+    pub fn sync(&mut self) -> Result<(), FileError> {
+        match self.file.as_mut() {
+            Some((file, path)) => file.sync_data().map_err(|source| FileError::Write {
+                path: path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn create(&self) -> Result<(File, PathBuf), FileError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut last_err = None;
+        for attempt in 0..MAX_NAME_ATTEMPTS {
+            let path = recording_path(&self.dir, &self.prefix, &self.stream_id, now, attempt);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok((file, path)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some((path, e)),
+                Err(source) => return Err(FileError::Create { path, source }),
+            }
+        }
+        let (path, source) = last_err.expect("at least one attempt was made");
+        Err(FileError::Create { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ninjarec-file-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn file_appears_on_first_write_and_never_overwrites() {
+        let dir = temp_dir("create");
+        let mut a = RecordingFile::new(&dir, "room", "cam");
+        assert!(a.path().is_none());
+        a.append(&[]).unwrap();
+        assert!(a.path().is_none(), "no bytes, no file");
+        a.append(&[0x47; 188]).unwrap();
+        let mut b = RecordingFile::new(&dir, "room", "cam");
+        b.append(&[0x47; 188]).unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(std::fs::read(a.path().unwrap()).unwrap().len(), 188);
+        assert_eq!(a.bytes_written(), 188);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_folder_is_a_create_error() {
+        let mut f = RecordingFile::new(Path::new("/nonexistent/ninjarec"), "p", "s");
+        let err = f.append(&[0x47; 188]).unwrap_err();
+        assert!(matches!(err, FileError::Create { .. }), "{err}");
+    }
+}

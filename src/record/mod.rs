@@ -1,0 +1,3 @@
+//! Recording: one task per publisher that turns its media events into a file.
+pub mod file;
+pub mod naming;
