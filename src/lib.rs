@@ -6,3 +6,4 @@
 //! [`record`] (the file).
 pub mod clip;
 pub mod mux;
+pub mod peer;
