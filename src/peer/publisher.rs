@@ -247,7 +247,10 @@ async fn build_pc(
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
     if let Some((disc, failed)) = config.ice_timeouts {
-        se = se.with_ice_timeouts(Some(disc), Some(failed), None);
+        // Keepalives must come well inside the disconnect timeout, or an idle but healthy
+        // path is declared disconnected.
+        let keepalive = (disc / 3).min(Duration::from_secs(2));
+        se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
     }
     let pc = PeerConnectionBuilder::new()
         .with_configuration(
@@ -704,7 +707,13 @@ impl Publisher {
             m.abort();
         }
         if say_bye {
-            self.send_all(&dc::bye()).await;
+            let open: Vec<_> = self
+                .channels
+                .iter()
+                .filter(|(_, open)| *open)
+                .map(|(dc, _)| dc.clone())
+                .collect();
+            super::say_bye(&open).await;
         }
         if let Err(e) = self.pc.close().await {
             debug!("test publisher: close: {e}");

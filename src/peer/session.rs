@@ -359,7 +359,10 @@ async fn build_pc(
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
     if let Some((disc, failed)) = config.ice_timeouts {
-        se = se.with_ice_timeouts(Some(disc), Some(failed), None);
+        // Keepalives must come well inside the disconnect timeout, or an idle but healthy
+        // path is declared disconnected.
+        let keepalive = (disc / 3).min(Duration::from_secs(2));
+        se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
     }
     let rtc_config = RTCConfigurationBuilder::new()
         .with_ice_servers(rtc_ice_servers(&config.ice_servers))
@@ -780,10 +783,13 @@ impl Session {
 
     async fn shutdown(mut self, reason: CloseReason) {
         if reason == CloseReason::LocalClose {
-            let bye = dc::bye();
-            for ch in self.channels.iter().filter(|c| c.signalling && !c.closed) {
-                let _ = ch.dc.send_text(&bye).await;
-            }
+            let open: Vec<_> = self
+                .channels
+                .iter()
+                .filter(|c| c.signalling && !c.closed)
+                .map(|c| c.dc.clone())
+                .collect();
+            super::say_bye(&open).await;
         }
         if let Err(e) = self.pc.close().await {
             debug!("close: {e}");
