@@ -216,6 +216,30 @@ pub fn first_bundle_mid(sdp: &str) -> Option<String> {
 /// A shared cipher, as taken by both sides' configs.
 pub type SharedCipher = Option<Arc<dyn PayloadCipher>>;
 
+/// Longest wait for a `{"bye":true}` to be acknowledged before the connection is closed.
+const BYE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Sends `{"bye":true}` on each channel and waits (bounded) until SCTP has delivered it:
+/// `close()` aborts the association at once, and a bye still in the send queue would be lost,
+/// making a clean leave look like a crash to the other side.
+pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
+    let bye = dc::bye();
+    for ch in channels {
+        if let Err(e) = ch.send_text(&bye).await {
+            tracing::debug!("bye not sent: {e}");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + BYE_FLUSH_TIMEOUT;
+    for ch in channels {
+        while tokio::time::Instant::now() < deadline {
+            match ch.outstanding_bytes().await {
+                Ok(n) if n > 0 => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,29 +267,5 @@ mod tests {
         .unwrap();
         assert_eq!(back["sdpMid"], "0");
         assert_eq!(back["sdpMLineIndex"], 0);
-    }
-}
-
-/// Longest wait for a `{"bye":true}` to be acknowledged before the connection is closed.
-const BYE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Sends `{"bye":true}` on each channel and waits (bounded) until SCTP has delivered it:
-/// `close()` aborts the association at once, and a bye still in the send queue would be lost,
-/// making a clean leave look like a crash to the other side.
-pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
-    let bye = dc::bye();
-    for ch in channels {
-        if let Err(e) = ch.send_text(&bye).await {
-            tracing::debug!("bye not sent: {e}");
-        }
-    }
-    let deadline = tokio::time::Instant::now() + BYE_FLUSH_TIMEOUT;
-    for ch in channels {
-        while tokio::time::Instant::now() < deadline {
-            match ch.outstanding_bytes().await {
-                Ok(n) if n > 0 => tokio::time::sleep(Duration::from_millis(5)).await,
-                _ => break,
-            }
-        }
     }
 }
