@@ -284,3 +284,31 @@ fn vanished_publisher_closes_session() {
         );
     });
 }
+
+/// An offer whose candidates never arrive: the session gives up with `IceTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_that_never_connects_times_out() {
+    let (ph, mut prx) = publisher::spawn(PublisherConfig::new(PublisherMode::MediaInFirstOffer));
+    let mut cfg = session_config();
+    cfg.ice_connect_timeout = Duration::from_secs(1);
+    let (sh, mut srx) = session::spawn(cfg);
+    let offer = loop {
+        match timeout(Duration::from_secs(5), prx.recv()).await {
+            Ok(Some(PublisherEvent::LocalOffer { sdp })) => break sdp,
+            Ok(Some(_)) => {}
+            other => panic!("no offer: {other:?}"),
+        }
+    };
+    sh.remote_offer(offer).await.unwrap();
+    let started = Instant::now();
+    let reason = loop {
+        match timeout(Duration::from_secs(5), srx.recv()).await {
+            Ok(Some(SessionEvent::Closed { reason, .. })) => break reason,
+            Ok(Some(_)) => {}
+            other => panic!("no Closed: {other:?}"),
+        }
+    };
+    assert_eq!(reason, CloseReason::IceTimeout);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    ph.close_without_bye().await.unwrap();
+}
