@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod clip;
 pub mod mux;
+pub mod peer;
 pub mod record;

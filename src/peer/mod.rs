@@ -1,0 +1,271 @@
+//! One webrtc-rs peer connection per publisher.
+//!
+//! [`session`] is the receiving side the recorder uses: it answers a publisher's offer, keeps the
+//! VDO.Ninja data-channel conversation going (viewer request, ping/pong, renegotiation, bye) and
+//! hands RTP packets and RTCP Sender Reports to the recording core. [`publisher`] is a test
+//! publisher that streams the built-in clip the way the two VDO.Ninja publishers do, so the
+//! receiver can be exercised end to end without a browser.
+//!
+//! Signalling is not done here: both sides take and produce plain SDP strings and
+//! [`IceCandidate`]s; the signalling layer moves them over the WebSocket.
+
+pub mod dc;
+pub mod publisher;
+pub mod session;
+mod sr_tap;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MediaEngine,
+};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use serde::{Deserialize, Serialize};
+use webrtc::data_channel::DataChannel;
+use webrtc::peer_connection::{
+    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionState, register_default_interceptors,
+};
+
+/// An ICE candidate as VDO.Ninja signalling carries it (`{"candidate","sdpMLineIndex","sdpMid"}`),
+/// so the signalling layer can serialise it without knowing webrtc-rs types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    /// The `candidate:...` attribute line.
+    pub candidate: String,
+    /// Index of the m-line the candidate belongs to (always 0 with BUNDLE).
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+    /// Media id the candidate belongs to; we fill in the first BUNDLE mid of the remote offer.
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+}
+
+impl IceCandidate {
+    pub(crate) fn to_init(&self) -> RTCIceCandidateInit {
+        RTCIceCandidateInit {
+            candidate: self.candidate.clone(),
+            sdp_mid: self.sdp_mid.clone(),
+            sdp_mline_index: self.sdp_mline_index,
+            username_fragment: None,
+            url: None,
+        }
+    }
+}
+
+/// A STUN or TURN server. Kept separate from webrtc-rs's type so the CLI and config layers do
+/// not depend on the WebRTC stack. TURN works over UDP only in webrtc-rs 0.21.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:host:port` or `turn:host:port` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (empty for STUN).
+    pub username: String,
+    /// TURN credential (empty for STUN).
+    pub credential: String,
+}
+
+impl IceServer {
+    /// Google's public STUN server, VDO.Ninja's default too.
+    pub fn default_stun() -> IceServer {
+        IceServer {
+            urls: vec!["stun:stun.l.google.com:19302".to_owned()],
+            username: String::new(),
+            credential: String::new(),
+        }
+    }
+
+    fn to_rtc(&self) -> RTCIceServer {
+        RTCIceServer {
+            urls: self.urls.clone(),
+            username: self.username.clone(),
+            credential: self.credential.clone(),
+        }
+    }
+}
+
+pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers.iter().map(IceServer::to_rtc).collect()
+}
+
+/// Encrypts and decrypts data-channel signalling payloads (`description`/`candidates` as hex plus
+/// `vector`). Implemented by the signalling layer, which owns the password and the AES code; the
+/// peer layer only needs to call it.
+pub trait PayloadCipher: Send + Sync {
+    /// Encrypts `plaintext` (a JSON string); returns `(ciphertext_hex, iv_hex)`.
+    fn encrypt(&self, plaintext: &str) -> (String, String);
+    /// Decrypts `hex` with the IV `vector`; returns the JSON plaintext.
+    fn decrypt(&self, hex: &str, vector: &str) -> Result<String, CipherError>;
+}
+
+/// Why an encrypted payload could not be decrypted (wrong password, corrupt hex, bad padding).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decrypt payload: {0}")]
+pub struct CipherError(pub String);
+
+/// Connection state as the rest of the program sees it (a mirror of the WebRTC states, so callers
+/// need not import webrtc-rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Created, nothing happened yet.
+    New,
+    /// ICE/DTLS in progress.
+    Connecting,
+    /// Media can flow.
+    Connected,
+    /// Consent checks are failing; may recover.
+    Disconnected,
+    /// ICE gave up.
+    Failed,
+    /// Closed locally.
+    Closed,
+}
+
+impl From<RTCPeerConnectionState> for ConnectionState {
+    fn from(s: RTCPeerConnectionState) -> Self {
+        match s {
+            RTCPeerConnectionState::Connecting => ConnectionState::Connecting,
+            RTCPeerConnectionState::Connected => ConnectionState::Connected,
+            RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
+            RTCPeerConnectionState::Failed => ConnectionState::Failed,
+            RTCPeerConnectionState::Closed => ConnectionState::Closed,
+            _ => ConnectionState::New,
+        }
+    }
+}
+
+/// H.264 profile-level-ids registered for exact matching: constrained baseline, baseline, main,
+/// high, all level 3.1 (webrtc-stack.md §3). Other profiles still match by MIME fallback.
+pub const H264_PROFILES: [(&str, u8); 4] = [
+    ("42e01f", 102),
+    ("42001f", 104),
+    ("4d001f", 106),
+    ("64001f", 108),
+];
+
+/// Opus payload type we register (the browsers' usual 111).
+pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// Builds the media engine and interceptor chain shared by both sides: H.264 (pm=1, several
+/// profiles, each with RTX) + Opus, default interceptors (NACK, RTCP reports, TWCC) and the
+/// Sender-Report tap that lets SRs reach the application.
+pub(crate) fn media_setup() -> Result<(MediaEngine, Registry), webrtc::error::Error> {
+    let mut me = MediaEngine::default();
+    for (plid, pt) in H264_PROFILES {
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_H264.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!(
+                        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={plid}"
+                    ),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: pt,
+            },
+            RtpCodecKind::Video,
+        )?;
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RTX.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={pt}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: pt + 1,
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: OPUS_PAYLOAD_TYPE,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let registry = registry.with(Slot::from(14_000), sr_tap::SrTap::default());
+    Ok((me, registry))
+}
+
+/// The first mid of the first `a=group:BUNDLE` line of an SDP, used as `sdpMid` on our
+/// candidates (`"0"` for the web app, `"video0"` for Raspberry Ninja). `None` without BUNDLE.
+pub fn first_bundle_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=group:BUNDLE"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// A shared cipher, as taken by both sides' configs.
+pub type SharedCipher = Option<Arc<dyn PayloadCipher>>;
+
+/// Longest wait for a `{"bye":true}` to be acknowledged before the connection is closed.
+const BYE_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Sends `{"bye":true}` on each channel and waits (bounded) until SCTP has delivered it:
+/// `close()` aborts the association at once, and a bye still in the send queue would be lost,
+/// making a clean leave look like a crash to the other side.
+pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
+    let bye = dc::bye();
+    for ch in channels {
+        if let Err(e) = ch.send_text(&bye).await {
+            tracing::debug!("bye not sent: {e}");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + BYE_FLUSH_TIMEOUT;
+    for ch in channels {
+        while tokio::time::Instant::now() < deadline {
+            match ch.outstanding_bytes().await {
+                Ok(n) if n > 0 => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_mid_is_found() {
+        let sdp = "v=0\r\na=group:BUNDLE video0 audio1 application2\r\nm=video 9\r\n";
+        assert_eq!(first_bundle_mid(sdp).as_deref(), Some("video0"));
+        assert_eq!(first_bundle_mid("v=0\r\na=group:BUNDLE\r\n"), None);
+        assert_eq!(first_bundle_mid("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn candidate_json_matches_vdo_ninja() {
+        let c: IceCandidate = serde_json::from_str(
+            r#"{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMLineIndex":0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.sdp_mid, None);
+        assert_eq!(c.sdp_mline_index, Some(0));
+        let back = serde_json::to_value(IceCandidate {
+            sdp_mid: Some("0".into()),
+            ..c
+        })
+        .unwrap();
+        assert_eq!(back["sdpMid"], "0");
+        assert_eq!(back["sdpMLineIndex"], 0);
+    }
+}

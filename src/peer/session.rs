@@ -1,0 +1,872 @@
+//! The receiving side: one webrtc-rs peer connection per publisher, driven by one tokio task.
+//!
+//! [`spawn`] returns a [`SessionHandle`] (inputs from signalling and the record layer) and a
+//! receiver of [`SessionEvent`]s (answer and candidates for signalling, RTP and Sender Reports for
+//! the record layer, and finally exactly one [`SessionEvent::Closed`]). webrtc-rs callbacks only
+//! forward into channels; every `PeerConnection` call (negotiation, candidates, PLI, close) is made
+//! by the session task, so negotiations never interleave.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use super::dc::{self, DcMessage};
+use super::{
+    ConnectionState, IceCandidate, IceServer, SharedCipher, first_bundle_mid, media_setup,
+    rtc_ice_servers,
+};
+use crate::mux::{RtpPacket, TrackKind};
+
+/// Remote candidates kept while no remote description is set; more are dropped and counted.
+const MAX_PENDING_CANDIDATES: usize = 256;
+/// Data channels tracked per connection (Raspberry Ninja opens two); more are ignored.
+const MAX_DATA_CHANNELS: usize = 8;
+/// Minimum spacing of on-request PLIs.
+const PLI_MIN_SPACING: Duration = Duration::from_secs(1);
+/// Longest wait for the track readers to drain after `close()`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The label VDO.Ninja publishers use for their signalling data channel.
+pub const SIGNALLING_LABEL: &str = "sendChannel";
+
+/// What a receiving session needs to know. `Default` gives STUN only, both tracks, 20 s ICE
+/// timeout and 10 s grace for a vanished publisher.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// STUN/TURN servers (TURN over UDP only).
+    pub ice_servers: Vec<IceServer>,
+    /// Ask the publisher for audio.
+    pub want_audio: bool,
+    /// Ask the publisher for video.
+    pub want_video: bool,
+    /// Close with [`CloseReason::IceTimeout`] if not connected this long after our first answer.
+    pub ice_connect_timeout: Duration,
+    /// Close with [`CloseReason::PublisherVanished`] after this long in Disconnected.
+    pub vanish_timeout: Duration,
+    /// ICE consent timeouts handed to webrtc-rs: (disconnected, failed); `None` = its defaults
+    /// (5 s, 25 s).
+    pub ice_timeouts: Option<(Duration, Duration)>,
+    /// Send a PLI this often, on top of explicit [`SessionHandle::request_keyframe`] calls.
+    pub keyframe_interval: Option<Duration>,
+    /// Our label, sent in the viewer request and used in logs.
+    pub label: String,
+    /// Local UDP sockets to bind (`"0.0.0.0:0"` = one per non-loopback interface; tests use
+    /// `"127.0.0.1:0"`, which also enables loopback candidates).
+    pub udp_addrs: Vec<String>,
+    /// Decrypts/encrypts data-channel signalling payloads.
+    pub cipher: SharedCipher,
+    /// Capacity of the event channel (media events included).
+    pub event_capacity: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ice_servers: vec![IceServer::default_stun()],
+            want_audio: true,
+            want_video: true,
+            ice_connect_timeout: Duration::from_secs(20),
+            vanish_timeout: Duration::from_secs(10),
+            ice_timeouts: None,
+            keyframe_interval: None,
+            label: "ninjarec".to_owned(),
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            cipher: None,
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("ice_servers", &self.ice_servers.len())
+            .field("want_audio", &self.want_audio)
+            .field("want_video", &self.want_video)
+            .field("label", &self.label)
+            .field("udp_addrs", &self.udp_addrs)
+            .field("cipher", &self.cipher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Media for the record layer.
+#[derive(Debug, Clone)]
+pub enum MediaEvent {
+    /// One RTP packet (RTX already unwrapped by webrtc-rs; may be duplicated or out of order).
+    Rtp {
+        /// Which track.
+        kind: TrackKind,
+        /// The packet.
+        packet: RtpPacket,
+        /// When the session task received it.
+        arrival: Instant,
+    },
+    /// An RTCP Sender Report: maps the track's RTP clock to the sender's NTP wall clock.
+    SenderReport {
+        /// Which track.
+        kind: TrackKind,
+        /// Sender SSRC.
+        ssrc: u32,
+        /// 64-bit NTP timestamp.
+        ntp: u64,
+        /// The RTP timestamp corresponding to `ntp`.
+        rtp_timestamp: u32,
+        /// When the session task received it.
+        arrival: Instant,
+    },
+}
+
+/// Why a session ended. Exactly one `Closed` event is sent, always last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The publisher sent `{"bye":true}`.
+    Bye,
+    /// ICE failed before ever connecting.
+    IceFailed,
+    /// Not connected within [`SessionConfig::ice_connect_timeout`].
+    IceTimeout,
+    /// Connection Disconnected/Failed for longer than [`SessionConfig::vanish_timeout`].
+    PublisherVanished,
+    /// Every signalling data channel closed.
+    DataChannelClosed,
+    /// [`SessionHandle::close`] was called or the handle was dropped.
+    LocalClose,
+    /// The initial offer could not be applied.
+    Negotiation(String),
+    /// The peer connection could not be created.
+    Setup(String),
+}
+
+/// Counters a session keeps; reported with [`SessionEvent::Closed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// RTP packets forwarded, video.
+    pub video_packets: u64,
+    /// RTP packets forwarded, audio.
+    pub audio_packets: u64,
+    /// Sender Reports forwarded.
+    pub sender_reports: u64,
+    /// PLIs sent.
+    pub plis_sent: u64,
+    /// Pings answered.
+    pub pings_answered: u64,
+    /// Renegotiations answered over the data channel.
+    pub renegotiations: u64,
+    /// Data-channel messages dropped as malformed, oversized or undecryptable.
+    pub dc_dropped: u64,
+    /// Remote candidates dropped (queue full or rejected).
+    pub candidates_dropped: u64,
+}
+
+/// Everything a session reports.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// Our answer to a WebSocket offer: send it to the publisher over signalling.
+    LocalAnswer {
+        /// Answer SDP.
+        sdp: String,
+    },
+    /// A local ICE candidate (with `sdpMid` = first BUNDLE mid of the offer) for signalling.
+    LocalCandidate(IceCandidate),
+    /// A remote track started. `supported` is false for non-H.264 video / non-Opus audio, whose
+    /// packets are then not forwarded.
+    TrackStarted {
+        /// Which track.
+        kind: TrackKind,
+        /// Codec MIME type, e.g. `video/H264`.
+        mime: String,
+        /// Media SSRC.
+        ssrc: u32,
+        /// Whether its packets will be forwarded.
+        supported: bool,
+    },
+    /// A signalling data channel opened (the viewer request has been sent on it).
+    DataChannelOpen {
+        /// Channel label.
+        label: String,
+    },
+    /// A renegotiation offer from the data channel was answered there.
+    Renegotiated,
+    /// Connection state changed.
+    State(ConnectionState),
+    /// Media.
+    Media(MediaEvent),
+    /// The session is over; nothing follows.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Final counters.
+        stats: SessionStats,
+    },
+}
+
+/// The session task is gone (it sent `Closed` already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("peer session has ended")]
+pub struct SessionGone;
+
+enum Command {
+    Offer(String),
+    Candidate(IceCandidate),
+    Keyframe,
+    Close,
+}
+
+/// Inputs of a session. Cloneable; dropping every clone closes the session.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SessionHandle {
+    /// Apply a remote offer received over the WebSocket; the answer comes back as
+    /// [`SessionEvent::LocalAnswer`].
+    pub async fn remote_offer(&self, sdp: String) -> Result<(), SessionGone> {
+        self.tx
+            .send(Command::Offer(sdp))
+            .await
+            .map_err(|_| SessionGone)
+    }
+
+    /// Add a remote candidate; queued until the remote description is set.
+    pub async fn remote_candidate(&self, candidate: IceCandidate) -> Result<(), SessionGone> {
+        self.tx
+            .send(Command::Candidate(candidate))
+            .await
+            .map_err(|_| SessionGone)
+    }
+
+    /// Ask for a keyframe (PLI), rate-limited to one per second. Never blocks; a request that
+    /// finds the queue full is dropped (one is already pending).
+    pub fn request_keyframe(&self) -> Result<(), SessionGone> {
+        match self.tx.try_send(Command::Keyframe) {
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionGone),
+            _ => Ok(()),
+        }
+    }
+
+    /// Say `{"bye":true}` on the data channel(s) and close the connection. The session then
+    /// emits `Closed { reason: LocalClose }`.
+    pub async fn close(&self) -> Result<(), SessionGone> {
+        self.tx.send(Command::Close).await.map_err(|_| SessionGone)
+    }
+}
+
+/// Starts a receiving session task on the current tokio runtime.
+pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
+    tokio::spawn(run(config, cmd_rx, ev_tx));
+    (SessionHandle { tx: cmd_tx }, ev_rx)
+}
+
+/// Events from webrtc-rs callbacks and helper tasks to the session task.
+enum Internal {
+    Candidate(RTCPeerConnectionIceEvent),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+    DataChannel(Arc<dyn DataChannel>),
+    DcOpen(usize),
+    DcMessage(usize, BytesMut),
+    DcClosed(usize),
+}
+
+/// Forwards callbacks into the session task; never touches the peer connection.
+struct Handler {
+    tx: mpsc::UnboundedSender<Internal>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let _ = self.tx.send(Internal::Candidate(event));
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(Internal::State(state));
+    }
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        let _ = self.tx.send(Internal::DataChannel(data_channel));
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(Internal::Track(track));
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    video_packets: AtomicU64,
+    audio_packets: AtomicU64,
+    sender_reports: AtomicU64,
+}
+
+struct Channel {
+    dc: Arc<dyn DataChannel>,
+    signalling: bool,
+    request_sent: bool,
+    closed: bool,
+}
+
+/// Where the answer to an offer goes.
+enum Reply {
+    WebSocket,
+    DataChannel {
+        index: usize,
+        session: Value,
+        encrypted: bool,
+    },
+}
+
+struct Session {
+    config: SessionConfig,
+    pc: Arc<dyn PeerConnection>,
+    events: mpsc::Sender<SessionEvent>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    counters: Arc<Counters>,
+    stats: SessionStats,
+    remote_set: bool,
+    pending: Vec<IceCandidate>,
+    bundle_mid: Option<String>,
+    channels: Vec<Channel>,
+    video: Option<(Arc<dyn TrackRemote>, u32)>,
+    last_pli: Option<Instant>,
+    readers: Vec<JoinHandle<()>>,
+    connected_once: bool,
+    ice_deadline: Option<tokio::time::Instant>,
+    vanish_deadline: Option<tokio::time::Instant>,
+}
+
+async fn build_pc(
+    config: &SessionConfig,
+    handler: Arc<Handler>,
+) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+    let (media_engine, registry) = media_setup()?;
+    let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
+    let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+    if let Some((disc, failed)) = config.ice_timeouts {
+        // Keepalives must come well inside the disconnect timeout, or an idle but healthy
+        // path is declared disconnected.
+        let keepalive = (disc / 3).min(Duration::from_secs(2));
+        se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
+    }
+    let rtc_config = RTCConfigurationBuilder::new()
+        .with_ice_servers(rtc_ice_servers(&config.ice_servers))
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(rtc_config)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(se.build())
+        .with_handler(handler)
+        .with_udp_addrs(config.udp_addrs.clone())
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+async fn run(
+    config: SessionConfig,
+    mut cmd_rx: mpsc::Receiver<Command>,
+    events: mpsc::Sender<SessionEvent>,
+) {
+    let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Handler {
+        tx: internal_tx.clone(),
+    });
+    let pc = match build_pc(&config, handler).await {
+        Ok(pc) => pc,
+        Err(e) => {
+            warn!(label = %config.label, "cannot create peer connection: {e}");
+            let _ = events
+                .send(SessionEvent::Closed {
+                    reason: CloseReason::Setup(e.to_string()),
+                    stats: SessionStats::default(),
+                })
+                .await;
+            return;
+        }
+    };
+    let mut s = Session {
+        config,
+        pc,
+        events,
+        internal_tx,
+        counters: Arc::default(),
+        stats: SessionStats::default(),
+        remote_set: false,
+        pending: Vec::new(),
+        bundle_mid: None,
+        channels: Vec::new(),
+        video: None,
+        last_pli: None,
+        readers: Vec::new(),
+        connected_once: false,
+        ice_deadline: None,
+        vanish_deadline: None,
+    };
+    let mut next_pli = s
+        .config
+        .keyframe_interval
+        .map(|d| tokio::time::Instant::now() + d);
+
+    let reason = loop {
+        let ice_deadline = s.ice_deadline.unwrap_or_else(far_future);
+        let vanish_deadline = s.vanish_deadline.unwrap_or_else(far_future);
+        let pli_deadline = next_pli.unwrap_or_else(far_future);
+        tokio::select! {
+            cmd = cmd_rx.recv() => match cmd {
+                None | Some(Command::Close) => break CloseReason::LocalClose,
+                Some(Command::Offer(sdp)) => {
+                    if let Err(e) = s.negotiate(sdp, Reply::WebSocket).await {
+                        warn!(label = %s.config.label, "offer rejected: {e}");
+                        if !s.remote_set {
+                            break CloseReason::Negotiation(e.to_string());
+                        }
+                    }
+                }
+                Some(Command::Candidate(c)) => s.remote_candidate(c).await,
+                Some(Command::Keyframe) => s.send_pli(false).await,
+            },
+            Some(ev) = internal_rx.recv() => {
+                if let Some(reason) = s.internal(ev).await {
+                    break reason;
+                }
+            }
+            _ = tokio::time::sleep_until(ice_deadline) => {
+                warn!(label = %s.config.label, "ICE did not connect in time");
+                break CloseReason::IceTimeout;
+            }
+            _ = tokio::time::sleep_until(vanish_deadline) => {
+                warn!(label = %s.config.label, "publisher vanished (connection lost)");
+                break CloseReason::PublisherVanished;
+            }
+            _ = tokio::time::sleep_until(pli_deadline) => {
+                s.send_pli(true).await;
+                next_pli = s.config.keyframe_interval.map(|d| tokio::time::Instant::now() + d);
+            }
+        }
+        if s.events.is_closed() {
+            break CloseReason::LocalClose;
+        }
+    };
+    s.shutdown(reason).await;
+}
+
+impl Session {
+    async fn emit(&self, ev: SessionEvent) {
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn negotiate(&mut self, sdp: String, reply: Reply) -> Result<(), webrtc::error::Error> {
+        if let Some(mid) = first_bundle_mid(&sdp) {
+            self.bundle_mid = Some(mid);
+        }
+        let offer = RTCSessionDescription::offer(sdp)?;
+        self.pc.set_remote_description(offer).await?;
+        if !self.remote_set {
+            self.remote_set = true;
+            for c in std::mem::take(&mut self.pending) {
+                if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+                    debug!("queued candidate rejected: {e}");
+                    self.stats.candidates_dropped += 1;
+                }
+            }
+        }
+        let answer = self.pc.create_answer(None).await?;
+        let answer_sdp = answer.sdp.clone();
+        self.pc.set_local_description(answer).await?;
+        match reply {
+            Reply::WebSocket => {
+                if self.ice_deadline.is_none() && !self.connected_once {
+                    self.ice_deadline =
+                        Some(tokio::time::Instant::now() + self.config.ice_connect_timeout);
+                }
+                self.emit(SessionEvent::LocalAnswer { sdp: answer_sdp })
+                    .await;
+            }
+            Reply::DataChannel {
+                index,
+                session,
+                encrypted,
+            } => {
+                let cipher = if encrypted {
+                    self.config.cipher.as_deref()
+                } else {
+                    None
+                };
+                let text = dc::description("answer", &answer_sdp, &session, cipher);
+                self.send_dc(index, &text).await;
+                self.stats.renegotiations += 1;
+                self.emit(SessionEvent::Renegotiated).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remote_candidate(&mut self, c: IceCandidate) {
+        if !self.remote_set {
+            if self.pending.len() < MAX_PENDING_CANDIDATES {
+                self.pending.push(c);
+            } else {
+                self.stats.candidates_dropped += 1;
+            }
+            return;
+        }
+        if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+            debug!("remote candidate rejected: {e}");
+            self.stats.candidates_dropped += 1;
+        }
+    }
+
+    async fn send_pli(&mut self, force: bool) {
+        let Some((track, ssrc)) = &self.video else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && self.last_pli.is_some_and(|t| now - t < PLI_MIN_SPACING) {
+            return;
+        }
+        self.last_pli = Some(now);
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: *ssrc,
+        };
+        match track.write_rtcp(vec![Box::new(pli)]).await {
+            Ok(()) => self.stats.plis_sent += 1,
+            Err(e) => debug!("PLI not sent: {e}"),
+        }
+    }
+
+    async fn send_dc(&self, index: usize, text: &str) {
+        if let Some(ch) = self.channels.get(index)
+            && let Err(e) = ch.dc.send_text(text).await
+        {
+            debug!("data-channel send failed: {e}");
+        }
+    }
+
+    /// Handles one internal event; `Some(reason)` ends the session.
+    async fn internal(&mut self, ev: Internal) -> Option<CloseReason> {
+        match ev {
+            Internal::Candidate(ev) => match ev.candidate.to_json() {
+                Ok(init) => {
+                    let c = IceCandidate {
+                        candidate: init.candidate,
+                        sdp_mline_index: Some(0),
+                        sdp_mid: self.bundle_mid.clone().or(init.sdp_mid),
+                    };
+                    self.emit(SessionEvent::LocalCandidate(c)).await;
+                }
+                Err(e) => debug!("local candidate not serialisable: {e}"),
+            },
+            Internal::State(state) => return self.state(state).await,
+            Internal::Track(track) => self.track(track).await,
+            Internal::DataChannel(dc) => self.data_channel(dc).await,
+            Internal::DcOpen(i) => self.dc_open(i).await,
+            Internal::DcMessage(i, data) => return self.dc_message(i, &data).await,
+            Internal::DcClosed(i) => {
+                if let Some(ch) = self.channels.get_mut(i) {
+                    ch.closed = true;
+                }
+                let signalling: Vec<_> = self.channels.iter().filter(|c| c.signalling).collect();
+                if !signalling.is_empty() && signalling.iter().all(|c| c.closed) {
+                    info!(label = %self.config.label, "data channel closed by publisher");
+                    return Some(CloseReason::DataChannelClosed);
+                }
+            }
+        }
+        None
+    }
+
+    async fn state(&mut self, state: RTCPeerConnectionState) -> Option<CloseReason> {
+        debug!(label = %self.config.label, "connection state {state}");
+        self.emit(SessionEvent::State(state.into())).await;
+        match state {
+            RTCPeerConnectionState::Connected => {
+                self.connected_once = true;
+                self.ice_deadline = None;
+                self.vanish_deadline = None;
+            }
+            RTCPeerConnectionState::Disconnected if self.vanish_deadline.is_none() => {
+                self.vanish_deadline =
+                    Some(tokio::time::Instant::now() + self.config.vanish_timeout);
+            }
+            RTCPeerConnectionState::Failed => {
+                return Some(if self.connected_once {
+                    CloseReason::PublisherVanished
+                } else {
+                    CloseReason::IceFailed
+                });
+            }
+            RTCPeerConnectionState::Closed => return Some(CloseReason::LocalClose),
+            _ => {}
+        }
+        None
+    }
+
+    async fn track(&mut self, track: Arc<dyn TrackRemote>) {
+        let kind = match track.kind().await {
+            RtpCodecKind::Video => TrackKind::Video,
+            RtpCodecKind::Audio => TrackKind::Audio,
+            other => {
+                warn!("ignoring track of kind {other}");
+                return;
+            }
+        };
+        let ssrc = track.ssrcs().await.first().copied();
+        let mime = match ssrc {
+            Some(ssrc) => track
+                .codec(ssrc)
+                .await
+                .map(|c| c.mime_type)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let supported = match kind {
+            TrackKind::Video => mime.eq_ignore_ascii_case(MIME_TYPE_H264),
+            TrackKind::Audio => mime.eq_ignore_ascii_case(MIME_TYPE_OPUS),
+        };
+        if !supported {
+            warn!(
+                label = %self.config.label,
+                "publisher sends {kind:?} as {mime:?}, not {}: this track is NOT recorded",
+                if kind == TrackKind::Video { "H.264" } else { "Opus" }
+            );
+        } else {
+            info!(label = %self.config.label, "{kind:?} track started: {mime}");
+        }
+        self.emit(SessionEvent::TrackStarted {
+            kind,
+            mime,
+            ssrc: ssrc.unwrap_or_default(),
+            supported,
+        })
+        .await;
+        let reader = tokio::spawn(read_track(
+            track.clone(),
+            kind,
+            supported,
+            self.events.clone(),
+            self.counters.clone(),
+        ));
+        self.readers.push(reader);
+        if kind == TrackKind::Video
+            && supported
+            && let Some(ssrc) = ssrc
+        {
+            self.video = Some((track, ssrc));
+            self.send_pli(true).await;
+        }
+    }
+
+    async fn data_channel(&mut self, dc: Arc<dyn DataChannel>) {
+        if self.channels.len() >= MAX_DATA_CHANNELS {
+            warn!("too many data channels; ignoring one");
+            return;
+        }
+        let label = dc.label().await.unwrap_or_default();
+        let index = self.channels.len();
+        self.channels.push(Channel {
+            dc: dc.clone(),
+            signalling: label == SIGNALLING_LABEL,
+            request_sent: false,
+            closed: false,
+        });
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = dc.poll().await {
+                let msg = match ev {
+                    DataChannelEvent::OnOpen => Internal::DcOpen(index),
+                    DataChannelEvent::OnMessage(m) => Internal::DcMessage(index, m.data),
+                    DataChannelEvent::OnClose => break,
+                    _ => continue,
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Internal::DcClosed(index));
+        });
+        if matches!(
+            self.channels[index].dc.ready_state().await,
+            Ok(webrtc::data_channel::RTCDataChannelState::Open)
+        ) {
+            self.dc_open(index).await;
+        }
+    }
+
+    async fn dc_open(&mut self, index: usize) {
+        let Some(ch) = self.channels.get_mut(index) else {
+            return;
+        };
+        if !ch.signalling || ch.request_sent {
+            return;
+        }
+        ch.request_sent = true;
+        let label = ch.dc.label().await.unwrap_or_default();
+        let req = dc::viewer_request(
+            self.config.want_audio,
+            self.config.want_video,
+            &self.config.label,
+        );
+        self.send_dc(index, &req).await;
+        self.emit(SessionEvent::DataChannelOpen { label }).await;
+    }
+
+    async fn dc_message(&mut self, index: usize, data: &[u8]) -> Option<CloseReason> {
+        if !self.channels.get(index).is_some_and(|c| c.signalling) {
+            return None;
+        }
+        let msg = match dc::parse(data, self.config.cipher.as_deref()) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(label = %self.config.label, "data-channel message dropped: {e}");
+                self.stats.dc_dropped += 1;
+                return None;
+            }
+        };
+        match msg {
+            DcMessage::Bye => {
+                info!(label = %self.config.label, "publisher said bye");
+                return Some(CloseReason::Bye);
+            }
+            DcMessage::Ping(v) => {
+                self.send_dc(index, &dc::pong(&v)).await;
+                self.stats.pings_answered += 1;
+            }
+            DcMessage::Description {
+                description,
+                session,
+            } => {
+                if description.sdp_type != "offer" {
+                    self.stats.dc_dropped += 1;
+                    return None;
+                }
+                let reply = Reply::DataChannel {
+                    index,
+                    session,
+                    encrypted: description.encrypted,
+                };
+                if let Err(e) = self.negotiate(description.sdp, reply).await {
+                    warn!(label = %self.config.label, "renegotiation failed: {e}");
+                    self.stats.dc_dropped += 1;
+                }
+            }
+            DcMessage::Candidates(list) => {
+                for c in list {
+                    self.remote_candidate(c).await;
+                }
+            }
+            DcMessage::Pong(_) | DcMessage::ViewerRequest { .. } | DcMessage::Other => {}
+        }
+        None
+    }
+
+    async fn shutdown(mut self, reason: CloseReason) {
+        if reason == CloseReason::LocalClose {
+            let open: Vec<_> = self
+                .channels
+                .iter()
+                .filter(|c| c.signalling && !c.closed)
+                .map(|c| c.dc.clone())
+                .collect();
+            super::say_bye(&open).await;
+        }
+        if let Err(e) = self.pc.close().await {
+            debug!("close: {e}");
+        }
+        for r in std::mem::take(&mut self.readers) {
+            let abort = r.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, r).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.stats.video_packets = self.counters.video_packets.load(Ordering::Relaxed);
+        self.stats.audio_packets = self.counters.audio_packets.load(Ordering::Relaxed);
+        self.stats.sender_reports = self.counters.sender_reports.load(Ordering::Relaxed);
+        info!(label = %self.config.label, ?reason, stats = ?self.stats, "peer session closed");
+        let stats = self.stats.clone();
+        self.emit(SessionEvent::Closed { reason, stats }).await;
+    }
+}
+
+/// Drains one remote track until it ends, forwarding RTP and Sender Reports.
+async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    kind: TrackKind,
+    forward: bool,
+    events: mpsc::Sender<SessionEvent>,
+    counters: Arc<Counters>,
+) {
+    while let Some(ev) = track.poll().await {
+        match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                if !forward || p.payload.is_empty() {
+                    continue;
+                }
+                let counter = match kind {
+                    TrackKind::Video => &counters.video_packets,
+                    TrackKind::Audio => &counters.audio_packets,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let packet = RtpPacket {
+                    sequence: p.header.sequence_number,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    ssrc: p.header.ssrc,
+                    payload_type: p.header.payload_type,
+                    payload: p.payload,
+                };
+                let ev = MediaEvent::Rtp {
+                    kind,
+                    packet,
+                    arrival: Instant::now(),
+                };
+                if events.send(SessionEvent::Media(ev)).await.is_err() {
+                    return;
+                }
+            }
+            TrackRemoteEvent::OnRtcpPacket(packets) => {
+                if !forward {
+                    continue;
+                }
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                        counters.sender_reports.fetch_add(1, Ordering::Relaxed);
+                        let ev = MediaEvent::SenderReport {
+                            kind,
+                            ssrc: sr.ssrc,
+                            ntp: sr.ntp_time,
+                            rtp_timestamp: sr.rtp_time,
+                            arrival: Instant::now(),
+                        };
+                        if events.send(SessionEvent::Media(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
