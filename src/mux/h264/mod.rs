@@ -6,3 +6,6 @@ pub mod sps;
 
 pub use depacketizer::{H264Config, H264Depacketizer, H264Output, H264Stats, KeyframeReason};
 pub use sps::{SpsError, SpsInfo, parse_sps};
+
+#[cfg(test)]
+mod tests;
