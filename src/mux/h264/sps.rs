@@ -105,7 +105,7 @@ mod tests {
         let bits = "11110100001000010011001";
         let mut bytes = vec![0x67, 77, 0, 30];
         let mut padded = bits.to_string();
-        while padded.len() % 8 != 0 {
+        while !padded.len().is_multiple_of(8) {
             padded.push('0');
         }
         for chunk in padded.as_bytes().chunks(8) {
