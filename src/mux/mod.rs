@@ -11,7 +11,11 @@
 //!
 //! Shared vocabulary lives in this file; each stage lives in its own module.
 
+pub mod h264;
+pub mod opus;
 pub mod opus_toc;
+pub mod reorder;
+pub mod rtp;
 pub mod unwrap;
 
 use bytes::Bytes;

@@ -1,0 +1,523 @@
+//! H.264 RTP depacketizer (RFC 6184, packetization modes 0 and 1).
+//!
+//! Written here instead of using `rtc`'s `H264Packet`, which appends FU-A fragments without
+//! checking the start bit and panics on a STAP-A with a trailing byte (`webrtc-stack.md` §1.3).
+//! Packets come in sequence order from the reorder buffer, which also reports losses. Access
+//! units are grouped by RTP timestamp and closed by the marker bit. Anything damaged (loss,
+//! malformed packet, missing marker, oversized frame) drops the access unit and everything up
+//! to the next IDR, and reports that a keyframe is needed, so the TS file only ever holds
+//! decodable pictures.
+
+use super::sps::{SpsInfo, parse_sps};
+use crate::mux::AccessUnit;
+use crate::mux::reorder::Ordered;
+
+/// The Annex B start code written before every NAL unit.
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+const NAL_IDR: u8 = 5;
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+const NAL_AUD: u8 = 9;
+const STAP_A: u8 = 24;
+const FU_A: u8 = 28;
+
+/// Limits of an [`H264Depacketizer`]; untrusted input must not grow memory without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H264Config {
+    /// Largest access unit in bytes (Annex B); a larger one is dropped.
+    pub max_au_bytes: usize,
+    /// Most NAL units in one access unit; more drop it.
+    pub max_nals_per_au: usize,
+    /// Largest SPS or PPS kept; a larger one damages its access unit.
+    pub max_parameter_set_bytes: usize,
+}
+
+impl Default for H264Config {
+    fn default() -> Self {
+        Self {
+            max_au_bytes: 8 << 20,
+            max_nals_per_au: 1024,
+            max_parameter_set_bytes: 1024,
+        }
+    }
+}
+
+/// Why decoding cannot continue until the next IDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeReason {
+    /// The stream did not start with a usable IDR.
+    Start,
+    /// Packets were lost (or the sequence restarted).
+    Loss,
+    /// A packet could not be parsed, or the marker bit was missing.
+    Malformed,
+    /// An access unit exceeded the size or NAL count bound.
+    Oversized,
+    /// An IDR arrived before any SPS and PPS were known.
+    MissingParameterSets,
+}
+
+/// What the depacketizer hands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum H264Output {
+    /// A complete, decodable access unit.
+    AccessUnit(AccessUnit),
+    /// Output stopped until the next IDR: the caller should send a PLI (and rate-limit it).
+    /// Reported once each time output stops, not for every dropped frame.
+    KeyframeNeeded(KeyframeReason),
+    /// A new SPS was parsed (resolution, reordering); reported when the SPS changes.
+    StreamInfo(SpsInfo),
+}
+
+/// Counters of an [`H264Depacketizer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct H264Stats {
+    /// Access units handed on.
+    pub frames_out: u64,
+    /// Of those, keyframes (IDR).
+    pub keyframes_out: u64,
+    /// Access units dropped because they were damaged or waited for an IDR.
+    pub frames_dropped: u64,
+    /// Packets that were malformed (bad STAP-A, FU-A out of order, forbidden bit, ...).
+    pub malformed_packets: u64,
+    /// Packets of interleaved mode (STAP-B, MTAP, FU-B), which WebRTC does not use.
+    pub unsupported_packets: u64,
+    /// Packets without content (padding only) or of reserved types 0, 30, 31.
+    pub ignored_packets: u64,
+    /// Packets the reorder buffer reported lost.
+    pub lost_packets: u64,
+    /// Times a keyframe became needed.
+    pub keyframe_requests: u64,
+    /// SPS NAL units `h264-reader` could not parse (still passed to the decoder).
+    pub unparsed_sps: u64,
+}
+
+/// The access unit being assembled.
+#[derive(Debug)]
+struct Builder {
+    timestamp: u32,
+    /// Annex B bytes of the NAL units so far (AUDs already removed).
+    data: Vec<u8>,
+    /// `(start, end, type)` of each complete NAL unit in `data`, start after the start code.
+    nals: Vec<(usize, usize, u8)>,
+    /// Start (after the start code) of the FU-A NAL unit being reassembled.
+    fu_start: Option<usize>,
+    has_idr: bool,
+    has_vcl: bool,
+    damaged: bool,
+}
+
+impl Builder {
+    fn new(timestamp: u32) -> Self {
+        Self {
+            timestamp,
+            data: Vec::new(),
+            nals: Vec::new(),
+            fu_start: None,
+            has_idr: false,
+            has_vcl: false,
+            damaged: false,
+        }
+    }
+}
+
+/// Turns ordered RTP packets of one H.264 track into Annex B [`AccessUnit`]s. See the module
+/// docs for the policy.
+#[derive(Debug)]
+pub struct H264Depacketizer {
+    config: H264Config,
+    current: Option<Builder>,
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+    info: Option<SpsInfo>,
+    /// True until an IDR is output (at start and after damage).
+    waiting_for_idr: bool,
+    /// True once a keyframe request was reported for the current wait.
+    requested: bool,
+    /// True when packets may be missing before the next packet (start, loss): the next access
+    /// unit is only trusted if its first packet visibly starts a picture.
+    after_gap: bool,
+    ever_output: bool,
+    stats: H264Stats,
+}
+
+impl Default for H264Depacketizer {
+    fn default() -> Self {
+        Self::new(H264Config::default())
+    }
+}
+
+impl H264Depacketizer {
+    /// A depacketizer waiting for its first IDR.
+    pub fn new(config: H264Config) -> Self {
+        Self {
+            config,
+            current: None,
+            sps: None,
+            pps: None,
+            info: None,
+            waiting_for_idr: true,
+            requested: false,
+            after_gap: true,
+            ever_output: false,
+            stats: H264Stats::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> H264Stats {
+        self.stats
+    }
+
+    /// What the last parsed SPS says, if any.
+    pub fn stream_info(&self) -> Option<&SpsInfo> {
+        self.info.as_ref()
+    }
+
+    /// True while output is stopped until the next IDR; the caller can use it to retry PLIs.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_for_idr
+    }
+
+    /// Takes one item from the reorder buffer.
+    pub fn push(&mut self, item: Ordered, out: &mut impl FnMut(H264Output)) {
+        match item {
+            Ordered::Packet(pkt) => self.packet(pkt.timestamp, pkt.marker, &pkt.payload, out),
+            Ordered::Gap { lost } => {
+                self.stats.lost_packets += lost;
+                self.loss(out);
+            }
+            Ordered::Resync => self.loss(out),
+        }
+    }
+
+    /// Drops a partly received access unit (no marker yet) at the end of the stream.
+    pub fn flush(&mut self) {
+        if let Some(b) = self.current.take()
+            && (!b.data.is_empty() || b.damaged)
+        {
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    fn loss(&mut self, out: &mut impl FnMut(H264Output)) {
+        self.after_gap = true;
+        self.damage(KeyframeReason::Loss, out);
+    }
+
+    /// Marks the open access unit (if any) as damaged and stops output until the next IDR.
+    fn damage(&mut self, reason: KeyframeReason, out: &mut impl FnMut(H264Output)) {
+        if let Some(b) = &mut self.current {
+            b.damaged = true;
+            b.data = Vec::new();
+            b.nals = Vec::new();
+            b.fu_start = None;
+        }
+        self.waiting_for_idr = true;
+        self.request_keyframe(reason, out);
+    }
+
+    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut impl FnMut(H264Output)) {
+        if !self.requested {
+            self.requested = true;
+            self.stats.keyframe_requests += 1;
+            out(H264Output::KeyframeNeeded(reason));
+        }
+    }
+
+    fn malformed(&mut self, out: &mut impl FnMut(H264Output)) {
+        self.stats.malformed_packets += 1;
+        self.damage(KeyframeReason::Malformed, out);
+    }
+
+    fn packet(
+        &mut self,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+        out: &mut impl FnMut(H264Output),
+    ) {
+        let Some(&header) = payload.first() else {
+            self.stats.ignored_packets += 1;
+            return;
+        };
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|b| b.timestamp != timestamp)
+        {
+            // The previous access unit never saw its marker: its tail is missing.
+            self.damage(KeyframeReason::Malformed, out);
+            self.close(out);
+        }
+        if self.current.is_none() {
+            let mut b = Builder::new(timestamp);
+            if self.after_gap && !starts_picture(payload) {
+                b.damaged = true;
+            }
+            self.after_gap = false;
+            self.current = Some(b);
+            if self.current.as_ref().is_some_and(|b| b.damaged) {
+                let reason = if self.ever_output {
+                    KeyframeReason::Loss
+                } else {
+                    KeyframeReason::Start
+                };
+                self.damage(reason, out);
+            }
+        }
+        if !self.current.as_ref().is_some_and(|b| b.damaged) {
+            self.payload(header, payload, out);
+        }
+        if marker {
+            if self.current.as_ref().is_some_and(|b| b.fu_start.is_some()) {
+                // The marker packet cannot end inside a fragmented NAL unit.
+                self.malformed(out);
+            }
+            self.close(out);
+        }
+    }
+
+    /// Parses one RTP payload into NAL units of the open access unit.
+    fn payload(&mut self, header: u8, payload: &[u8], out: &mut impl FnMut(H264Output)) {
+        if header & 0x80 != 0 {
+            // forbidden_zero_bit: the payload is known to be corrupt (RFC 6184 §5.3).
+            return self.malformed(out);
+        }
+        match header & 0x1F {
+            1..=23 => {
+                if self.fu_open() {
+                    return self.malformed(out);
+                }
+                self.add_nal(payload, out);
+            }
+            STAP_A => {
+                if self.fu_open() {
+                    return self.malformed(out);
+                }
+                let Some(nals) = split_stap_a(&payload[1..]) else {
+                    return self.malformed(out);
+                };
+                for nal in nals {
+                    self.add_nal(nal, out);
+                }
+            }
+            FU_A => self.fu_a(header, &payload[1..], out),
+            25..=27 | 29 => {
+                self.stats.unsupported_packets += 1;
+                self.damage(KeyframeReason::Malformed, out);
+            }
+            _ => self.stats.ignored_packets += 1,
+        }
+    }
+
+    fn fu_open(&self) -> bool {
+        self.current.as_ref().is_some_and(|b| b.fu_start.is_some())
+    }
+
+    fn fu_a(&mut self, indicator: u8, rest: &[u8], out: &mut impl FnMut(H264Output)) {
+        let Some((&fu_header, fragment)) = rest.split_first() else {
+            return self.malformed(out);
+        };
+        let start = fu_header & 0x80 != 0;
+        let end = fu_header & 0x40 != 0;
+        let nal_type = fu_header & 0x1F;
+        if (start && end) || !(1..=23).contains(&nal_type) || start == self.fu_open() {
+            // Both bits set (forbidden), a reserved or aggregate type, a start while another
+            // NAL is open (its end was lost), or a continuation without a start.
+            return self.malformed(out);
+        }
+        if !self.fits(fragment.len() + if start { 5 } else { 0 }, out) {
+            return;
+        }
+        let Some(b) = &mut self.current else { return };
+        if start {
+            b.data.extend_from_slice(&START_CODE);
+            b.fu_start = Some(b.data.len());
+            b.data.push((indicator & 0xE0) | nal_type);
+        }
+        b.data.extend_from_slice(fragment);
+        if end && let Some(nal_start) = b.fu_start.take() {
+            self.finish_nal(nal_start, out);
+        }
+    }
+
+    /// Checks that `extra` more bytes keep the access unit within bounds; damages it if not.
+    fn fits(&mut self, extra: usize, out: &mut impl FnMut(H264Output)) -> bool {
+        let Some(b) = &self.current else { return false };
+        if b.data.len() + extra > self.config.max_au_bytes
+            || b.nals.len() >= self.config.max_nals_per_au
+        {
+            self.damage(KeyframeReason::Oversized, out);
+            return false;
+        }
+        true
+    }
+
+    /// Appends one complete NAL unit (header byte first) to the open access unit.
+    fn add_nal(&mut self, nal: &[u8], out: &mut impl FnMut(H264Output)) {
+        if self.current.as_ref().is_none_or(|b| b.damaged) {
+            return;
+        }
+        let Some(&header) = nal.first() else {
+            return self.malformed(out);
+        };
+        if header & 0x80 != 0 || !(1..=23).contains(&(header & 0x1F)) {
+            return self.malformed(out);
+        }
+        if !self.fits(nal.len() + START_CODE.len(), out) {
+            return;
+        }
+        let Some(b) = &mut self.current else { return };
+        b.data.extend_from_slice(&START_CODE);
+        let start = b.data.len();
+        b.data.extend_from_slice(nal);
+        self.finish_nal(start, out);
+    }
+
+    /// Records the NAL unit that runs from `start` to the end of the open access unit's data.
+    fn finish_nal(&mut self, start: usize, out: &mut impl FnMut(H264Output)) {
+        let Some(b) = &mut self.current else { return };
+        let end = b.data.len();
+        let nal_type = b.data[start] & 0x1F;
+        match nal_type {
+            NAL_AUD => {
+                // The TS writer writes its own delimiter.
+                b.data.truncate(start - START_CODE.len());
+                return;
+            }
+            1..=5 => {
+                b.has_vcl = true;
+                b.has_idr |= nal_type == NAL_IDR;
+            }
+            _ => {}
+        }
+        b.nals.push((start, end, nal_type));
+        if nal_type == NAL_SPS || nal_type == NAL_PPS {
+            let nal = b.data[start..end].to_vec();
+            self.parameter_set(nal_type, nal, out);
+        }
+    }
+
+    /// Keeps the latest SPS / PPS for IDRs that arrive without them.
+    fn parameter_set(&mut self, nal_type: u8, nal: Vec<u8>, out: &mut impl FnMut(H264Output)) {
+        if nal.len() > self.config.max_parameter_set_bytes {
+            return self.malformed(out);
+        }
+        if nal_type == NAL_PPS {
+            self.pps = Some(nal);
+            return;
+        }
+        if self.sps.as_deref() == Some(&nal[..]) {
+            return;
+        }
+        match parse_sps(&nal) {
+            Ok(info) => {
+                if self.info.as_ref() != Some(&info) {
+                    self.info = Some(info.clone());
+                    out(H264Output::StreamInfo(info));
+                }
+            }
+            Err(e) => {
+                self.stats.unparsed_sps += 1;
+                tracing::debug!(error = %e, "cannot parse H.264 SPS");
+            }
+        }
+        self.sps = Some(nal);
+    }
+
+    /// Ends the open access unit: hands it on if it is complete and decodable.
+    fn close(&mut self, out: &mut impl FnMut(H264Output)) {
+        let Some(b) = self.current.take() else { return };
+        if b.damaged || b.fu_start.is_some() {
+            self.stats.frames_dropped += 1;
+            return;
+        }
+        if !b.has_vcl {
+            // Parameter sets or SEI on their own: kept (parameter sets) or dropped, no picture.
+            return;
+        }
+        if self.waiting_for_idr && !b.has_idr {
+            self.stats.frames_dropped += 1;
+            let reason = if self.ever_output {
+                KeyframeReason::Loss
+            } else {
+                KeyframeReason::Start
+            };
+            self.request_keyframe(reason, out);
+            return;
+        }
+        let data = if b.has_idr {
+            let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
+                self.stats.frames_dropped += 1;
+                self.waiting_for_idr = true;
+                self.request_keyframe(KeyframeReason::MissingParameterSets, out);
+                return;
+            };
+            let mut data = Vec::with_capacity(b.data.len() + sps.len() + pps.len() + 8);
+            for ps in [sps, pps] {
+                data.extend_from_slice(&START_CODE);
+                data.extend_from_slice(ps);
+            }
+            for &(start, end, nal_type) in &b.nals {
+                if nal_type != NAL_SPS && nal_type != NAL_PPS {
+                    data.extend_from_slice(&START_CODE);
+                    data.extend_from_slice(&b.data[start..end]);
+                }
+            }
+            self.waiting_for_idr = false;
+            self.requested = false;
+            self.stats.keyframes_out += 1;
+            data
+        } else {
+            b.data
+        };
+        self.ever_output = true;
+        self.stats.frames_out += 1;
+        out(H264Output::AccessUnit(AccessUnit {
+            rtp_timestamp: b.timestamp,
+            data,
+            keyframe: b.has_idr,
+        }));
+    }
+}
+
+/// Splits a STAP-A body (after its header byte) into NAL units; `None` if any size is zero or
+/// runs past the end, or a byte is left over (the case that panics `rtc`'s depacketizer).
+fn split_stap_a(mut body: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut nals = Vec::new();
+    while !body.is_empty() {
+        let [hi, lo, rest @ ..] = body else {
+            return None;
+        };
+        let size = usize::from(u16::from_be_bytes([*hi, *lo]));
+        if size == 0 || size > rest.len() {
+            return None;
+        }
+        let (nal, tail) = rest.split_at(size);
+        nals.push(nal);
+        body = tail;
+    }
+    (!nals.is_empty()).then_some(nals)
+}
+
+/// True when an RTP payload visibly begins a picture: an aggregation packet, a parameter
+/// set / SEI / AUD, or the first slice of a picture (`first_mb_in_slice == 0`, whose ue(v)
+/// code is the single bit `1` right after the NAL header). Used after a loss to tell whether
+/// the first packets of the next access unit could be missing.
+fn starts_picture(payload: &[u8]) -> bool {
+    let nal_starts = |nal_type: u8, first_body_byte: Option<&u8>| match nal_type {
+        1 | NAL_IDR => first_body_byte.is_some_and(|b| b & 0x80 != 0),
+        6..=9 => true,
+        _ => false,
+    };
+    match payload.first().map(|h| h & 0x1F) {
+        Some(STAP_A) => true,
+        Some(FU_A) => payload
+            .get(1)
+            .is_some_and(|&fu| fu & 0x80 != 0 && nal_starts(fu & 0x1F, payload.get(2))),
+        Some(t @ 1..=23) => nal_starts(t, payload.get(1)),
+        _ => false,
+    }
+}

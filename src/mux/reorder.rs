@@ -1,0 +1,486 @@
+//! Per-track reorder buffer: duplicates out, packets in sequence order, holes reported.
+//!
+//! The WebRTC stack hands packets over in arrival order. NACK/RTX repairs arrive late and under
+//! their original sequence numbers, and bandwidth probes show up as duplicates (see
+//! `interop-probe.md`, pitfall 2). The depacketizers need packets in order and must know when
+//! one is missing for good, so this buffer sits in front of them. It is bounded in packets
+//! (a hole is skipped when the window is full) and in time (a hole is given up after a
+//! deadline), and it resyncs on a confirmed huge sequence jump (publisher restart) instead of
+//! waiting for a hole that will never be filled.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::RtpPacket;
+use super::unwrap::SequenceUnwrapper;
+
+/// What the reorder buffer hands on, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ordered {
+    /// The next packet in sequence order.
+    Packet(RtpPacket),
+    /// `lost` packets are missing between the previous item and the next one, for good.
+    Gap {
+        /// Number of sequence numbers that were skipped.
+        lost: u64,
+    },
+    /// The sequence numbering restarted (publisher restart or a huge jump). Everything before
+    /// is unrelated to what follows; treat it like a gap of unknown size.
+    Resync,
+}
+
+/// Limits of a [`ReorderBuffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReorderConfig {
+    /// Most packets held while waiting for a hole to fill.
+    pub capacity: usize,
+    /// How long (in arrival time) a packet may wait for an earlier hole before the hole is
+    /// given up. Should cover one NACK round trip.
+    pub max_delay: Duration,
+    /// A forward jump of more sequence numbers than this is treated as a restart, not loss
+    /// (RFC 3550 Appendix A.1 `MAX_DROPOUT`).
+    pub max_dropout: u64,
+    /// A packet more than this far behind the next expected one is treated as a possible
+    /// restart, not as a late packet (RFC 3550 Appendix A.1 `MAX_MISORDER`, widened for RTX).
+    pub max_misorder: u64,
+}
+
+impl Default for ReorderConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 512,
+            max_delay: Duration::from_millis(150),
+            max_dropout: 3000,
+            max_misorder: 1000,
+        }
+    }
+}
+
+/// Counters of a [`ReorderBuffer`], for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReorderStats {
+    /// Packets pushed.
+    pub received: u64,
+    /// Packets handed on.
+    pub released: u64,
+    /// Packets that arrived out of order but in time, and were put back in order.
+    pub reordered: u64,
+    /// Copies of a packet that was already buffered or handed on (dropped).
+    pub duplicates: u64,
+    /// Packets that arrived after their hole had been given up (dropped).
+    pub late: u64,
+    /// Sequence numbers given up as lost.
+    pub lost: u64,
+    /// Confirmed restarts of the sequence numbering.
+    pub resyncs: u64,
+    /// Packets far outside the window that were never confirmed by a successor (dropped).
+    pub stray: u64,
+}
+
+/// How many given-up ranges are remembered to tell late packets from duplicates.
+const LOST_RANGES_KEPT: usize = 64;
+
+/// Reorders one track's packets by extended sequence number. See the module docs.
+#[derive(Debug)]
+pub struct ReorderBuffer {
+    config: ReorderConfig,
+    unwrapper: SequenceUnwrapper,
+    /// Extended sequence number of the next packet to hand on; `None` before the first packet.
+    next: Option<i64>,
+    /// Held packets with their arrival time, keyed by extended sequence number (all > `next`).
+    held: BTreeMap<i64, (RtpPacket, Instant)>,
+    /// Earliest arrival time among `held`, cached.
+    oldest: Option<Instant>,
+    /// Ranges `[start, end)` recently given up, to classify stragglers.
+    lost_ranges: VecDeque<(i64, i64)>,
+    /// A packet far outside the window, waiting for its successor to confirm a restart.
+    probation: Option<(RtpPacket, Instant)>,
+    stats: ReorderStats,
+}
+
+impl Default for ReorderBuffer {
+    fn default() -> Self {
+        Self::new(ReorderConfig::default())
+    }
+}
+
+impl ReorderBuffer {
+    /// An empty buffer with the given limits (a capacity below 1 is raised to 1).
+    pub fn new(mut config: ReorderConfig) -> Self {
+        config.capacity = config.capacity.max(1);
+        Self {
+            config,
+            unwrapper: SequenceUnwrapper::new(),
+            next: None,
+            held: BTreeMap::new(),
+            oldest: None,
+            lost_ranges: VecDeque::new(),
+            probation: None,
+            stats: ReorderStats::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ReorderStats {
+        self.stats
+    }
+
+    /// Packets currently held back.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When [`Self::poll_timeout`] should next be called, if anything is held.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.config.max_delay)
+    }
+
+    /// Takes one packet that arrived at `now`; hands on everything that is now in order.
+    pub fn push(&mut self, pkt: RtpPacket, now: Instant, out: &mut impl FnMut(Ordered)) {
+        self.stats.received += 1;
+        let ext = self.unwrapper.peek(u32::from(pkt.sequence));
+        let Some(next) = self.next else {
+            self.unwrapper.unwrap(u32::from(pkt.sequence));
+            self.next = Some(ext + 1);
+            self.release(pkt, out);
+            return;
+        };
+        let ahead = ext - next;
+        let too_far_ahead = ahead > 0 && ahead.unsigned_abs() > self.config.max_dropout;
+        let too_far_behind = ahead < 0 && ahead.unsigned_abs() > self.config.max_misorder;
+        if too_far_ahead || too_far_behind {
+            self.stray_or_restart(pkt, now, out);
+            return;
+        }
+        if self.probation.take().is_some() {
+            self.stats.stray += 1;
+        }
+        if ahead < 0 {
+            if self.lost_ranges.iter().any(|&(s, e)| (s..e).contains(&ext)) {
+                self.stats.late += 1;
+            } else {
+                self.stats.duplicates += 1;
+            }
+            return;
+        }
+        self.unwrapper.unwrap(u32::from(pkt.sequence));
+        if ahead == 0 {
+            if !self.held.is_empty() {
+                // This packet fills a hole that later packets are waiting behind.
+                self.stats.reordered += 1;
+            }
+            self.next = Some(next + 1);
+            self.release(pkt, out);
+            self.release_in_order(out);
+        } else {
+            if self.held.contains_key(&ext) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            // Make room: a hole that does not fit in the window is given up.
+            while ext - self.next.unwrap_or(ext) >= self.config.capacity as i64 {
+                self.skip_hole(ext, out);
+            }
+            if ext == self.next.unwrap_or(ext) {
+                self.next = Some(ext + 1);
+                self.release(pkt, out);
+                self.release_in_order(out);
+            } else {
+                self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
+                self.held.insert(ext, (pkt, now));
+            }
+        }
+        self.poll_timeout(now, out);
+    }
+
+    /// Gives up holes whose waiting packets have reached their deadline at `now`.
+    pub fn poll_timeout(&mut self, now: Instant, out: &mut impl FnMut(Ordered)) {
+        while let Some(deadline) = self.next_deadline() {
+            if now < deadline {
+                break;
+            }
+            self.skip_hole(i64::MAX, out);
+        }
+    }
+
+    /// Hands on everything held, in order, reporting the holes between (end of stream).
+    pub fn flush(&mut self, out: &mut impl FnMut(Ordered)) {
+        while !self.held.is_empty() {
+            self.skip_hole(i64::MAX, out);
+        }
+        self.probation = None;
+    }
+
+    /// Gives up the hole at `next`: jumps to the first held packet (or to `limit` if it comes
+    /// first) and hands on the run that follows.
+    fn skip_hole(&mut self, limit: i64, out: &mut impl FnMut(Ordered)) {
+        let Some(next) = self.next else { return };
+        let first_held = self.held.keys().next().copied().unwrap_or(i64::MAX);
+        let target = first_held.min(limit);
+        if target > next {
+            let lost = (target - next).unsigned_abs();
+            self.stats.lost += lost;
+            if self.lost_ranges.len() == LOST_RANGES_KEPT {
+                self.lost_ranges.pop_front();
+            }
+            self.lost_ranges.push_back((next, target));
+            out(Ordered::Gap { lost });
+            self.next = Some(target);
+        }
+        self.release_in_order(out);
+    }
+
+    /// Hands on held packets while they continue the sequence, then refreshes `oldest`.
+    fn release_in_order(&mut self, out: &mut impl FnMut(Ordered)) {
+        while let Some(entry) = self.held.first_entry() {
+            let Some(next) = self.next else { break };
+            if *entry.key() != next {
+                break;
+            }
+            let (pkt, _) = entry.remove();
+            self.next = Some(next + 1);
+            self.release(pkt, out);
+        }
+        self.oldest = self.held.values().map(|&(_, t)| t).min();
+    }
+
+    fn release(&mut self, pkt: RtpPacket, out: &mut impl FnMut(Ordered)) {
+        self.stats.released += 1;
+        out(Ordered::Packet(pkt));
+    }
+
+    /// A packet far outside the window: garbage, or the first packet after a restart. It is
+    /// held on probation; when its direct successor arrives next, the stream is resynced.
+    fn stray_or_restart(&mut self, pkt: RtpPacket, now: Instant, out: &mut impl FnMut(Ordered)) {
+        let confirms = self
+            .probation
+            .as_ref()
+            .is_some_and(|(p, _)| p.sequence.wrapping_add(1) == pkt.sequence);
+        if !confirms {
+            if self.probation.replace((pkt, now)).is_some() {
+                self.stats.stray += 1;
+            }
+            return;
+        }
+        let Some((first, _)) = self.probation.take() else {
+            return;
+        };
+        tracing::debug!(
+            from = ?self.next,
+            to = first.sequence,
+            "RTP sequence numbers jumped; resyncing"
+        );
+        self.flush(out);
+        self.stats.resyncs += 1;
+        self.lost_ranges.clear();
+        out(Ordered::Resync);
+        self.unwrapper = SequenceUnwrapper::new();
+        let ext = self.unwrapper.unwrap(u32::from(pkt.sequence));
+        self.next = Some(ext + 1);
+        self.release(first, out);
+        self.release(pkt, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn pkt(seq: u16) -> RtpPacket {
+        RtpPacket {
+            sequence: seq,
+            timestamp: u32::from(seq) * 10,
+            marker: false,
+            ssrc: u32::MAX,
+            payload_type: 96,
+            payload: Bytes::from(vec![seq as u8]),
+        }
+    }
+
+    /// Drives a buffer with millisecond arrival times and renders its output compactly.
+    struct Run {
+        buf: ReorderBuffer,
+        t0: Instant,
+        out: Vec<Ordered>,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            Self {
+                buf: ReorderBuffer::default(),
+                t0: Instant::now(),
+                out: Vec::new(),
+            }
+        }
+        fn push(&mut self, seq: u16, ms: u64) {
+            let now = self.t0 + Duration::from_millis(ms);
+            let out = &mut self.out;
+            self.buf.push(pkt(seq), now, &mut |o| out.push(o));
+        }
+        fn poll(&mut self, ms: u64) {
+            let now = self.t0 + Duration::from_millis(ms);
+            let out = &mut self.out;
+            self.buf.poll_timeout(now, &mut |o| out.push(o));
+        }
+        fn take(&mut self) -> Vec<String> {
+            self.out
+                .drain(..)
+                .map(|o| match o {
+                    Ordered::Packet(p) => p.sequence.to_string(),
+                    Ordered::Gap { lost } => format!("gap{lost}"),
+                    Ordered::Resync => "resync".into(),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn in_order_packets_pass_straight_through() {
+        let mut r = Run::new();
+        for s in 10..15 {
+            r.push(s, 0);
+        }
+        assert_eq!(r.take(), ["10", "11", "12", "13", "14"]);
+        assert_eq!(r.buf.held(), 0);
+        assert_eq!(r.buf.next_deadline(), None);
+    }
+
+    #[test]
+    fn reordered_packets_come_out_in_order() {
+        let mut r = Run::new();
+        r.push(1, 0);
+        r.push(3, 1);
+        r.push(4, 2);
+        assert_eq!(r.take(), ["1"]);
+        r.push(2, 3);
+        assert_eq!(r.take(), ["2", "3", "4"]);
+        let s = r.buf.stats();
+        assert_eq!((s.reordered, s.lost, s.released), (1, 0, 4));
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted() {
+        let mut r = Run::new();
+        r.push(1, 0);
+        r.push(1, 1); // copy of a released packet
+        r.push(3, 2);
+        r.push(3, 3); // copy of a held packet
+        r.push(2, 4);
+        r.push(2, 5);
+        assert_eq!(r.take(), ["1", "2", "3"]);
+        assert_eq!(r.buf.stats().duplicates, 3);
+    }
+
+    #[test]
+    fn a_hole_is_given_up_after_the_deadline() {
+        let mut r = Run::new();
+        r.push(1, 0);
+        r.push(3, 10);
+        r.push(4, 20);
+        r.poll(159);
+        assert_eq!(r.take(), ["1"]);
+        assert_eq!(
+            r.buf.next_deadline(),
+            Some(r.t0 + Duration::from_millis(160))
+        );
+        r.poll(160);
+        assert_eq!(r.take(), ["gap1", "3", "4"]);
+        // The missing packet turns up after all: it is late, not a duplicate.
+        r.push(2, 200);
+        assert_eq!(r.take(), Vec::<String>::new());
+        let s = r.buf.stats();
+        assert_eq!((s.late, s.duplicates, s.lost), (1, 0, 1));
+    }
+
+    #[test]
+    fn later_holes_get_their_own_deadline() {
+        let mut r = Run::new();
+        r.push(1, 0);
+        r.push(3, 0);
+        r.push(6, 100);
+        r.poll(150);
+        assert_eq!(r.take(), ["1", "gap1", "3"]);
+        r.poll(249);
+        assert_eq!(r.take(), Vec::<String>::new());
+        r.poll(250);
+        assert_eq!(r.take(), ["gap2", "6"]);
+    }
+
+    #[test]
+    fn a_full_window_skips_the_hole() {
+        let mut r = Run::new();
+        r.buf = ReorderBuffer::new(ReorderConfig {
+            capacity: 4,
+            ..ReorderConfig::default()
+        });
+        r.push(0, 0);
+        for s in 2..=5 {
+            r.push(s, 0);
+        }
+        // 5 is 4 ahead of the hole at 1: the window is full, so the hole is given up.
+        assert_eq!(r.take(), ["0", "gap1", "2", "3", "4", "5"]);
+        assert!(r.buf.held() <= 4);
+    }
+
+    #[test]
+    fn sequence_wrap_is_seamless() {
+        let mut r = Run::new();
+        r.push(65534, 0);
+        r.push(0, 1);
+        r.push(65535, 2);
+        r.push(1, 3);
+        assert_eq!(r.take(), ["65534", "65535", "0", "1"]);
+        assert_eq!(r.buf.stats().lost, 0);
+    }
+
+    #[test]
+    fn a_confirmed_huge_jump_resyncs() {
+        let mut r = Run::new();
+        r.push(100, 0);
+        r.push(102, 1);
+        r.push(40000, 2); // garbage or restart: held on probation
+        assert_eq!(r.take(), ["100"]);
+        r.push(40001, 3); // confirmed
+        assert_eq!(r.take(), ["gap1", "102", "resync", "40000", "40001"]);
+        r.push(40002, 4);
+        assert_eq!(r.take(), ["40002"]);
+        assert_eq!(r.buf.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn a_restart_to_lower_numbers_resyncs() {
+        let mut r = Run::new();
+        r.push(30000, 0);
+        r.push(20000, 1);
+        r.push(20001, 2);
+        assert_eq!(r.take(), ["30000", "resync", "20000", "20001"]);
+    }
+
+    #[test]
+    fn unconfirmed_stray_packets_are_dropped() {
+        let mut r = Run::new();
+        r.push(5, 0);
+        r.push(9000, 1);
+        r.push(6, 2);
+        r.push(20000, 3);
+        r.push(30000, 4);
+        r.push(7, 5);
+        assert_eq!(r.take(), ["5", "6", "7"]);
+        let s = r.buf.stats();
+        assert_eq!((s.stray, s.resyncs), (3, 0));
+    }
+
+    #[test]
+    fn flush_releases_everything_with_gaps() {
+        let mut r = Run::new();
+        r.push(1, 0);
+        r.push(4, 0);
+        r.push(3, 0);
+        r.push(7, 0);
+        let out = &mut r.out;
+        r.buf.flush(&mut |o| out.push(o));
+        assert_eq!(r.take(), ["1", "gap1", "3", "4", "gap2", "7"]);
+        assert_eq!(r.buf.held(), 0);
+    }
+}
