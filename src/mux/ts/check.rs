@@ -186,7 +186,7 @@ pub fn check(data: &[u8], opts: &CheckOptions) -> CheckReport {
     if c.r.packets == 0 {
         c.violation("no complete packet".into());
     }
-    if c.r.has_video && c.r.video.is_empty() {
+    if c.r.has_video && c.r.video.is_empty() && !opts.allow_truncated {
         c.violation("PMT lists video but there is no video PES".into());
     }
     if opts.audio_starts_with_video
