@@ -2,7 +2,7 @@
 //! conformance checker, read back with the `mpeg2ts` crate, and play in ffmpeg/ffprobe exactly
 //! like the ffmpeg-made original.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
@@ -77,7 +77,7 @@ fn run(cmd: &str, args: &[&str]) -> (String, String) {
 }
 
 /// `ffmpeg -v error -i f -f null -`: the decode errors (empty when the file is clean).
-fn decode_errors(path: &PathBuf) -> String {
+fn decode_errors(path: &Path) -> String {
     run(
         "ffmpeg",
         &[
@@ -95,7 +95,7 @@ fn decode_errors(path: &PathBuf) -> String {
 }
 
 /// Per-stream packet counts as ffprobe reads them: (codec, sample_rate, channels, packets).
-fn probe(path: &PathBuf) -> Vec<String> {
+fn probe(path: &Path) -> Vec<String> {
     let (out, err) = run(
         "ffprobe",
         &[
@@ -116,7 +116,7 @@ fn probe(path: &PathBuf) -> Vec<String> {
 }
 
 /// (size, md5) of every decoded video frame.
-fn video_frame_hashes(path: &PathBuf) -> Vec<String> {
+fn video_frame_hashes(path: &Path) -> Vec<String> {
     let (out, _) = run(
         "ffmpeg",
         &[
