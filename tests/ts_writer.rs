@@ -1,0 +1,295 @@
+//! The TS writer against real tools: the built-in clip written through `TsWriter` must pass the
+//! conformance checker, read back with the `mpeg2ts` crate, and play in ffmpeg/ffprobe exactly
+//! like the ffmpeg-made original.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
+use mpeg2ts::ts::TsPacketReader;
+use ninjarec::clip::Clip;
+use ninjarec::mux::ts::check::{CheckOptions, check};
+use ninjarec::mux::ts::{AUD, TsConfig, TsWriter};
+
+/// One unit of the clip in file order.
+enum Unit<'a> {
+    Video(u64, Vec<u8>, bool),
+    Audio(u64, &'a [u8]),
+}
+
+/// The clip's units with PTS + `offset`, interleaved by PTS (video first on ties), access units
+/// as Annex B with start codes.
+fn units(clip: &Clip, offset: u64, video: bool, audio: bool) -> Vec<Unit<'_>> {
+    let mut v: Vec<Unit> = Vec::new();
+    if video {
+        for f in &clip.video {
+            let mut au = Vec::new();
+            for nal in &f.nals {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(nal);
+            }
+            v.push(Unit::Video(f.pts_90k + offset, au, f.keyframe));
+        }
+    }
+    if audio {
+        for a in &clip.audio {
+            v.push(Unit::Audio(a.pts_90k + offset, &a.data));
+        }
+    }
+    v.sort_by_key(|u| match u {
+        Unit::Video(p, ..) => (*p, 0),
+        Unit::Audio(p, _) => (*p, 1),
+    });
+    v
+}
+
+/// The clip written through `TsWriter`.
+fn write_clip(clip: &Clip, offset: u64, video: bool, audio: bool) -> Vec<u8> {
+    let mut w = TsWriter::new(TsConfig { video, audio }).unwrap();
+    let mut out = Vec::new();
+    for u in units(clip, offset, video, audio) {
+        match u {
+            Unit::Video(pts, au, key) => w.write_video(pts, &au, key, &mut out).unwrap(),
+            Unit::Audio(pts, data) => w.write_audio(pts, data, &mut out).unwrap(),
+        }
+    }
+    out
+}
+
+/// Writes bytes to a per-test temporary file.
+fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ninjarec-ts-{}-{name}.ts", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn run(cmd: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `ffmpeg -v error -i f -f null -`: the decode errors (empty when the file is clean).
+fn decode_errors(path: &Path) -> String {
+    run(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            path.to_str().unwrap(),
+            "-f",
+            "null",
+            "-",
+        ],
+    )
+    .1
+}
+
+/// Per-stream packet counts as ffprobe reads them: (codec, sample_rate, channels, packets).
+fn probe(path: &Path) -> Vec<String> {
+    let (out, err) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels,nb_read_packets",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(err.is_empty(), "{err}");
+    // ffprobe lists the program's streams, a blank line, then the streams: keep the latter.
+    let streams = out.rsplit("\n\n").next().unwrap_or_default();
+    streams.lines().map(str::to_owned).collect()
+}
+
+/// (size, md5) of every decoded video frame.
+fn video_frame_hashes(path: &Path) -> Vec<String> {
+    let (out, _) = run(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            path.to_str().unwrap(),
+            "-map",
+            "0:v",
+            "-f",
+            "framemd5",
+            "-",
+        ],
+    );
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let cols: Vec<&str> = l.split(',').map(str::trim).collect();
+            format!("{} {}", cols[4], cols[5])
+        })
+        .collect()
+}
+
+#[test]
+fn clip_passes_the_checker_and_reads_back_unchanged() {
+    let clip = Clip::builtin();
+    let out = write_clip(&clip, 90_000, true, true);
+    let r = check(&out, &CheckOptions::default());
+    assert!(r.is_ok(), "{:#?}", r.violations);
+    assert_eq!(r.video.len(), clip.video.len());
+    assert_eq!(r.audio.len(), clip.audio.len());
+    for (pes, f) in r.video.iter().zip(&clip.video) {
+        assert_eq!(pes.pts, f.pts_90k + 90_000);
+        assert_eq!(pes.keyframe, f.keyframe);
+        assert!(pes.data.starts_with(&AUD));
+    }
+    for (pes, a) in r.audio.iter().zip(&clip.audio) {
+        assert_eq!(pes.pts, a.pts_90k + 90_000);
+        assert_eq!(pes.data, a.data);
+    }
+    assert!(r.max_pcr_interval_90k <= 3_600);
+    assert!(r.max_psi_interval_90k <= 9_000);
+
+    // The mpeg2ts crate reads every PES back.
+    let mut reader = PesPacketReader::new(TsPacketReader::new(&out[..]));
+    let (mut v, mut a) = (0, 0);
+    while let Some(pes) = reader.read_pes_packet().unwrap() {
+        match pes.header.stream_id.as_u8() {
+            0xE0 => v += 1,
+            0xBD => a += 1,
+            other => panic!("stream id {other:#x}"),
+        }
+    }
+    assert_eq!((v, a), (clip.video.len(), clip.audio.len()));
+    // And the crate's own clip reader gets the same clip back.
+    let again = Clip::from_ts(&out).unwrap();
+    assert_eq!(again.video.len(), clip.video.len());
+    assert!(
+        again
+            .audio
+            .iter()
+            .zip(&clip.audio)
+            .all(|(x, y)| x.data == y.data)
+    );
+}
+
+#[test]
+fn ffmpeg_plays_the_clip_like_the_original() {
+    let clip = Clip::builtin();
+    let path = temp_file("av", &write_clip(&clip, 90_000, true, true));
+    assert_eq!(decode_errors(&path), "");
+    let streams = probe(&path);
+    assert_eq!(
+        streams,
+        vec![
+            format!("h264,{}", clip.video.len()),
+            format!("opus,48000,2,{}", clip.audio.len()),
+        ]
+    );
+    let original = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/clip.ts");
+    let ours = video_frame_hashes(&path);
+    assert_eq!(ours.len(), clip.video.len());
+    assert_eq!(ours, video_frame_hashes(&original));
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn single_track_files_play() {
+    let clip = Clip::builtin();
+    let video = temp_file("v", &write_clip(&clip, 90_000, true, false));
+    assert_eq!(decode_errors(&video), "");
+    assert_eq!(probe(&video), vec![format!("h264,{}", clip.video.len())]);
+    let audio = temp_file("a", &write_clip(&clip, 90_000, false, true));
+    assert_eq!(decode_errors(&audio), "");
+    assert_eq!(
+        probe(&audio),
+        vec![format!("opus,48000,2,{}", clip.audio.len())]
+    );
+    let r = check(&std::fs::read(&audio).unwrap(), &CheckOptions::default());
+    assert!(r.is_ok(), "{:#?}", r.violations);
+    std::fs::remove_file(video).unwrap();
+    std::fs::remove_file(audio).unwrap();
+}
+
+#[test]
+fn timeline_crossing_2_pow_33_plays() {
+    let clip = Clip::builtin();
+    // The 33-bit PTS wraps 1.5 s into the clip.
+    let offset = (1u64 << 33) - 135_000;
+    let bytes = write_clip(&clip, offset, true, true);
+    let r = check(&bytes, &CheckOptions::default());
+    assert!(r.is_ok(), "{:#?}", r.violations);
+    assert!(r.video.first().unwrap().pts > r.video.last().unwrap().pts);
+    let path = temp_file("wrap", &bytes);
+    assert_eq!(decode_errors(&path), "");
+    assert_eq!(video_frame_hashes(&path).len(), clip.video.len());
+    std::fs::remove_file(path).unwrap();
+}
+
+/// A file cut at any byte (the recorder killed mid-write) plays up to the cut.
+///
+/// What is accepted: every access unit complete before the cut decodes to exactly the frame
+/// the uncut file gives (framemd5 equal, frame for frame), every Opus packet complete before
+/// the cut is demuxed, and `ffmpeg -v error` prints nothing except messages of the H.264
+/// decoder about the last, partial access unit (a video PES has no length, so the demuxer
+/// hands the cut frame to the decoder, which conceals its missing macroblocks). Nothing from
+/// the demuxer or the Opus decoder is accepted.
+#[test]
+fn truncated_file_plays_up_to_the_cut() {
+    let clip = Clip::builtin();
+    let bytes = write_clip(&clip, 90_000, true, true);
+    let full = temp_file("full", &bytes);
+    let full_hashes = video_frame_hashes(&full);
+    std::fs::remove_file(full).unwrap();
+    let opts = CheckOptions {
+        allow_truncated: true,
+        ..Default::default()
+    };
+    for cut in [
+        20_001,
+        70_001,
+        100_000,
+        111_937,
+        188 * 700,
+        bytes.len() - 1000,
+    ] {
+        let r = check(&bytes[..cut], &opts);
+        assert!(r.is_ok(), "cut {cut}: {:#?}", r.violations);
+        let complete = r.video.len();
+        let path = temp_file(&format!("cut{cut}"), &bytes[..cut]);
+        let errors = decode_errors(&path);
+        for line in errors.lines() {
+            assert!(
+                line.starts_with("[h264 @"),
+                "cut {cut}: unexpected error {line}"
+            );
+        }
+        let hashes = video_frame_hashes(&path);
+        assert!(
+            hashes.len() == complete || hashes.len() == complete + 1,
+            "cut {cut}: {} frames for {complete} complete access units",
+            hashes.len()
+        );
+        assert_eq!(hashes[..complete], full_hashes[..complete], "cut {cut}");
+        if complete > 0 {
+            let audio_packets: usize = probe(&path)
+                .iter()
+                .find(|l| l.starts_with("opus"))
+                .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+                .unwrap_or(0);
+            assert!(audio_packets >= r.audio.len(), "cut {cut}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+}
