@@ -172,6 +172,9 @@ pub struct SessionStats {
     pub dc_dropped: u64,
     /// Remote candidates dropped (queue full or rejected).
     pub candidates_dropped: u64,
+    /// Media events (RTP, Sender Reports) dropped because the consumer's queue was full (a
+    /// slow disk): the queue stays bounded, the loss is counted here and shows up as a gap.
+    pub media_dropped: u64,
 }
 
 /// Everything a session reports.
@@ -313,6 +316,7 @@ struct Counters {
     video_packets: AtomicU64,
     audio_packets: AtomicU64,
     sender_reports: AtomicU64,
+    media_dropped: AtomicU64,
 }
 
 struct Channel {
@@ -803,6 +807,7 @@ impl Session {
         self.stats.video_packets = self.counters.video_packets.load(Ordering::Relaxed);
         self.stats.audio_packets = self.counters.audio_packets.load(Ordering::Relaxed);
         self.stats.sender_reports = self.counters.sender_reports.load(Ordering::Relaxed);
+        self.stats.media_dropped = self.counters.media_dropped.load(Ordering::Relaxed);
         info!(label = %self.config.label, ?reason, stats = ?self.stats, "peer session closed");
         let stats = self.stats.clone();
         self.emit(SessionEvent::Closed { reason, stats }).await;
@@ -841,7 +846,7 @@ async fn read_track(
                     packet,
                     arrival: Instant::now(),
                 };
-                if events.send(SessionEvent::Media(ev)).await.is_err() {
+                if !forward_media(&events, &counters, ev) {
                     return;
                 }
             }
@@ -859,7 +864,7 @@ async fn read_track(
                             rtp_timestamp: sr.rtp_time,
                             arrival: Instant::now(),
                         };
-                        if events.send(SessionEvent::Media(ev)).await.is_err() {
+                        if !forward_media(&events, &counters, ev) {
                             return;
                         }
                     }
@@ -868,5 +873,19 @@ async fn read_track(
             TrackRemoteEvent::OnEnded => break,
             _ => {}
         }
+    }
+}
+
+/// Hands one media event to the consumer without waiting: a full queue (the recorder is behind,
+/// e.g. on a slow disk) drops the event and counts it, so memory stays bounded and the track
+/// reader never stalls the connection. Returns false when the consumer is gone.
+fn forward_media(events: &mpsc::Sender<SessionEvent>, counters: &Counters, ev: MediaEvent) -> bool {
+    match events.try_send(SessionEvent::Media(ev)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            counters.media_dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
