@@ -5,3 +5,4 @@
 //! publisher → one task per track → [`mux`] (reorder, depacketize, one A/V clock, TS) →
 //! [`record`] (the file).
 pub mod mux;
+pub mod signaling;
