@@ -12,6 +12,7 @@ pub mod message;
 pub mod room;
 pub mod server;
 
+pub use client::{SignalingConfig, SignalingEvent, SignalingHandle, spawn};
 pub use crypto::{Cipher, CryptoError, Password, Security};
 pub use message::IceCandidate;
 pub use room::{Dialect, PeerId};
