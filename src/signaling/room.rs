@@ -231,6 +231,9 @@ struct StreamState {
     phase: Phase,
 }
 
+/// Candidates received before the offer: (session, candidates).
+type QueuedBundle = (Option<Value>, Vec<IceCandidate>);
+
 #[derive(Debug, Clone)]
 struct PeerState {
     wire_stream: String,
@@ -256,7 +259,7 @@ pub struct Room {
     connected: bool,
     streams: HashMap<String, StreamState>,
     peers: HashMap<PeerId, PeerState>,
-    queued: HashMap<PeerId, VecDeque<(Option<Value>, Vec<IceCandidate>)>>,
+    queued: HashMap<PeerId, VecDeque<QueuedBundle>>,
     reported: std::collections::HashSet<String>,
     stats: RoomStats,
 }
