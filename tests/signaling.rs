@@ -450,3 +450,57 @@ async fn wrong_password_is_reported_to_the_user() {
     stop.send(true).unwrap();
     server.wait().await.unwrap();
 }
+
+/// `wss://` with a self-signed certificate: the client connects only with `insecure`.
+#[tokio::test]
+async fn tls_server_with_self_signed_cert_and_insecure_client() {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("self-signed certificate");
+    let dir = std::env::temp_dir().join(format!("ninjarec-sig-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+
+    let (stop, rx) = watch::channel(false);
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.tls = Some(ninjarec::signaling::server::TlsFiles { cert, key });
+    let server = Server::bind(cfg, rx).await.expect("tls server binds");
+    let addr = server.local_addr();
+
+    let stream = sec().hash_stream_id("cam");
+    let mut viewer_cfg = SignalingConfig::new(format!("wss://127.0.0.1:{}", addr.port()));
+    viewer_cfg.streams = vec!["cam".into()];
+    viewer_cfg.dialect = Some(Dialect::Official);
+
+    // Certificate verification on: never connects.
+    let (_t1, stop1) = watch::channel(false);
+    let (_h1, mut ev1) = spawn(viewer_cfg.clone(), stop1).unwrap();
+    wait_status(&mut ev1, |s| {
+        matches!(s, SignalingStatus::Disconnected { .. })
+    })
+    .await;
+
+    // Insecure: connects and its play reaches the publisher.
+    viewer_cfg.insecure = true;
+    let (_t2, stop2) = watch::channel(false);
+    let (_h2, mut ev2) = spawn(viewer_cfg, stop2).unwrap();
+    wait_status(&mut ev2, |s| *s == SignalingStatus::Connected).await;
+    let tls = ninjarec::signaling::client::client_tls_config(true).unwrap();
+    let (mut publisher, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://127.0.0.1:{}", addr.port()),
+        None,
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    )
+    .await
+    .unwrap();
+    send(&mut publisher, json!({"request":"seed","streamID":stream})).await;
+    recv_until(&mut publisher, |v| v["request"] == "offerSDP").await;
+
+    stop.send(true).unwrap();
+    server.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
