@@ -9,3 +9,4 @@ pub mod clip;
 pub mod mux;
 pub mod peer;
 pub mod record;
+pub mod signaling;
