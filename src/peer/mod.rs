@@ -213,6 +213,33 @@ pub fn first_bundle_mid(sdp: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Which media an offer sends to us: `(video, audio)`. A section counts when its direction is
+/// `sendrecv` (the default) or `sendonly` and it is not rejected (port 0 counts only with
+/// `a=bundle-only`, as Raspberry Ninja's webrtcbin writes it). The recorder decides from this,
+/// before any packet arrives, which tracks a file's program map declares.
+pub fn offered_media(sdp: &str) -> (bool, bool) {
+    let (mut video, mut audio) = (false, false);
+    // A leading newline lets an SDP that starts with a media line split like any other.
+    let text = format!("\n{sdp}");
+    for section in text.split("\nm=").skip(1) {
+        let mut fields = section.split_whitespace();
+        let kind = fields.next().unwrap_or("");
+        let port = fields.next().unwrap_or("0");
+        let attr = |name: &str| section.lines().any(|l| l.trim() == name);
+        let rejected = port == "0" && !attr("a=bundle-only");
+        let sending = !(attr("a=recvonly") || attr("a=inactive"));
+        if rejected || !sending {
+            continue;
+        }
+        match kind {
+            "video" => video = true,
+            "audio" => audio = true,
+            _ => {}
+        }
+    }
+    (video, audio)
+}
+
 /// A shared cipher, as taken by both sides' configs.
 pub type SharedCipher = Option<Arc<dyn PayloadCipher>>;
 
@@ -243,6 +270,20 @@ pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offered_media_reads_directions_and_bundle_only() {
+        let rn = "v=0\r\ns=-\r\na=group:BUNDLE video0 audio1 application2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n\
+m=audio 0 UDP/TLS/RTP/SAVPF 100\r\na=bundle-only\r\na=sendrecv\r\n\
+m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\na=bundle-only\r\n";
+        assert_eq!(offered_media(rn), (true, true));
+        let dc_only = "v=0\r\ns=-\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert_eq!(offered_media(dc_only), (false, false));
+        let audio_only = "v=0\r\nm=video 9 RTP 96\r\na=inactive\r\nm=audio 9 RTP 111\r\na=sendonly\r\nm=video 0 RTP 97\r\n";
+        assert_eq!(offered_media(audio_only), (false, true));
+        assert_eq!(offered_media(""), (false, false));
+    }
 
     #[test]
     fn bundle_mid_is_found() {

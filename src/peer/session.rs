@@ -206,6 +206,14 @@ pub enum SessionEvent {
     },
     /// A renegotiation offer from the data channel was answered there.
     Renegotiated,
+    /// A remote offer was applied; it sends these media (see [`super::offered_media`]). Comes
+    /// before any packet of the offered tracks, so the recorder knows which tracks to expect.
+    MediaOffered {
+        /// The offer sends video.
+        video: bool,
+        /// The offer sends audio.
+        audio: bool,
+    },
     /// Connection state changed.
     State(ConnectionState),
     /// Media.
@@ -484,8 +492,10 @@ impl Session {
         if let Some(mid) = first_bundle_mid(&sdp) {
             self.bundle_mid = Some(mid);
         }
+        let (video, audio) = super::offered_media(&sdp);
         let offer = RTCSessionDescription::offer(sdp)?;
         self.pc.set_remote_description(offer).await?;
+        self.emit(SessionEvent::MediaOffered { video, audio }).await;
         if !self.remote_set {
             self.remote_set = true;
             for c in std::mem::take(&mut self.pending) {
