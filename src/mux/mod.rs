@@ -12,6 +12,7 @@
 //! Shared vocabulary lives in this file; each stage lives in its own module.
 
 pub mod opus_toc;
+pub mod timeline;
 pub mod ts;
 pub mod unwrap;
 
