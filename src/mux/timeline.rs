@@ -1,0 +1,724 @@
+//! The A/V timeline: both tracks' RTP timestamps onto one 90 kHz presentation clock.
+//!
+//! RTP clocks of a publisher's tracks start at random, unrelated values, run at different rates
+//! (90 kHz video, 48 kHz audio) and wrap. A file needs one clock on which a video frame and
+//! the audio captured with it have the same PTS. This module builds that clock:
+//!
+//! * Every track's timestamps are unwrapped to 64 bits and mapped linearly onto a common
+//!   wallclock (ticks of 1/720 000 s, a multiple of both RTP rates, so the mapping is exact).
+//! * Until RTCP Sender Reports are known, a track is anchored on arrival time: the packet that
+//!   arrived with the least delay relative to its timestamp (refined until the track's first
+//!   PTS is handed out, then frozen).
+//! * Once Sender Reports (NTP ↔ RTP pairs) exist for both tracks, the audio mapping is
+//!   corrected so both tracks agree with the sender's wallclock. Video is the reference and is
+//!   never moved; audio is corrected at once if it has not been written yet, otherwise slewed
+//!   by at most [`TimelineConfig::max_slew_ppm`] (5 ms per second by default), so there are no
+//!   jumps.
+//! * File time zero (T0) is the first keyframe: it gets PTS [`TimelineConfig::origin_pts_90k`]
+//!   (1 s, so the PCR, which lags the PTS, stays positive). Audio before T0 is dropped; audio
+//!   that arrives before the keyframe but belongs after T0 is held (bounded) and released when
+//!   T0 is known. Audio-only files start at their first audio packet.
+//! * No keyframe for [`TimelineConfig::idr_wait`] while audio flows (camera off, lost PLIs):
+//!   recording starts with the audio held so far, and video joins at its first keyframe after
+//!   T0. A file of audio with late video beats a file that lost its first seconds of audio.
+//! * A timestamp jump that arrival times do not confirm (a sender restarting its RTP clock,
+//!   garbage) re-anchors the track at its arrival time instead of jumping the PTS.
+//!
+//! The caller (a pure pipeline fed with depacketized units) asks [`Timeline::video_pts`] for
+//! each access unit, gives Opus packets to [`Timeline::push_audio`] and takes them back with
+//! their PTS from [`Timeline::pop_audio`]; [`Timeline::now_pts`] drives `TsWriter::tick`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::mux::TrackKind;
+use crate::mux::unwrap::TimestampUnwrapper;
+
+/// Wallclock ticks per second: the least common multiple of 90 000 and 48 000.
+const TICKS_PER_SEC: i64 = 720_000;
+/// Wallclock ticks per 90 kHz PTS tick.
+const TICKS_PER_PTS: i64 = TICKS_PER_SEC / 90_000;
+/// A timestamp step that differs from the arrival step by more than this (10 s) is a jump.
+const JUMP_TOLERANCE: i64 = 10 * TICKS_PER_SEC;
+/// Most audio packets held before T0 (3 s of 20 ms packets; a bound against odd timestamps).
+const MAX_HELD: usize = 150;
+/// Most timed audio packets waiting for [`Timeline::pop_audio`].
+const MAX_READY: usize = 1000;
+
+/// Settings of a [`Timeline`].
+#[derive(Debug, Clone)]
+pub struct TimelineConfig {
+    /// The publisher sends video (T0 waits for a keyframe).
+    pub video: bool,
+    /// The publisher sends audio.
+    pub audio: bool,
+    /// PTS of T0 (90 kHz). 1 s, like FFmpeg's 1.4 s, keeps the lagging PCR positive.
+    pub origin_pts_90k: u64,
+    /// How much audio (by its timestamps) is held while waiting for the first keyframe.
+    pub audio_hold: Duration,
+    /// How long to wait for a first keyframe before starting the file with audio alone.
+    pub idr_wait: Duration,
+    /// Fastest correction of the audio mapping after Sender Reports, in parts per million of
+    /// media time (5000 = 5 ms per second).
+    pub max_slew_ppm: i64,
+}
+
+impl TimelineConfig {
+    /// Defaults for a publisher with the given tracks.
+    pub fn new(video: bool, audio: bool) -> TimelineConfig {
+        TimelineConfig {
+            video,
+            audio,
+            origin_pts_90k: 90_000,
+            audio_hold: Duration::from_secs(1),
+            idr_wait: Duration::from_secs(3),
+            max_slew_ppm: 5_000,
+        }
+    }
+}
+
+/// The A/V alignment as measured, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AvSync {
+    /// How far (ms) the Sender Reports say the audio mapping must move relative to video
+    /// (positive: audio later). `None` until both tracks have a Sender Report.
+    pub sr_correction_ms: Option<f64>,
+    /// How much of it is applied so far (ms).
+    pub applied_ms: f64,
+}
+
+/// Counters for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimelineStats {
+    /// Video units refused (before the first keyframe, before T0, non-increasing PTS).
+    pub dropped_video: u64,
+    /// Audio packets dropped (before T0, out of order, over the hold or ready bounds).
+    pub dropped_audio: u64,
+    /// Times a track was re-anchored after an unconfirmed timestamp jump.
+    pub rebases: u64,
+    /// The file was started from audio because no keyframe came within `idr_wait`.
+    pub started_without_video: bool,
+}
+
+/// One track's mapping from unwrapped RTP timestamps to wallclock ticks.
+#[derive(Debug)]
+struct Track {
+    unwrap: TimestampUnwrapper,
+    /// Wallclock ticks per RTP tick.
+    mult: i64,
+    /// (extended timestamp, wallclock) the mapping goes through.
+    anchor: Option<(i64, i64)>,
+    /// The anchor no longer moves: a PTS of this track was handed out.
+    frozen: bool,
+    /// Extended timestamp and arrival of the last packet.
+    last: Option<(i64, i64)>,
+    /// Last Sender Report: (NTP 32.32, RTP timestamp).
+    sr: Option<(u64, u32)>,
+}
+
+impl Track {
+    fn new(kind: TrackKind) -> Track {
+        Track {
+            unwrap: TimestampUnwrapper::new(),
+            mult: TICKS_PER_SEC / i64::from(kind.clock_rate()),
+            anchor: None,
+            frozen: false,
+            last: None,
+            sr: None,
+        }
+    }
+
+    fn map(&self, ext: i64) -> i64 {
+        let (e, w) = self.anchor.unwrap_or((ext, 0));
+        w + (ext - e) * self.mult
+    }
+
+    /// Unwraps a timestamp and updates the anchor; returns the extended timestamp and whether
+    /// the track was re-anchored.
+    fn observe(&mut self, rtp_ts: u32, arrival: i64) -> (i64, bool) {
+        let ext = self.unwrap.unwrap(rtp_ts);
+        let mut rebased = false;
+        match (self.anchor, self.last) {
+            (None, _) | (_, None) => self.anchor = Some((ext, arrival)),
+            (Some((e, w)), Some((last_ext, last_arrival))) => {
+                let media = (ext - last_ext) * self.mult;
+                let real = arrival - last_arrival;
+                if (media - real).abs() > JUMP_TOLERANCE {
+                    // Continue from the last packet by the arrival step.
+                    let wall = self.map(last_ext) + real.max(0);
+                    self.anchor = Some((ext, wall));
+                    rebased = true;
+                } else if !self.frozen && arrival - (ext - e) * self.mult < w {
+                    // Less delay than the anchor packet: a better estimate of the send time.
+                    self.anchor = Some((ext, arrival));
+                }
+            }
+        }
+        self.last = Some((ext, arrival));
+        (ext, rebased)
+    }
+
+    /// mapping − sender wallclock, in ticks (constant for a given anchor and Sender Report).
+    fn sr_delta(&self) -> Option<i64> {
+        let (ntp, rtp) = self.sr?;
+        let (e, w) = self.anchor?;
+        let r = self.unwrap.peek(rtp);
+        let ntp_ticks = ((u128::from(ntp) * TICKS_PER_SEC as u128) >> 32) as i64;
+        Some(w - e * self.mult - (ntp_ticks - r * self.mult))
+    }
+}
+
+/// The A/V timeline of one publisher. `A` is the audio payload type held while waiting for T0
+/// (usually [`crate::mux::OpusPacket`]).
+#[derive(Debug)]
+pub struct Timeline<A> {
+    cfg: TimelineConfig,
+    epoch: Option<Instant>,
+    video: Track,
+    audio: Track,
+    /// Wallclock of T0.
+    t0: Option<i64>,
+    video_started: bool,
+    last_video_pts: Option<u64>,
+    last_audio_pts: Option<u64>,
+    /// Extended timestamp of the last audio packet given a PTS (for the slew budget).
+    last_audio_ext: Option<i64>,
+    /// Correction added to the audio mapping (ticks).
+    applied: i64,
+    /// The newest PTS handed out and the arrival (ticks) of its unit: the basis of `now_pts`.
+    newest: Option<(u64, i64)>,
+    held: VecDeque<(i64, A)>,
+    ready: VecDeque<(u64, A)>,
+    stats: TimelineStats,
+}
+
+impl<A> Timeline<A> {
+    /// A timeline for a publisher with the configured tracks.
+    pub fn new(cfg: TimelineConfig) -> Timeline<A> {
+        Timeline {
+            cfg,
+            epoch: None,
+            video: Track::new(TrackKind::Video),
+            audio: Track::new(TrackKind::Audio),
+            t0: None,
+            video_started: false,
+            last_video_pts: None,
+            last_audio_pts: None,
+            last_audio_ext: None,
+            applied: 0,
+            newest: None,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            stats: TimelineStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> TimelineStats {
+        self.stats
+    }
+
+    /// True once T0 is fixed (the file has started).
+    pub fn started(&self) -> bool {
+        self.t0.is_some()
+    }
+
+    /// Audio packets held while waiting for T0.
+    pub fn held_audio(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The measured and applied A/V correction.
+    pub fn av_sync(&self) -> AvSync {
+        AvSync {
+            sr_correction_ms: self
+                .sr_target()
+                .map(|t| t as f64 * 1000.0 / TICKS_PER_SEC as f64),
+            applied_ms: self.applied as f64 * 1000.0 / TICKS_PER_SEC as f64,
+        }
+    }
+
+    /// Wallclock ticks of an arrival time since the first packet.
+    fn ticks(&mut self, arrival: Instant) -> i64 {
+        let epoch = *self.epoch.get_or_insert(arrival);
+        let d = arrival.saturating_duration_since(epoch);
+        (d.as_nanos() * TICKS_PER_SEC as u128 / 1_000_000_000) as i64
+    }
+
+    fn to_pts(&self, wall: i64) -> u64 {
+        let t0 = self.t0.unwrap_or(wall);
+        self.cfg.origin_pts_90k + ((wall - t0).max(0) / TICKS_PER_PTS) as u64
+    }
+
+    fn note_newest(&mut self, pts: u64, arrival: i64) {
+        if self.newest.is_none_or(|(p, _)| pts >= p) {
+            self.newest = Some((pts, arrival));
+        }
+    }
+
+    /// The PTS for a video access unit, or `None` to drop it (before the first keyframe,
+    /// before T0, or not after the previous unit).
+    pub fn video_pts(&mut self, rtp_ts: u32, arrival: Instant, keyframe: bool) -> Option<u64> {
+        if !self.cfg.video {
+            self.stats.dropped_video += 1;
+            return None;
+        }
+        let now = self.ticks(arrival);
+        let (ext, rebased) = self.video.observe(rtp_ts, now);
+        if rebased {
+            self.stats.rebases += 1;
+            tracing::warn!(
+                rtp_ts,
+                "video RTP timestamp jump; re-anchored on arrival time"
+            );
+        }
+        if !self.video_started && !keyframe {
+            self.stats.dropped_video += 1;
+            return None;
+        }
+        let wall = self.video.map(ext);
+        if self.t0.is_none() {
+            self.t0 = Some(wall);
+            tracing::debug!("timeline origin at the first keyframe");
+            self.release_held();
+        }
+        if wall < self.t0.unwrap_or(wall) {
+            self.stats.dropped_video += 1;
+            return None;
+        }
+        let pts = self.to_pts(wall);
+        if self.last_video_pts.is_some_and(|last| pts <= last) {
+            self.stats.dropped_video += 1;
+            return None;
+        }
+        self.video_started = true;
+        self.video.frozen = true;
+        self.last_video_pts = Some(pts);
+        self.note_newest(pts, now);
+        Some(pts)
+    }
+
+    /// Gives an audio packet to the timeline. It comes back from [`Self::pop_audio`] with its
+    /// PTS, possibly later (held until T0) or never (dropped).
+    pub fn push_audio(&mut self, rtp_ts: u32, arrival: Instant, payload: A) {
+        if !self.cfg.audio {
+            self.stats.dropped_audio += 1;
+            return;
+        }
+        let now = self.ticks(arrival);
+        let (ext, rebased) = self.audio.observe(rtp_ts, now);
+        if rebased {
+            self.stats.rebases += 1;
+            tracing::warn!(
+                rtp_ts,
+                "audio RTP timestamp jump; re-anchored on arrival time"
+            );
+            // Held packets belong to the old clock.
+            self.stats.dropped_audio += self.held.len() as u64;
+            self.held.clear();
+        }
+        if self.t0.is_some() {
+            self.emit_audio(ext, payload, now);
+            return;
+        }
+        if !self.cfg.video {
+            self.t0 = Some(self.audio.map(ext));
+            self.emit_audio(ext, payload, now);
+            return;
+        }
+        self.held.push_back((ext, payload));
+        let window = self.cfg.audio_hold.as_millis() as i64 * 48;
+        while let Some(&(old, _)) = self.held.front() {
+            if ext - old > window || self.held.len() > MAX_HELD {
+                self.held.pop_front();
+                self.stats.dropped_audio += 1;
+            } else {
+                break;
+            }
+        }
+        let waited = now as i128 * 1_000_000_000 / TICKS_PER_SEC as i128;
+        if waited >= self.cfg.idr_wait.as_nanos() as i128
+            && let Some(&(first, _)) = self.held.front()
+        {
+            tracing::warn!(
+                waited_ms = (waited / 1_000_000) as u64,
+                "no video keyframe yet; starting the file with audio"
+            );
+            self.stats.started_without_video = true;
+            self.t0 = Some(self.audio.map(first));
+            self.release_held();
+        }
+    }
+
+    /// The next audio packet with its PTS, in order.
+    pub fn pop_audio(&mut self) -> Option<(u64, A)> {
+        self.ready.pop_front()
+    }
+
+    /// Records an RTCP Sender Report of a track: `ntp` is the NTP timestamp (32.32 fixed
+    /// point), `rtp` the RTP timestamp of the same instant.
+    pub fn sender_report(&mut self, kind: TrackKind, ntp: u64, rtp: u32) {
+        let track = match kind {
+            TrackKind::Video => &mut self.video,
+            TrackKind::Audio => &mut self.audio,
+        };
+        track.sr = Some((ntp, rtp));
+        if let Some(target) = self.sr_target() {
+            tracing::debug!(
+                correction_ms = target as f64 * 1000.0 / TICKS_PER_SEC as f64,
+                "A/V offset from sender reports"
+            );
+        }
+    }
+
+    /// The PTS the file is at, `now`: the newest PTS handed out, advanced by the time since its
+    /// unit arrived. Follows the sender's media clock, so it suits `TsWriter::tick` even when
+    /// the sender's clock drifts against ours. `None` before T0.
+    pub fn now_pts(&mut self, now: Instant) -> Option<u64> {
+        let (pts, at) = self.newest?;
+        let now = self.ticks(now);
+        Some(pts + ((now - at).max(0) / TICKS_PER_PTS) as u64)
+    }
+
+    /// The audio correction the Sender Reports ask for (ticks), when both are known and the
+    /// file has both tracks.
+    fn sr_target(&self) -> Option<i64> {
+        if !(self.cfg.video && self.cfg.audio) {
+            return None;
+        }
+        Some(self.video.sr_delta()? - self.audio.sr_delta()?)
+    }
+
+    /// Maps held audio now that T0 is known.
+    fn release_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (ext, payload) in held {
+            let arrival = self.audio.last.map_or(0, |(_, a)| a);
+            self.emit_audio(ext, payload, arrival);
+        }
+    }
+
+    fn emit_audio(&mut self, ext: i64, payload: A, arrival: i64) {
+        if let Some(target) = self.sr_target() {
+            match self.last_audio_ext {
+                None => self.applied = target,
+                Some(last) => {
+                    let budget =
+                        ((ext - last).max(0) * self.audio.mult * self.cfg.max_slew_ppm) / 1_000_000;
+                    self.applied += (target - self.applied).clamp(-budget, budget);
+                }
+            }
+        }
+        let wall = self.audio.map(ext) + self.applied;
+        let t0 = self.t0.unwrap_or(wall);
+        let pts = self.to_pts(wall);
+        let out_of_order = self.last_audio_pts.is_some_and(|last| pts < last);
+        if wall < t0 || out_of_order || self.ready.len() >= MAX_READY {
+            self.stats.dropped_audio += 1;
+            return;
+        }
+        self.audio.frozen = true;
+        self.last_audio_ext = Some(ext);
+        self.last_audio_pts = Some(pts);
+        self.note_newest(pts, arrival);
+        self.ready.push_back((pts, payload));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated publisher: capture times in seconds, per-track network delay, deterministic
+    /// jitter, RTP clocks starting at arbitrary values, Sender Reports from `sr_from` on.
+    struct Sim {
+        v0: u32,
+        a0: u32,
+        delay_v: f64,
+        delay_a: f64,
+        jitter: f64,
+        sr_from: Option<f64>,
+        seconds: f64,
+        /// Every `gop`-th frame starting at `first_key` is a keyframe.
+        first_key: u64,
+        gop: u64,
+        video: bool,
+        audio: bool,
+    }
+
+    enum Ev {
+        Video(u64),
+        Audio(u64),
+        Sr(TrackKind, f64),
+    }
+
+    #[derive(Default)]
+    struct Out {
+        video: Vec<(u64, u64)>,
+        audio: Vec<(u64, u64)>,
+        /// Arrival (s) of each audio packet, by index.
+        audio_arrival: Vec<f64>,
+        first_key_arrival: Option<f64>,
+        tl: Option<Timeline<u64>>,
+    }
+
+    const NTP_BASE: f64 = 3_900_000_000.0;
+
+    impl Sim {
+        fn base() -> Sim {
+            Sim {
+                v0: 0x1234_5678,
+                a0: 0x9ABC_DEF0,
+                delay_v: 0.09,
+                delay_a: 0.03,
+                jitter: 0.015,
+                sr_from: Some(5.0),
+                seconds: 25.0,
+                first_key: 10,
+                gop: 60,
+                video: true,
+                audio: true,
+            }
+        }
+
+        fn vts(&self, t: f64) -> u32 {
+            self.v0.wrapping_add((t * 90_000.0).round() as u64 as u32)
+        }
+
+        fn ats(&self, t: f64) -> u32 {
+            self.a0.wrapping_add((t * 48_000.0).round() as u64 as u32)
+        }
+
+        fn run(&self, cfg: TimelineConfig) -> Out {
+            let mut events: Vec<(f64, Ev)> = Vec::new();
+            let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+            let mut jit = |scale: f64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % 1000) as f64 / 1000.0 * scale
+            };
+            if self.video {
+                for n in 0..(self.seconds * 30.0) as u64 {
+                    let t = n as f64 / 30.0;
+                    events.push((t + self.delay_v + jit(self.jitter), Ev::Video(n)));
+                }
+            }
+            if self.audio {
+                for k in 0..(self.seconds * 50.0) as u64 {
+                    let t = k as f64 * 0.02;
+                    events.push((t + self.delay_a + jit(self.jitter), Ev::Audio(k)));
+                }
+            }
+            if let Some(from) = self.sr_from {
+                let mut t = from;
+                while t < self.seconds {
+                    events.push((t + self.delay_v, Ev::Sr(TrackKind::Video, t)));
+                    events.push((t + 0.3 + self.delay_a, Ev::Sr(TrackKind::Audio, t + 0.3)));
+                    t += 1.0;
+                }
+            }
+            events.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let start = Instant::now();
+            let at = |s: f64| start + Duration::from_secs_f64(s);
+            let mut tl: Timeline<u64> = Timeline::new(cfg);
+            let mut out = Out::default();
+            for (arrival, ev) in events {
+                match ev {
+                    Ev::Video(n) => {
+                        let t = n as f64 / 30.0;
+                        let key =
+                            n >= self.first_key && (n - self.first_key).is_multiple_of(self.gop);
+                        if let Some(pts) = tl.video_pts(self.vts(t), at(arrival), key) {
+                            if out.video.is_empty() {
+                                out.first_key_arrival = Some(arrival);
+                            }
+                            out.video.push((n, pts));
+                        }
+                    }
+                    Ev::Audio(k) => {
+                        let t = k as f64 * 0.02;
+                        out.audio_arrival.push(arrival);
+                        tl.push_audio(self.ats(t), at(arrival), k);
+                    }
+                    Ev::Sr(kind, t) => {
+                        let ntp = ((NTP_BASE + t) * 4_294_967_296.0) as u64;
+                        let rtp = match kind {
+                            TrackKind::Video => self.vts(t),
+                            TrackKind::Audio => self.ats(t),
+                        };
+                        tl.sender_report(kind, ntp, rtp);
+                    }
+                }
+                while let Some((pts, k)) = tl.pop_audio() {
+                    out.audio.push((k, pts));
+                }
+            }
+            out.tl = Some(tl);
+            out
+        }
+    }
+
+    /// Audio PTS minus what it should be given the video PTS, in 90 kHz ticks, for every
+    /// audio packet after `from_s`.
+    fn sync_errors(out: &Out, from_s: f64) -> Vec<i64> {
+        let (n_ref, v_ref) = *out.video.last().unwrap();
+        let t_ref = n_ref as f64 / 30.0;
+        out.audio
+            .iter()
+            .filter(|(k, _)| *k as f64 * 0.02 >= from_s)
+            .map(|&(k, pts)| {
+                let expect = v_ref as f64 + (k as f64 * 0.02 - t_ref) * 90_000.0;
+                pts as i64 - expect.round() as i64
+            })
+            .collect()
+    }
+
+    fn assert_no_jumps(out: &Out) {
+        for w in out.video.windows(2) {
+            assert_eq!(w[1].1 - w[0].1, (w[1].0 - w[0].0) * 3000, "video {w:?}");
+        }
+        for w in out.audio.windows(2) {
+            let expect = (w[1].0 - w[0].0) as i64 * 1800;
+            let d = w[1].1 as i64 - w[0].1 as i64;
+            assert!((d - expect).abs() <= 12, "audio step {d} for {w:?}");
+        }
+    }
+
+    #[test]
+    fn late_sender_reports_with_wrapping_clocks_are_slewed_in() {
+        let sim = Sim {
+            // Video wraps 3 s in, audio 7 s in.
+            v0: u32::MAX - 90_000 * 3,
+            a0: u32::MAX - 48_000 * 7,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let tl = out.tl.as_ref().unwrap();
+        // First written unit: the first keyframe, at the origin.
+        assert_eq!(out.video[0], (10, 90_000));
+        assert_no_jumps(&out);
+        // The Sender Reports measure the 60 ms extra video delay within 20 ms.
+        let sync = tl.av_sync();
+        let measured = sync.sr_correction_ms.unwrap();
+        assert!((measured - 60.0).abs() < 20.0, "{measured}");
+        // Fully applied by the end, by slewing (60 ms at 5 ms/s from t = 5 s).
+        assert!((sync.applied_ms - measured).abs() < 0.01, "{sync:?}");
+        let late = sync_errors(&out, 20.0);
+        assert!(late.iter().all(|e| e.abs() <= 1800), "{late:?}");
+        // Before the reports, arrival times put audio too early by about the delay gap.
+        let early = sync_errors(&out, 1.0);
+        assert!(early[0] < -2700, "{}", early[0]);
+        assert_eq!(tl.stats().rebases, 0);
+        assert!(!tl.stats().started_without_video);
+    }
+
+    #[test]
+    fn early_sender_reports_align_from_the_start_and_early_audio_is_kept() {
+        let sim = Sim {
+            sr_from: Some(0.0),
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        assert_no_jumps(&out);
+        let errors = sync_errors(&out, 0.0);
+        assert!(errors.iter().all(|e| e.abs() <= 1800), "{errors:?}");
+        // T0 is frame 10 (t = 0.333 s): audio before it is dropped, the first audio packet
+        // after it (k = 17, t = 0.34 s) is kept although it arrived before the keyframe.
+        let (k, pts) = out.audio[0];
+        assert_eq!(k, 17);
+        assert!((90_000..90_000 + 1800).contains(&pts), "{pts}");
+        assert!(out.audio_arrival[17] < out.first_key_arrival.unwrap());
+        assert!(out.tl.as_ref().unwrap().stats().dropped_audio >= 17);
+    }
+
+    #[test]
+    fn audio_only_starts_at_the_first_packet() {
+        let sim = Sim {
+            video: false,
+            sr_from: None,
+            seconds: 3.0,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(false, true));
+        assert_eq!(out.audio[0], (0, 90_000));
+        assert_eq!(out.audio.len(), 150);
+        assert!(out.audio.iter().all(|&(k, pts)| pts == 90_000 + k * 1800));
+        assert_eq!(out.tl.unwrap().av_sync().sr_correction_ms, None);
+    }
+
+    #[test]
+    fn video_only_waits_for_a_keyframe() {
+        let sim = Sim {
+            audio: false,
+            sr_from: None,
+            seconds: 3.0,
+            first_key: 5,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, false));
+        assert_eq!(out.video[0], (5, 90_000));
+        assert_eq!(out.video.len(), 90 - 5);
+        assert_no_jumps(&out);
+        assert_eq!(out.tl.unwrap().stats().dropped_video, 5);
+    }
+
+    #[test]
+    fn no_keyframe_for_long_starts_with_audio_and_video_joins_later() {
+        let sim = Sim {
+            sr_from: None,
+            seconds: 8.0,
+            // First keyframe 5 s in.
+            first_key: 150,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let tl = out.tl.as_ref().unwrap();
+        assert!(tl.stats().started_without_video);
+        // Audio starts with what was held (the last second before the 3 s wait ran out).
+        let (k0, pts0) = out.audio[0];
+        assert_eq!(pts0, 90_000);
+        assert!((95..=105).contains(&k0), "{k0}");
+        assert_eq!(out.video[0].0, 150);
+        // Video joins 5 s − t(k0) later, give or take the delay difference and jitter.
+        let expect = 90_000.0 + (5.0 - k0 as f64 * 0.02) * 90_000.0;
+        let got = out.video[0].1 as f64;
+        assert!((got - expect).abs() < 0.1 * 90_000.0, "{got} vs {expect}");
+        assert_no_jumps(&out);
+    }
+
+    #[test]
+    fn unconfirmed_timestamp_jump_is_re_anchored() {
+        let start = Instant::now();
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, false));
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(tl.video_pts(1000, at(0), true), Some(90_000));
+        assert_eq!(tl.video_pts(4000, at(33), false), Some(93_000));
+        // The sender restarts its clock: +1e9 ticks while 33 ms pass.
+        let pts = tl.video_pts(1_000_004_000, at(66), false).unwrap();
+        assert!((95_000..=96_500).contains(&pts), "{pts}");
+        assert_eq!(tl.video_pts(1_000_007_000, at(99), false), Some(pts + 3000));
+        assert_eq!(tl.stats().rebases, 1);
+    }
+
+    #[test]
+    fn held_audio_is_bounded_and_now_pts_follows_the_media() {
+        let start = Instant::now();
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig {
+            idr_wait: Duration::from_secs(3600),
+            ..TimelineConfig::new(true, true)
+        });
+        for k in 0..2_000u32 {
+            tl.push_audio(k * 960, start + Duration::from_millis(u64::from(k) * 20), k);
+            assert!(tl.held_audio() <= 51, "{}", tl.held_audio());
+        }
+        assert!(tl.pop_audio().is_none());
+        assert_eq!(tl.now_pts(start), None);
+        let t = start + Duration::from_secs(40);
+        assert_eq!(tl.video_pts(0, t, true), Some(90_000));
+        assert_eq!(
+            tl.now_pts(t + Duration::from_millis(500)),
+            Some(90_000 + 45_000)
+        );
+    }
+}
