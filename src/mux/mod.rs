@@ -16,6 +16,7 @@ pub mod opus;
 pub mod opus_toc;
 pub mod reorder;
 pub mod rtp;
+pub mod stream;
 pub mod timeline;
 pub mod ts;
 pub mod unwrap;
