@@ -508,7 +508,7 @@ fn nal_units_that_would_forge_start_codes_are_malformed() {
     ] {
         let mut f = Feed::new();
         f.idr(0);
-        f.frame(3000, &[bad.clone()]);
+        f.frame(3000, std::slice::from_ref(&bad));
         // As an FU-A too: checked on the reassembled NAL unit.
         f.idr(6000);
         f.frame(9000, &fu_a(&bad, 2));
@@ -519,6 +519,6 @@ fn nal_units_that_would_forge_start_codes_are_malformed() {
     let mut f = Feed::new();
     f.idr(0);
     let ok = vec![0x41, 0x88, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x01, 0x07];
-    f.frame(3000, &[ok.clone()]);
+    f.frame(3000, std::slice::from_ref(&ok));
     assert_eq!(f.datas()[1], annex_b(&[&ok]));
 }
