@@ -378,6 +378,13 @@ impl H264Depacketizer {
 
     /// Records the NAL unit that runs from `start` to the end of the open access unit's data.
     fn finish_nal(&mut self, start: usize, out: &mut impl FnMut(H264Output)) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|b| breaks_annex_b(&b.data[start..]))
+        {
+            return self.malformed(out);
+        }
         let Some(b) = &mut self.current else { return };
         let end = b.data.len();
         let nal_type = b.data[start] & 0x1F;
@@ -481,6 +488,26 @@ impl H264Depacketizer {
             keyframe: b.has_idr,
         }));
     }
+}
+
+/// True when a NAL unit cannot be framed in Annex B: it contains `00 00 00`, `00 00 01` or
+/// `00 00 02` (which emulation prevention rules out, H.264 §7.4.1) or ends in a zero byte (a
+/// valid NAL ends with the RBSP stop bit). Passing such bytes on would let a peer forge NAL
+/// boundaries in the recording.
+fn breaks_annex_b(nal: &[u8]) -> bool {
+    if nal.last() == Some(&0) {
+        return true;
+    }
+    let mut zeros = 0;
+    for &byte in nal {
+        match byte {
+            0 if zeros >= 2 => return true,
+            0 => zeros += 1,
+            1 | 2 if zeros >= 2 => return true,
+            _ => zeros = 0,
+        }
+    }
+    false
 }
 
 /// Splits a STAP-A body (after its header byte) into NAL units; `None` if any size is zero or

@@ -352,7 +352,7 @@ fn broken_fu_a_sequences_are_malformed() {
         // A single NAL unit while a fragmented one is open.
         vec![
             frags[0].clone(),
-            slice(false, false, 5, 0),
+            slice(false, false, 5, 9),
             frags[2].clone(),
         ],
     ];
@@ -428,7 +428,7 @@ fn oversized_access_units_are_dropped() {
         ..H264Config::default()
     });
     f.idr(0);
-    let nals: Vec<Vec<u8>> = (0..9).map(|i| slice(false, i == 0, 5, 0)).collect();
+    let nals: Vec<Vec<u8>> = (0..9).map(|i| slice(false, i == 0, 5, 3)).collect();
     f.frame(3000, &nals);
     assert_eq!(f.aus.len(), 1);
     assert_eq!(f.requests, [KeyframeReason::Oversized]);
@@ -496,4 +496,29 @@ fn flush_drops_an_unfinished_frame() {
     f.d.flush();
     assert_eq!(f.d.stats().frames_dropped, 1);
     assert_eq!(f.aus.len(), 1);
+}
+
+#[test]
+fn nal_units_that_would_forge_start_codes_are_malformed() {
+    for bad in [
+        vec![0x41, 0x88, 0x00, 0x00, 0x01, 0x65, 0x88],
+        vec![0x41, 0x88, 0x00, 0x00, 0x00, 0x07],
+        vec![0x41, 0x88, 0x00, 0x00, 0x02, 0x07],
+        vec![0x41, 0x88, 0x07, 0x00],
+    ] {
+        let mut f = Feed::new();
+        f.idr(0);
+        f.frame(3000, std::slice::from_ref(&bad));
+        // As an FU-A too: checked on the reassembled NAL unit.
+        f.idr(6000);
+        f.frame(9000, &fu_a(&bad, 2));
+        assert_eq!(f.aus.len(), 2, "{bad:02x?}");
+        assert_eq!(f.d.stats().malformed_packets, 2);
+    }
+    // Emulation prevention (00 00 03) is fine.
+    let mut f = Feed::new();
+    f.idr(0);
+    let ok = vec![0x41, 0x88, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x01, 0x07];
+    f.frame(3000, std::slice::from_ref(&ok));
+    assert_eq!(f.datas()[1], annex_b(&[&ok]));
 }
