@@ -293,3 +293,109 @@ fn truncated_file_plays_up_to_the_cut() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// Throughput of the writer alone (the core must sustain ≥ 1 GB/s of TS output). Only
+/// meaningful optimized, so it is ignored by default; run it with
+/// `CARGO_PROFILE_DEV_OPT_LEVEL=3 CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false cargo test --test ts_writer throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "measures speed; run optimized"]
+fn throughput() {
+    let clip = Clip::builtin();
+    let units = units(&clip, 0, true, true);
+    let mut w = TsWriter::new(TsConfig {
+        video: true,
+        audio: true,
+    })
+    .unwrap();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut written = 0usize;
+    let started = std::time::Instant::now();
+    let mut offset = 90_000;
+    while started.elapsed().as_secs_f64() < 2.0 {
+        for u in &units {
+            match u {
+                Unit::Video(pts, au, key) => {
+                    w.write_video(pts + offset, au, *key, &mut out).unwrap()
+                }
+                Unit::Audio(pts, data) => w.write_audio(pts + offset, data, &mut out).unwrap(),
+            }
+        }
+        offset += clip.duration_90k;
+        written += out.len();
+        out.clear();
+    }
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    eprintln!("TsWriter: {:.2} GB/s", rate / 1e9);
+    assert!(rate >= 1e9, "{rate} bytes/s");
+}
+
+/// Timeline and writer together: the clip sent as if over RTP (unrelated random clock starts,
+/// audio arriving 50 ms before video, PCR kept alive by `tick`) makes a conforming file that
+/// ffmpeg decodes cleanly.
+#[test]
+fn timeline_feeds_the_writer_into_a_conforming_file() {
+    use ninjarec::mux::timeline::{Timeline, TimelineConfig};
+    use std::time::{Duration, Instant};
+
+    let clip = Clip::builtin();
+    let (v0, a0) = (0xFFF0_0000u32, 0x7FFF_FF00u32);
+    let start = Instant::now();
+    // (arrival ms, is_video, index)
+    let mut events: Vec<(u64, bool, usize)> = Vec::new();
+    for (i, f) in clip.video.iter().enumerate() {
+        events.push((f.pts_90k / 90 + 80, true, i));
+    }
+    for (i, a) in clip.audio.iter().enumerate() {
+        events.push((a.pts_90k / 90 + 30, false, i));
+    }
+    events.sort();
+    let mut tl: Timeline<usize> = Timeline::new(TimelineConfig::new(true, true));
+    let mut w = TsWriter::new(TsConfig {
+        video: true,
+        audio: true,
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    for (ms, is_video, i) in events {
+        let arrival = start + Duration::from_millis(ms);
+        if let Some(now) = tl.now_pts(arrival) {
+            w.tick(now, &mut out);
+        }
+        if is_video {
+            let f = &clip.video[i];
+            let ts = v0.wrapping_add(f.pts_90k as u32);
+            if let Some(pts) = tl.video_pts(ts, arrival, f.keyframe) {
+                let mut au = Vec::new();
+                for nal in &f.nals {
+                    au.extend_from_slice(&[0, 0, 0, 1]);
+                    au.extend_from_slice(nal);
+                }
+                w.write_video(pts, &au, f.keyframe, &mut out).unwrap();
+            }
+        } else {
+            let a = &clip.audio[i];
+            let ts = a0.wrapping_add((a.pts_90k * 8 / 15) as u32);
+            tl.push_audio(ts, arrival, i);
+        }
+        while let Some((pts, i)) = tl.pop_audio() {
+            w.write_audio(pts, &clip.audio[i].data, &mut out).unwrap();
+        }
+    }
+    let r = check(&out, &CheckOptions::default());
+    assert!(r.is_ok(), "{:#?}", r.violations);
+    assert_eq!(r.video.len(), clip.video.len());
+    assert_eq!(r.video[0].pts, 90_000);
+    // Audio before T0 (the first keyframe) is dropped, everything after it is kept. Without
+    // Sender Reports the 50 ms earlier arrival of audio maps it 50 ms early.
+    assert!(r.audio[0].pts >= 90_000);
+    let t0 = clip.video[0].pts_90k;
+    let expect = clip.audio.iter().filter(|a| a.pts_90k >= t0 + 4500).count();
+    assert!(
+        r.audio.len().abs_diff(expect) <= 1,
+        "{} vs {expect}",
+        r.audio.len()
+    );
+    let path = temp_file("timeline", &out);
+    assert_eq!(decode_errors(&path), "");
+    std::fs::remove_file(path).unwrap();
+}
