@@ -123,6 +123,15 @@ pub struct RecordArgs {
     /// Give up on a publisher whose connection does not come up within this many seconds.
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     pub ice_timeout: u64,
+    /// Local UDP address(es) for WebRTC media; `0.0.0.0:0` binds every non-loopback interface,
+    /// `127.0.0.1:0` records from publishers on this machine only.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:0",
+        value_delimiter = ',',
+        value_name = "IP:PORT"
+    )]
+    pub udp_bind: Vec<String>,
     /// Stop by itself after this many seconds (0 = run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub duration: u64,

@@ -4,6 +4,7 @@
 //! Data flows one way: [`signaling`] (room state, who publishes) → one [`peer`] session per
 //! publisher → one task per track → [`mux`] (reorder, depacketize, one A/V clock, TS) →
 //! [`record`] (the file).
+pub mod app;
 pub mod cli;
 pub mod clip;
 pub mod mux;

@@ -1,1 +1,20 @@
-fn main() {}
+//! `ninjarec`: parse the flags, dispatch, print errors as one line.
+
+use clap::Parser;
+use ninjarec::app;
+use ninjarec::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    app::init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        None => app::record(cli.record).await,
+        Some(Command::Serve(args)) => app::serve(args).await,
+        Some(Command::Selftest(args)) => ninjarec::selftest::run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("ninjarec: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -246,7 +246,9 @@ impl StreamMuxer {
         s.audio_dropped = o.empty + o.malformed + t.dropped_audio;
         s.packets_lost = v.lost + a.lost;
         s.packets_duplicate = v.duplicates + a.duplicates;
-        s.duration_90k = self.first_pts.map_or(0, |f| self.last_pts.saturating_sub(f));
+        s.duration_90k = self
+            .first_pts
+            .map_or(0, |f| self.last_pts.saturating_sub(f));
         s.av_offset_ms = self.av_sync().sr_correction_ms;
         s
     }
@@ -315,7 +317,9 @@ impl StreamMuxer {
     fn audio_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
         for item in items.drain(..) {
             let Self { opus, timeline, .. } = self;
-            opus.push(item, &mut |p| timeline.push_audio(p.rtp_timestamp, now, p.data));
+            opus.push(item, &mut |p| {
+                timeline.push_audio(p.rtp_timestamp, now, p.data)
+            });
         }
         self.drain_audio();
     }

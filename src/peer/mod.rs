@@ -22,39 +22,23 @@ use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MediaEngine,
 };
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
-use serde::{Deserialize, Serialize};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionState, register_default_interceptors,
 };
 
-/// An ICE candidate as VDO.Ninja signalling carries it (`{"candidate","sdpMLineIndex","sdpMid"}`),
-/// so the signalling layer can serialise it without knowing webrtc-rs types.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceCandidate {
-    /// The `candidate:...` attribute line.
-    pub candidate: String,
-    /// Index of the m-line the candidate belongs to (always 0 with BUNDLE).
-    #[serde(
-        rename = "sdpMLineIndex",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sdp_mline_index: Option<u16>,
-    /// Media id the candidate belongs to; we fill in the first BUNDLE mid of the remote offer.
-    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
-    pub sdp_mid: Option<String>,
-}
+/// An ICE candidate as VDO.Ninja signalling carries it (`{"candidate","sdpMLineIndex","sdpMid"}`).
+/// One type for both layers: signaling parses it, the peer session applies it.
+pub use crate::signaling::message::IceCandidate;
 
-impl IceCandidate {
-    pub(crate) fn to_init(&self) -> RTCIceCandidateInit {
-        RTCIceCandidateInit {
-            candidate: self.candidate.clone(),
-            sdp_mid: self.sdp_mid.clone(),
-            sdp_mline_index: self.sdp_mline_index,
-            username_fragment: None,
-            url: None,
-        }
+/// The webrtc-rs form of a candidate.
+pub(crate) fn candidate_init(c: &IceCandidate) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: c.candidate.clone(),
+        sdp_mid: c.sdp_mid.clone(),
+        sdp_mline_index: c.sdp_mline_index,
+        username_fragment: None,
+        url: None,
     }
 }
 

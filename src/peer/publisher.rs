@@ -519,7 +519,7 @@ impl Publisher {
         if !self.remote_set {
             self.remote_set = true;
             for c in std::mem::take(&mut self.pending) {
-                if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+                if let Err(e) = self.pc.add_ice_candidate(super::candidate_init(&c)).await {
                     debug!("test publisher: candidate rejected: {e}");
                 }
             }
@@ -562,7 +562,7 @@ impl Publisher {
             }
             return;
         }
-        if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+        if let Err(e) = self.pc.add_ice_candidate(super::candidate_init(&c)).await {
             debug!("test publisher: candidate rejected: {e}");
         }
     }

@@ -499,7 +499,7 @@ impl Session {
         if !self.remote_set {
             self.remote_set = true;
             for c in std::mem::take(&mut self.pending) {
-                if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+                if let Err(e) = self.pc.add_ice_candidate(super::candidate_init(&c)).await {
                     debug!("queued candidate rejected: {e}");
                     self.stats.candidates_dropped += 1;
                 }
@@ -545,7 +545,7 @@ impl Session {
             }
             return;
         }
-        if let Err(e) = self.pc.add_ice_candidate(c.to_init()).await {
+        if let Err(e) = self.pc.add_ice_candidate(super::candidate_init(&c)).await {
             debug!("remote candidate rejected: {e}");
             self.stats.candidates_dropped += 1;
         }

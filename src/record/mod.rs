@@ -1,3 +1,6 @@
 //! Recording: one task per publisher that turns its media events into a file.
 pub mod file;
 pub mod naming;
+pub mod orchestrator;
+pub mod stream;
+pub mod verify;

@@ -1,0 +1,212 @@
+//! The binary's edge: turns parsed flags into library configs, installs logging and signal
+//! handling, and reports errors as one line each. `main.rs` only dispatches here.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{DialectArg, RecordArgs, ServeArgs};
+use crate::peer::IceServer;
+use crate::record::orchestrator::{self, RunConfig};
+use crate::record::stream::RecorderSettings;
+use crate::signaling::room::Dialect;
+use crate::signaling::server::{ServerConfig, TlsFiles};
+use crate::signaling::{Password, SignalingConfig};
+
+/// Installs the `tracing` subscriber: `-v`/`-q` pick the level, `RUST_LOG` overrides it. The
+/// WebRTC stack's known-benign warnings are kept out of the default output.
+pub fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let default = format!(
+        "{level},rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc=error,webrtc=error,webrtc_ice=error"
+    );
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}
+
+/// A watch that turns true on the first SIGINT/SIGTERM; a second signal exits the process at
+/// once (every file is whole TS packets on disk, so still playable).
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut count = 0;
+        loop {
+            wait_for_signal().await;
+            count += 1;
+            if count == 1 {
+                warn!(
+                    "stopping: saying bye and finishing every file (signal again to exit at once)"
+                );
+                let _ = tx.send(true);
+            } else {
+                error!("second signal: exiting now; files are playable up to their last frame");
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Builds the run configuration from the recording flags, or says in one line what is wrong.
+pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
+    let mut sig = SignalingConfig::new(args.server.clone());
+    sig.password = Password::parse(args.password.as_deref());
+    if let Some(salt) = &args.salt {
+        sig.salt = salt.clone();
+    }
+    sig.dialect = match args.dialect {
+        DialectArg::Auto => None,
+        DialectArg::Official => Some(Dialect::Official),
+        DialectArg::Relay => Some(Dialect::Relay),
+    };
+    sig.insecure = args.insecure_signaling;
+    sig.room = args.room.clone();
+    let prefix = if args.record_room {
+        let Some(room) = &args.room else {
+            bail!("--record-room needs --room ROOM");
+        };
+        sig.record_room = true;
+        sig.streams = args.record_streams.clone();
+        args.record.clone().unwrap_or_else(|| room.clone())
+    } else {
+        let Some(stream) = &args.record else {
+            bail!("nothing to record: give --record STREAMID, or --room ROOM --record-room");
+        };
+        if !args.record_streams.is_empty() {
+            bail!("--record-streams filters --record-room; it needs --room and --record-room");
+        }
+        sig.streams = vec![stream.clone()];
+        stream.clone()
+    };
+    if args.noaudio && args.novideo {
+        bail!("--noaudio and --novideo together leave nothing to record");
+    }
+    let mut rec = RecorderSettings::new(args.output_dir.clone(), prefix);
+    rec.stream.audio = !args.noaudio;
+    rec.stream.video = !args.novideo;
+    rec.session.want_audio = !args.noaudio;
+    rec.session.want_video = !args.novideo;
+    rec.session.ice_connect_timeout = Duration::from_secs(args.ice_timeout.max(1));
+    rec.session.keyframe_interval = args.keyframe_interval();
+    rec.session.udp_addrs = args.udp_bind.clone();
+    rec.session.ice_servers = ice_servers(args)?;
+    if args.max_streams == 0 {
+        bail!("--max-streams must be at least 1");
+    }
+    Ok(RunConfig {
+        signaling: sig,
+        recorder: rec,
+        max_streams: args.max_streams,
+    })
+}
+
+fn ice_servers(args: &RecordArgs) -> anyhow::Result<Vec<IceServer>> {
+    let mut servers = Vec::new();
+    if !args.stun.eq_ignore_ascii_case("none") {
+        if !args.stun.starts_with("stun:") {
+            bail!(
+                "--stun must look like stun:host:port (or be `none`), not {:?}",
+                args.stun
+            );
+        }
+        servers.push(IceServer {
+            urls: vec![args.stun.clone()],
+            username: String::new(),
+            credential: String::new(),
+        });
+    }
+    if let Some(turn) = &args.turn {
+        if !turn.starts_with("turn:") {
+            bail!("--turn must look like turn:host:port (TURN over UDP), not {turn:?}");
+        }
+        servers.push(IceServer {
+            urls: vec![turn.clone()],
+            username: args.turn_user.clone().unwrap_or_default(),
+            credential: args.turn_pass.clone().unwrap_or_default(),
+        });
+    }
+    Ok(servers)
+}
+
+/// `ninjarec` (record): runs until a signal or `--duration`, then prints one summary line per
+/// recording.
+pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    let config = run_config(&args)?;
+    let mut shutdown = shutdown_on_signals();
+    if args.duration > 0 {
+        let (tx, rx) = watch::channel(false);
+        let limit = Duration::from_secs(args.duration);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(limit) => info!("--duration reached; stopping"),
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            let _ = tx.send(true);
+        });
+        shutdown = rx;
+    }
+    info!(
+        server = %config.signaling.server,
+        output = %config.recorder.output_dir.display(),
+        "ninjarec {} starting", env!("CARGO_PKG_VERSION")
+    );
+    let summaries = orchestrator::run(config, shutdown).await?;
+    if summaries.is_empty() {
+        info!("no recordings were made");
+    }
+    for s in &summaries {
+        println!("{s}");
+    }
+    Ok(())
+}
+
+/// `ninjarec serve`: the built-in handshake server until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(args.listen);
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsFiles { cert, key });
+    }
+    let tls = config.tls.is_some();
+    let shutdown = shutdown_on_signals();
+    let server = crate::signaling::server::Server::bind(config, shutdown)
+        .await
+        .context("cannot start the handshake server")?;
+    info!(
+        "handshake server listening on {}://{}",
+        if tls { "wss" } else { "ws" },
+        server.local_addr()
+    );
+    server.wait().await.context("handshake server failed")?;
+    info!("handshake server stopped");
+    Ok(())
+}

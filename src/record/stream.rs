@@ -1,0 +1,410 @@
+//! The recorder task of one publisher: its peer session in, its file out.
+//!
+//! The task owns everything of one recording — the [`peer::session`](crate::peer::session)
+//! handle, the pure [`StreamMuxer`] and the [`RecordingFile`] — so nothing is shared and a
+//! failure (disk full, a bug, a hostile peer) ends this recording only. It talks to the
+//! orchestrator over channels: commands in (remote candidates, stop), [`StreamReport`]s out
+//! (answers and candidates for signaling, live counters, the final summary).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use super::file::{FileError, RecordingFile};
+use crate::mux::stream::{StreamConfig, StreamMuxer, StreamStats};
+use crate::peer::IceCandidate;
+use crate::peer::session::{self, CloseReason, MediaEvent, SessionConfig, SessionEvent};
+use crate::signaling::PeerId;
+
+/// Settings shared by every recording of a run.
+#[derive(Debug, Clone)]
+pub struct RecorderSettings {
+    /// Folder for the files.
+    pub output_dir: PathBuf,
+    /// File name prefix (`--record` or the room name).
+    pub prefix: String,
+    /// What to record and the core's limits.
+    pub stream: StreamConfig,
+    /// Peer connection settings (ICE servers, timeouts, cipher for data-channel payloads).
+    pub session: SessionConfig,
+    /// Pending TS bytes are written at least this often, so a killed recorder loses at most
+    /// this much.
+    pub flush_interval: Duration,
+    /// Pending TS bytes are written as soon as there are this many.
+    pub flush_bytes: usize,
+}
+
+impl RecorderSettings {
+    /// Defaults for recording into `output_dir` with file prefix `prefix`.
+    pub fn new(output_dir: PathBuf, prefix: String) -> Self {
+        Self {
+            output_dir,
+            prefix,
+            stream: StreamConfig::default(),
+            session: SessionConfig::default(),
+            flush_interval: Duration::from_millis(100),
+            flush_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// What the orchestrator tells a recorder task.
+#[derive(Debug)]
+pub enum StreamCommand {
+    /// Remote ICE candidates from signaling.
+    RemoteCandidates(Vec<IceCandidate>),
+    /// Stop: say bye, close the connection, finish the file.
+    Stop,
+}
+
+/// Live counters of a recording, for the status line.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStats {
+    /// Where the recording goes, once the file exists.
+    pub path: Option<PathBuf>,
+    /// Bytes written to the file.
+    pub bytes: u64,
+    /// The core's counters.
+    pub core: StreamStats,
+    /// The peer connection is up.
+    pub connected: bool,
+}
+
+/// The end of one recording, printed at shutdown and returned to callers (tests, selftest).
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    /// Stream ID, desalted.
+    pub stream_id: String,
+    /// The file, if any byte was written.
+    pub path: Option<PathBuf>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// The core's final counters.
+    pub core: StreamStats,
+    /// Why the peer connection ended.
+    pub close_reason: Option<CloseReason>,
+    /// Media events dropped because this recorder fell behind (slow disk).
+    pub media_dropped: u64,
+    /// A disk error that ended the recording early.
+    pub disk_error: Option<String>,
+}
+
+impl std::fmt::Display for StreamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.core;
+        let file = self
+            .path
+            .as_ref()
+            .map_or_else(|| "(no file)".to_owned(), |p| p.display().to_string());
+        write!(
+            f,
+            "{}: {file}, {:.1} s, {} frames ({} keyframes), {} audio packets, {} frames dropped to loss, {} packets lost",
+            self.stream_id,
+            c.duration_90k as f64 / 90_000.0,
+            c.frames_written,
+            c.keyframes_written,
+            c.audio_written,
+            c.frames_dropped,
+            c.packets_lost,
+        )?;
+        if let Some(ms) = c.av_offset_ms {
+            write!(f, ", A/V offset {ms:+.0} ms")?;
+        }
+        if self.media_dropped > 0 {
+            write!(
+                f,
+                ", {} packets dropped (recorder behind)",
+                self.media_dropped
+            )?;
+        }
+        if let Some(e) = &self.disk_error {
+            write!(f, ", DISK ERROR: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a recorder task tells the orchestrator.
+#[derive(Debug)]
+pub enum StreamReport {
+    /// Send this answer to the publisher over signaling.
+    Answer {
+        /// The publisher.
+        peer: PeerId,
+        /// Its session value, echoed.
+        session: Option<Value>,
+        /// Answer SDP.
+        sdp: String,
+        /// Encrypt (mirrors the offer).
+        encrypt: bool,
+    },
+    /// Send these local candidates to the publisher.
+    Candidates {
+        /// The publisher.
+        peer: PeerId,
+        /// Its session value, echoed.
+        session: Option<Value>,
+        /// Candidates.
+        candidates: Vec<IceCandidate>,
+    },
+    /// The recording is over.
+    Finished {
+        /// The publisher.
+        peer: PeerId,
+        /// Which task of that publisher (a publisher that comes back gets a new one).
+        generation: u64,
+        /// Final counters.
+        summary: StreamSummary,
+    },
+}
+
+/// Identity of one recording, as signaling named it.
+#[derive(Debug, Clone)]
+pub struct StreamIdentity {
+    /// The publisher's signaling id.
+    pub peer: PeerId,
+    /// Stream ID, desalted.
+    pub stream_id: String,
+    /// The `session` value to echo.
+    pub session: Option<Value>,
+    /// Whether the offer was encrypted (the answer then is too).
+    pub encrypted: bool,
+    /// Distinguishes tasks of the same publisher.
+    pub generation: u64,
+}
+
+/// Starts the recorder task for one publisher's offer. Returns the command sender and a
+/// watch of its live counters.
+pub fn spawn(
+    settings: Arc<RecorderSettings>,
+    identity: StreamIdentity,
+    offer_sdp: String,
+    reports: mpsc::Sender<StreamReport>,
+) -> (mpsc::Sender<StreamCommand>, watch::Receiver<LiveStats>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (live_tx, live_rx) = watch::channel(LiveStats::default());
+    tokio::spawn(run(settings, identity, offer_sdp, cmd_rx, reports, live_tx));
+    (cmd_tx, live_rx)
+}
+
+struct Recorder {
+    settings: Arc<RecorderSettings>,
+    id: StreamIdentity,
+    muxer: Option<StreamMuxer>,
+    file: RecordingFile,
+    disk_error: Option<String>,
+    live: watch::Sender<LiveStats>,
+    connected: bool,
+}
+
+async fn run(
+    settings: Arc<RecorderSettings>,
+    id: StreamIdentity,
+    offer_sdp: String,
+    mut commands: mpsc::Receiver<StreamCommand>,
+    reports: mpsc::Sender<StreamReport>,
+    live: watch::Sender<LiveStats>,
+) {
+    let mut session_cfg = settings.session.clone();
+    session_cfg.label = id.stream_id.clone();
+    let (session, mut events) = session::spawn(session_cfg);
+    let mut rec = Recorder {
+        file: RecordingFile::new(&settings.output_dir, &settings.prefix, &id.stream_id),
+        settings,
+        id,
+        muxer: None,
+        disk_error: None,
+        live,
+        connected: false,
+    };
+    if session.remote_offer(offer_sdp).await.is_err() {
+        warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
+    }
+    let mut tick = tokio::time::interval(rec.settings.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    let mut close_reason = None;
+    let mut media_dropped = 0;
+    loop {
+        tokio::select! {
+            cmd = commands.recv(), if !stopping => match cmd {
+                Some(StreamCommand::RemoteCandidates(cands)) => {
+                    for c in cands {
+                        let _ = session.remote_candidate(c).await;
+                    }
+                }
+                Some(StreamCommand::Stop) | None => {
+                    stopping = true;
+                    let _ = session.close().await;
+                }
+            },
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    SessionEvent::Media(m) => {
+                        if rec.media(m) {
+                            let _ = session.request_keyframe();
+                        }
+                        if rec.pending() >= rec.settings.flush_bytes {
+                            rec.flush();
+                        }
+                    }
+                    SessionEvent::LocalAnswer { sdp } => {
+                        let _ = reports.send(StreamReport::Answer {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            sdp,
+                            encrypt: rec.id.encrypted,
+                        }).await;
+                    }
+                    SessionEvent::LocalCandidate(c) => {
+                        let _ = reports.send(StreamReport::Candidates {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            candidates: vec![c],
+                        }).await;
+                    }
+                    SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
+                    SessionEvent::State(state) => {
+                        debug!(stream = %rec.id.stream_id, ?state, "connection state");
+                        rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
+                    }
+                    SessionEvent::Closed { reason, stats } => {
+                        close_reason = Some(reason);
+                        media_dropped = stats.media_dropped;
+                        break;
+                    }
+                    SessionEvent::TrackStarted { .. }
+                    | SessionEvent::DataChannelOpen { .. }
+                    | SessionEvent::Renegotiated => {}
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if let Some(m) = rec.muxer.as_mut() {
+                    m.poll(now);
+                    if m.take_keyframe_request(now) {
+                        let _ = session.request_keyframe();
+                    }
+                }
+                rec.flush();
+                rec.publish_live();
+            }
+        }
+        if rec.disk_error.is_some() && !stopping {
+            stopping = true;
+            let _ = session.close().await;
+        }
+    }
+    if let Some(m) = rec.muxer.as_mut() {
+        m.finish(Instant::now());
+    }
+    rec.flush();
+    if let Err(e) = rec.file.sync() {
+        rec.disk_failed(e);
+    }
+    rec.publish_live();
+    let summary = StreamSummary {
+        stream_id: rec.id.stream_id.clone(),
+        path: rec.file.path().map(|p| p.to_path_buf()),
+        bytes: rec.file.bytes_written(),
+        core: rec.muxer.as_ref().map(|m| m.stats()).unwrap_or_default(),
+        close_reason,
+        media_dropped,
+        disk_error: rec.disk_error.clone(),
+    };
+    info!(stream = %summary.stream_id, "recording finished: {summary}");
+    let _ = reports
+        .send(StreamReport::Finished {
+            peer: rec.id.peer.clone(),
+            generation: rec.id.generation,
+            summary,
+        })
+        .await;
+}
+
+impl Recorder {
+    /// A (re)negotiation said which media the publisher sends. The file's tracks are fixed by
+    /// the first offer that carries media; later offers (renegotiations) keep them.
+    fn media_offered(&mut self, video: bool, audio: bool) {
+        if self.muxer.is_some() {
+            return;
+        }
+        self.muxer = StreamMuxer::new(self.settings.stream.clone(), video, audio);
+        if let Some(m) = &self.muxer {
+            let t = m.tracks();
+            info!(stream = %self.id.stream_id, video = t.video, audio = t.audio, "recording tracks");
+        } else if video || audio {
+            warn!(stream = %self.id.stream_id, "nothing to record: the publisher's media are all turned off by --noaudio/--novideo");
+        }
+    }
+
+    /// Feeds one media event; returns true when a keyframe should be requested now.
+    fn media(&mut self, m: MediaEvent) -> bool {
+        let Some(muxer) = self.muxer.as_mut() else {
+            return false;
+        };
+        match m {
+            MediaEvent::Rtp {
+                kind,
+                packet,
+                arrival,
+            } => {
+                muxer.push_rtp(kind, packet, arrival);
+                muxer.take_keyframe_request(arrival)
+            }
+            MediaEvent::SenderReport {
+                kind,
+                ntp,
+                rtp_timestamp,
+                ..
+            } => {
+                muxer.sender_report(kind, ntp, rtp_timestamp);
+                false
+            }
+        }
+    }
+
+    fn pending(&mut self) -> usize {
+        self.muxer.as_mut().map_or(0, |m| m.output().len())
+    }
+
+    /// Writes what the core produced. After a disk error the bytes are dropped: the recording
+    /// is ending, and memory must not grow.
+    fn flush(&mut self) {
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        let out = m.output();
+        if out.is_empty() {
+            return;
+        }
+        if self.disk_error.is_none()
+            && let Err(e) = self.file.append(out)
+        {
+            out.clear();
+            self.disk_failed(e);
+            return;
+        }
+        out.clear();
+    }
+
+    fn disk_failed(&mut self, e: FileError) {
+        error!(stream = %self.id.stream_id, "recording stopped: {e}");
+        self.disk_error.get_or_insert_with(|| e.to_string());
+    }
+
+    fn publish_live(&self) {
+        let core = self.muxer.as_ref().map(|m| m.stats()).unwrap_or_default();
+        self.live.send_replace(LiveStats {
+            path: self.file.path().map(|p| p.to_path_buf()),
+            bytes: self.file.bytes_written(),
+            core,
+            connected: self.connected,
+        });
+    }
+}
