@@ -162,12 +162,11 @@ fn start_viewer(server: &Server, dialect: Dialect, password: Password) -> Viewer
                                     s.h264 |= supported && m == "video/h264";
                                     s.opus |= supported && m == "audio/opus";
                                 }),
-                                SessionEvent::Media(MediaEvent::Rtp { kind, .. }) => {
-                                    st.send_modify(|s| match kind {
+                                SessionEvent::Media(MediaEvent::Rtp { kind, .. }) => st
+                                    .send_modify(|s| match kind {
                                         TrackKind::Video => s.video += 1,
                                         TrackKind::Audio => s.audio += 1,
-                                    })
-                                }
+                                    }),
                                 SessionEvent::Closed { reason, .. } => {
                                     st.send_modify(|s| s.closed.push(reason));
                                     let _ = h.stream_closed(peer.clone()).await;
