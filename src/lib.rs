@@ -3,11 +3,14 @@
 //!
 //! Data flows one way: [`signaling`] (room state, who publishes) → one [`peer`] session per
 //! publisher → one task per track → [`mux`] (reorder, depacketize, one A/V clock, TS) →
-//! [`record`] (the file).
+//! [`record`] (the file). [`testsrc`] is the other end: a VDO.Ninja publisher of the built-in
+//! clip for self-tests, end-to-end tests and the load benchmark.
 pub mod app;
 pub mod cli;
 pub mod clip;
 pub mod mux;
 pub mod peer;
 pub mod record;
+pub mod selftest;
 pub mod signaling;
+pub mod testsrc;

@@ -315,7 +315,7 @@ pub fn spawn(
     ))
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How a connected session ended.
 enum End {
@@ -535,8 +535,9 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// Opens the WebSocket (TLS via rustls/ring for wss://).
-async fn connect(url: &str, insecure: bool) -> Result<Ws, String> {
+/// Opens the WebSocket (TLS via rustls/ring for wss://), with the message size limits every
+/// signalling client in the crate uses (the viewer task and the test publisher).
+pub(crate) async fn connect(url: &str, insecure: bool) -> Result<Ws, String> {
     let tls = client_tls_config(insecure).map_err(|e| e.to_string())?;
     let ws_cfg = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))

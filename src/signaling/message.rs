@@ -403,11 +403,66 @@ impl Outbound {
         candidates: Sealed,
         vector: Option<String>,
     ) -> Self {
+        Self::candidate_bundle("remote", uuid, session, candidates, vector)
+    }
+
+    /// A publisher's bundle of ICE candidates to viewer `uuid`: the direction marker is
+    /// `"type":"local"` (publisher → viewer), the mirror of [`Outbound::candidates`].
+    pub fn local_candidates(
+        uuid: &str,
+        session: Option<&Value>,
+        candidates: Sealed,
+        vector: Option<String>,
+    ) -> Self {
+        Self::candidate_bundle("local", uuid, session, candidates, vector)
+    }
+
+    fn candidate_bundle(
+        direction: &str,
+        uuid: &str,
+        session: Option<&Value>,
+        candidates: Sealed,
+        vector: Option<String>,
+    ) -> Self {
         let mut m = Outbound::new()
             .with("UUID", uuid)
-            .with("type", "remote")
+            .with("type", direction)
             .with("candidates", candidates.into_value())
             .with_session(session);
+        if let Some(v) = vector {
+            m = m.with("vector", v);
+        }
+        m
+    }
+
+    /// `{"request":"seed","streamID":s}`: a publisher announces its (hashed) stream id. The web
+    /// app sends it after the room `listing` arrives; outside rooms it is the only announcement.
+    pub fn seed(wire_stream_id: &str) -> Self {
+        Outbound::new()
+            .with("request", "seed")
+            .with("streamID", wire_stream_id)
+    }
+
+    /// `{"request":"joinroom","roomid":r,"streamID":s}`: a publisher joins a room and announces
+    /// its stream in one message, as the web app does on relay ("customWSS") servers.
+    pub fn join_room_publishing(wire_room: &str, wire_stream_id: &str) -> Self {
+        Self::join_room(wire_room).with("streamID", wire_stream_id)
+    }
+
+    /// A publisher's SDP offer to viewer `uuid`: its stream id, a fresh `session` for this peer
+    /// connection, and the (maybe encrypted) description.
+    pub fn offer(
+        uuid: &str,
+        session: &Value,
+        description: Sealed,
+        vector: Option<String>,
+        wire_stream_id: &str,
+    ) -> Self {
+        let mut m = Outbound::new()
+            .with("UUID", uuid)
+            .with("streamID", wire_stream_id)
+            .with("description", description.into_value())
+            .with_session(Some(session));
         if let Some(v) = vector {
             m = m.with("vector", v);
         }
@@ -661,5 +716,50 @@ mod tests {
         assert_eq!(a.get("streamID"), Some(&json!("s")));
         assert!(a.get("vector").is_none());
         assert_eq!(Outbound::bye("u").get("bye"), Some(&json!(true)));
+    }
+
+    #[test]
+    fn publisher_outbound_shapes_round_trip() {
+        assert_eq!(
+            Outbound::seed("cam808d64").to_json(),
+            r#"{"request":"seed","streamID":"cam808d64"}"#
+        );
+        let j = Outbound::join_room_publishing("2f1a0139acdd5bdc", "cam808d64").with_from("p1");
+        let back = parse_inbound(&j.to_json()).unwrap();
+        assert_eq!(
+            (back.kind, back.stream_id.as_deref(), back.from.as_deref()),
+            (Kind::JoinRoom, Some("cam808d64"), Some("p1"))
+        );
+        assert_eq!(j.get("roomid"), Some(&json!("2f1a0139acdd5bdc")));
+
+        // An encrypted offer parses on the viewer side with streamID and session intact.
+        let c = Cipher::new(DEFAULT_PASSWORD, DEFAULT_SALT);
+        let desc = json!({"type":"offer","sdp":"v=0\r\n"});
+        let (sealed, iv) = Sealed::seal(&desc, Some(&c));
+        let o = Outbound::offer("viewer", &json!("abcdefghij"), sealed, iv, "cam808d64");
+        let back = parse_inbound(&o.to_json()).unwrap();
+        assert_eq!(back.uuid.as_deref(), Some("viewer"));
+        assert_eq!(back.stream_id.as_deref(), Some("cam808d64"));
+        assert_eq!(back.session, Some(json!("abcdefghij")));
+        let Kind::Description(s) = &back.kind else {
+            panic!("not a description")
+        };
+        assert_eq!(s.open(back.vector.as_deref(), Some(&c)).unwrap(), desc);
+
+        // Plain offer: no vector.
+        let o = Outbound::offer("v", &json!("s"), Sealed::Plain(desc.clone()), None, "cam");
+        assert!(o.get("vector").is_none());
+        assert_eq!(o.get("description"), Some(&desc));
+
+        let cands =
+            json!([{"candidate":"candidate:1 1 udp 1 127.0.0.1 5 typ host","sdpMLineIndex":0}]);
+        let l = Outbound::local_candidates("v", Some(&json!("s")), Sealed::Plain(cands), None);
+        assert_eq!(l.get("type"), Some(&json!("local")));
+        let back = parse_inbound(&l.to_json()).unwrap();
+        let Kind::Candidates(Sealed::Plain(v)) = &back.kind else {
+            panic!("not candidates")
+        };
+        assert_eq!(candidates_from_value(v).len(), 1);
+        assert_eq!(back.session, Some(json!("s")));
     }
 }
