@@ -16,7 +16,8 @@ if [ $# -gt 0 ]; then targets=("$@"); else targets=("${DEFAULT_RELEASE_TARGETS[@
 
 packages=(file)
 for t in "${targets[@]}"; do
-  read -r -a p <<<"$(build_packages_for "$t")"
+  list="$(build_packages_for "$t")" # a plain assignment, so set -e stops on an unknown target
+  read -r -a p <<<"$list"
   packages+=("${p[@]}")
 done
 ensure_packages "${packages[@]}"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by build-release.sh and smoke-release.sh (sourced, not run): the list of supported
 # release targets and installing the Debian/rustup pieces they need, so a fresh Debian machine
 # (CI or a developer's) can run either script without a setup step of its own.
