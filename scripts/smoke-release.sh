@@ -37,6 +37,10 @@ for t in "${targets[@]}"; do
   }
   if [ "$out" = "ninjarec $version" ]; then
     echo "smoke[$t]: ok: --version printed '$out'${runner:+ (under ${runner[*]})}"
+  elif [ -z "$out" ]; then
+    echo "smoke[$t]: FAIL: --version printed nothing, expected 'ninjarec $version' (does src/main.rs parse the CLI?)"
+    failed=1
+    continue
   else
     echo "smoke[$t]: FAIL: --version printed '$out', expected 'ninjarec $version'"
     failed=1
