@@ -75,7 +75,8 @@ async fn run_inner(args: &SelftestArgs) -> anyhow::Result<Vec<String>> {
         cfg.room = Some(ROOM.into());
         cfg.mode = mode;
         cfg.clip = clip.clone();
-        sources.push(testsrc::spawn(cfg, stop_rx.clone()).context("cannot start a test publisher")?);
+        sources
+            .push(testsrc::spawn(cfg, stop_rx.clone()).context("cannot start a test publisher")?);
     }
 
     let mut sig = SignalingConfig::new(url.clone());
@@ -114,15 +115,22 @@ async fn run_inner(args: &SelftestArgs) -> anyhow::Result<Vec<String>> {
         let Some(path) = &summary.path else {
             bail!("stream {name:?} produced no file ({summary})");
         };
-        let v = verify_file(path, &clip, false).with_context(|| format!("{}", path.display()))?;
+        let v = verify_file(path, &clip, false)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         // The first keyframe may take a PLI round trip; everything after it must be there.
         let min_frames = ((seconds as f64 - 2.0) * 20.0).max(10.0) as usize;
         if v.frames < min_frames {
-            bail!("{name}: only {} video frames in {seconds} s (expected ≥ {min_frames})", v.frames);
+            bail!(
+                "{name}: only {} video frames in {seconds} s (expected ≥ {min_frames})",
+                v.frames
+            );
         }
         let min_audio = ((seconds as f64 - 2.0) * 35.0).max(10.0) as usize;
         if v.audio_packets < min_audio {
-            bail!("{name}: only {} audio packets in {seconds} s (expected ≥ {min_audio})", v.audio_packets);
+            bail!(
+                "{name}: only {} audio packets in {seconds} s (expected ≥ {min_audio})",
+                v.audio_packets
+            );
         }
         if let Some(off) = v.av_start_offset_ms
             && off.abs() > 100.0
@@ -141,7 +149,10 @@ async fn run_inner(args: &SelftestArgs) -> anyhow::Result<Vec<String>> {
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        lines.push(format!("recordings kept in {}", PathBuf::from(&dir).display()));
+        lines.push(format!(
+            "recordings kept in {}",
+            PathBuf::from(&dir).display()
+        ));
     }
     Ok(lines)
 }
