@@ -775,6 +775,53 @@ async fn a_vanished_publisher_is_noticed_and_the_others_keep_recording() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Without a room in the official dialect the server tells no one that a publisher's socket
+/// closed, so only the peer connection can notice (ICE consent fails, then the recorder's
+/// vanish grace): the bound must hold on that path too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_single_stream_is_noticed_by_its_peer_connection() {
+    let clip = Clip::builtin();
+    let (server, url, server_stop) = start_server().await;
+    let dir = test_dir("vanish-single");
+    let mut cfg = source_config(&url, "solo", None);
+    cfg.dialect = Some(Dialect::Official);
+    let gone = Vanishing::start(cfg);
+    let recorder = Process::start(&recorder_args(
+        &url,
+        &dir,
+        &["--dialect", "official", "--record", "solo"],
+    ));
+    wait_for_files(&dir, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vanished_at = Instant::now();
+    gone.vanish();
+    let finished = |l: &str| l.contains("recording finished") && l.contains("solo: ");
+    while !recorder.log_contains(finished) {
+        assert!(
+            vanished_at.elapsed() < Duration::from_secs(30),
+            "the recorder did not notice the vanished publisher within 30 s:\n{}",
+            recorder.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "vanished single stream noticed after {:?}",
+        vanished_at.elapsed()
+    );
+    recorder.signal("-TERM");
+    let (status, stdout, log) = recorder.wait(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let files = ts_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    for name in files.keys() {
+        check_recording(&dir.join(name), &clip, false, MIN_SECONDS);
+    }
+    let _ = server_stop.send(true);
+    let _ = server.wait().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Hostile stream IDs
 // ---------------------------------------------------------------------------------------------
