@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use ninjarec::cli::Cli;
-use ninjarec::clip::Clip;
+use ninjarec::clip::{Clip, split_annex_b};
+use ninjarec::mux::ts::check::{CheckOptions, check};
 use ninjarec::peer::publisher::PublisherMode;
 use ninjarec::record::naming::{MAX_COMPONENT, sanitize_component};
 use ninjarec::record::orchestrator::{self, RunError};
@@ -33,7 +34,7 @@ use tokio::task::JoinHandle;
 const MIN_SECONDS: f64 = 2.5;
 /// How long a test waits for its files to appear (connection set-up on a loaded machine).
 const APPEAR_WITHIN: Duration = Duration::from_secs(30);
-/// The clip's audio and video start together; the file must keep them within this.
+/// The file's A/V alignment at its start may differ from what was sent by at most this.
 const MAX_AV_START_MS: f64 = 20.0;
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +332,53 @@ fn probe_streams(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The slice NAL units (types 1 and 5) of an Annex B access unit: what identifies a frame of
+/// the clip (parameter sets and AUDs may be placed differently in the file).
+fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    nals.filter(|n| matches!(n.first().map(|b| b & 0x1F), Some(1 | 5)))
+        .collect()
+}
+
+/// How far the file's A/V alignment at its start is from what the publisher sent, in ms.
+///
+/// The file's first video frame and first Opus packet are found in the clip (they are
+/// bit-exact copies, checked by `verify_file`); the clip says how far apart they were sent
+/// (modulo its loop), the file's PTS say how far apart they play. The difference is the sync
+/// error a viewer would see.
+fn av_start_error_ms(path: &Path, clip: &Clip, truncated: bool) -> f64 {
+    let data = std::fs::read(path).unwrap();
+    let opts = CheckOptions {
+        allow_truncated: truncated,
+        ..CheckOptions::default()
+    };
+    let report = check(&data, &opts);
+    let (v, a) = (&report.video[0], &report.audio[0]);
+    let v_slices = slices(split_annex_b(&v.data));
+    let loop_90k = clip.duration_90k as i64;
+    let file_90k = a.pts as i64 - v.pts as i64;
+    let mut best: Option<i64> = None;
+    for cv in clip
+        .video
+        .iter()
+        .filter(|f| slices(f.nals.iter().map(|n| n.as_ref())) == v_slices)
+    {
+        for ca in clip
+            .audio
+            .iter()
+            .filter(|p| p.data.as_ref() == a.data.as_slice())
+        {
+            // What was sent, wrapped into (-loop/2, loop/2] around the file's offset.
+            let sent = ca.pts_90k as i64 - cv.pts_90k as i64;
+            let err = (file_90k - sent + loop_90k / 2).rem_euclid(loop_90k) - loop_90k / 2;
+            if best.is_none_or(|b| err.abs() < b.abs()) {
+                best = Some(err);
+            }
+        }
+    }
+    let err = best.unwrap_or_else(|| panic!("{}: first frames not in the clip", path.display()));
+    err as f64 / 90.0
+}
+
 /// Checks one recording of the clip: bit-exact frames and audio, at least `min_seconds` of
 /// video, audio starting with video, and ffmpeg/ffprobe agreeing it is clean H.264 + Opus 48 kHz
 /// stereo. `truncated` accepts a file cut by SIGKILL: then ffmpeg may only complain about the
@@ -351,9 +399,16 @@ fn check_recording(path: &Path, clip: &Clip, truncated: bool, min_seconds: f64) 
         v.audio_packets
     );
     let offset = v.av_start_offset_ms.expect("file has both audio and video");
+    let error = av_start_error_ms(path, clip, truncated);
+    eprintln!(
+        "{}: {} frames, {} audio packets, A/V start {offset:+.1} ms ({error:+.1} ms off what was sent)",
+        path.file_name().unwrap().to_string_lossy(),
+        v.frames,
+        v.audio_packets
+    );
     assert!(
-        offset.abs() <= MAX_AV_START_MS,
-        "{}: audio starts {offset:+.1} ms from video",
+        error.abs() <= MAX_AV_START_MS,
+        "{}: audio starts {offset:+.1} ms from video, {error:+.1} ms off what was sent",
         path.display()
     );
     let errors = decode_errors(path);
