@@ -346,13 +346,26 @@ fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
 /// (modulo its loop), the file's PTS say how far apart they play. The difference is the sync
 /// error a viewer would see.
 fn av_start_error_ms(path: &Path, clip: &Clip, truncated: bool) -> f64 {
+    av_error_ms(path, clip, truncated, false)
+}
+
+/// Like [`av_start_error_ms`], for the file's last video frame and last Opus packet.
+fn av_end_error_ms(path: &Path, clip: &Clip, truncated: bool) -> f64 {
+    av_error_ms(path, clip, truncated, true)
+}
+
+fn av_error_ms(path: &Path, clip: &Clip, truncated: bool, at_end: bool) -> f64 {
     let data = std::fs::read(path).unwrap();
     let opts = CheckOptions {
         allow_truncated: truncated,
         ..CheckOptions::default()
     };
     let report = check(&data, &opts);
-    let (v, a) = (&report.video[0], &report.audio[0]);
+    let (v, a) = if at_end {
+        (report.video.last().unwrap(), report.audio.last().unwrap())
+    } else {
+        (&report.video[0], &report.audio[0])
+    };
     let v_slices = slices(split_annex_b(&v.data));
     let loop_90k = clip.duration_90k as i64;
     let file_90k = a.pts as i64 - v.pts as i64;
@@ -400,8 +413,14 @@ fn check_recording(path: &Path, clip: &Clip, truncated: bool, min_seconds: f64) 
     );
     let offset = v.av_start_offset_ms.expect("file has both audio and video");
     let error = av_start_error_ms(path, clip, truncated);
+    let end_error = av_end_error_ms(path, clip, truncated);
+    assert!(
+        end_error.abs() <= MAX_AV_START_MS,
+        "{}: at the end of the file audio is {end_error:+.1} ms off what was sent",
+        path.display()
+    );
     eprintln!(
-        "{}: {} frames, {} audio packets, A/V start {offset:+.1} ms ({error:+.1} ms off what was sent)",
+        "{}: {} frames, {} audio packets, A/V start {offset:+.1} ms ({error:+.1} ms off what was sent, end {end_error:+.1} ms)",
         path.file_name().unwrap().to_string_lossy(),
         v.frames,
         v.audio_packets
