@@ -55,10 +55,16 @@ pub struct StreamStats {
     /// Of those, keyframes.
     pub keyframes_written: u64,
     /// Frames the depacketizer completed or dropped, i.e. frames the publisher sent that
-    /// reached us (written + dropped).
+    /// reached us (written + dropped + skipped before the first keyframe).
     pub frames_received: u64,
-    /// Frames lost to packet loss, damage, or waiting for a keyframe.
+    /// Frames lost to packet loss or damage after the file started (each loss also drops the
+    /// frames up to the next keyframe).
     pub frames_dropped: u64,
+    /// Frames skipped before the first keyframe: a publisher that starts sending before the
+    /// connection is up (Raspberry Ninja, media in the first offer) is joined mid-GOP, and
+    /// a file can only start at a keyframe. Not loss, so counted apart from
+    /// [`Self::frames_dropped`].
+    pub frames_before_keyframe: u64,
     /// Opus packets written to the file.
     pub audio_written: u64,
     /// Opus packets dropped (before the file start, malformed, refused by the timeline).
@@ -95,6 +101,8 @@ pub struct StreamMuxer {
     /// A keyframe is needed (loss, start) and not yet asked for.
     want_keyframe: bool,
     last_keyframe_request: Option<Instant>,
+    /// Video frames dropped (depacketizer + timeline) when the first keyframe was written.
+    dropped_before_start: Option<u64>,
     /// Scratch list of reorder output, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
     stats: StreamStats,
@@ -124,6 +132,7 @@ impl StreamMuxer {
             stream_info: None,
             want_keyframe: tracks.video,
             last_keyframe_request: None,
+            dropped_before_start: None,
             items: Vec::with_capacity(16),
             stats: StreamStats::default(),
             tracks,
@@ -241,8 +250,11 @@ impl StreamMuxer {
         let a = self.audio_in.stats();
         let o = self.opus.stats();
         let mut s = self.stats;
-        s.frames_dropped = h.frames_dropped + t.dropped_video;
-        s.frames_received = s.frames_written + s.frames_dropped;
+        let dropped = h.frames_dropped + t.dropped_video;
+        let before = self.dropped_before_start.unwrap_or(dropped).min(dropped);
+        s.frames_before_keyframe = before;
+        s.frames_dropped = dropped - before;
+        s.frames_received = s.frames_written + dropped;
         s.audio_dropped = o.empty + o.malformed + t.dropped_audio;
         s.packets_lost = v.lost + a.lost;
         s.packets_duplicate = v.duplicates + a.duplicates;
@@ -308,6 +320,13 @@ impl StreamMuxer {
                     *stream_info = Some(info);
                 }
             });
+            if self.dropped_before_start.is_none() && self.stats.keyframes_written > 0 {
+                // The file just started: what was dropped until now was skipped waiting for
+                // the first keyframe (a drop in the same packet's processing precedes the
+                // keyframe it made way for).
+                self.dropped_before_start =
+                    Some(self.h264.stats().frames_dropped + self.timeline.stats().dropped_video);
+            }
         }
         self.drain_audio();
     }
@@ -348,4 +367,90 @@ impl StreamMuxer {
 /// [`StreamMuxer::new`]), which is all `TsWriter::new` can refuse.
 fn new_writer(tracks: TsConfig) -> TsWriter {
     TsWriter::new(tracks).expect("a muxer always has at least one track")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::Clip;
+    use rtc::rtp::codec::h264::H264Payloader;
+    use rtc::rtp::packetizer::Payloader;
+
+    /// Video RTP packets of the clip's frames `from..to`, as a WebRTC sender makes them.
+    fn video_packets(clip: &Clip, from: usize, to: usize) -> Vec<RtpPacket> {
+        let mut payloader = H264Payloader::default();
+        let mut out = Vec::new();
+        let mut seq = 1000u16;
+        for f in &clip.video[from..to] {
+            let mut au = Vec::new();
+            for n in &f.nals {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(n);
+            }
+            let payloads = payloader.payload(1200, &Bytes::from(au)).unwrap();
+            let n = payloads.len();
+            for (i, payload) in payloads.into_iter().enumerate() {
+                out.push(RtpPacket {
+                    sequence: seq,
+                    timestamp: 5000 + f.pts_90k as u32,
+                    marker: i + 1 == n,
+                    ssrc: 1,
+                    payload_type: 102,
+                    payload,
+                });
+                seq = seq.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    fn feed(m: &mut StreamMuxer, packets: Vec<RtpPacket>, t0: Instant) {
+        for (i, p) in packets.into_iter().enumerate() {
+            m.push_rtp(
+                TrackKind::Video,
+                p,
+                t0 + Duration::from_micros(i as u64 * 500),
+            );
+        }
+    }
+
+    /// Joining a publisher mid-GOP skips the frames up to the first keyframe; that is not loss
+    /// and the summary must not call it so. A real loss later still counts as dropped.
+    #[test]
+    fn frames_before_the_first_keyframe_are_not_counted_as_loss() {
+        let clip = Clip::builtin();
+        let first_key_after_6 = (6..clip.video.len())
+            .find(|&i| clip.video[i].keyframe)
+            .expect("the clip has a keyframe after frame 6");
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let t0 = Instant::now();
+        feed(&mut m, video_packets(&clip, 6, first_key_after_6 + 10), t0);
+        let s = m.stats();
+        assert_eq!(s.frames_before_keyframe, (first_key_after_6 - 6) as u64);
+        assert_eq!(s.frames_dropped, 0);
+        assert_eq!(s.frames_written, 10);
+        assert_eq!(s.packets_lost, 0);
+        assert_eq!(s.frames_received, (first_key_after_6 + 10 - 6) as u64);
+
+        // Before any keyframe, everything is "before the keyframe".
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        feed(&mut m, video_packets(&clip, 6, 12), t0);
+        let s = m.stats();
+        assert_eq!((s.frames_before_keyframe, s.frames_dropped), (6, 0));
+
+        // A packet lost after the start: the damaged frame and those up to the next keyframe
+        // are dropped to loss; the start's count stays.
+        let k = first_key_after_6;
+        let mut packets = video_packets(&clip, 6, k + 5);
+        let lost_at = packets.len() - 3;
+        packets.remove(lost_at);
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        feed(&mut m, packets, t0);
+        m.poll(t0 + Duration::from_secs(5));
+        m.finish(t0 + Duration::from_secs(5));
+        let s = m.stats();
+        assert_eq!(s.frames_before_keyframe, (k - 6) as u64);
+        assert!(s.frames_dropped >= 1, "{s:?}");
+        assert_eq!(s.packets_lost, 1);
+    }
 }

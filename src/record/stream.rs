@@ -111,6 +111,13 @@ impl std::fmt::Display for StreamSummary {
             c.frames_dropped,
             c.packets_lost,
         )?;
+        if c.frames_before_keyframe > 0 {
+            write!(
+                f,
+                ", {} frames before the first keyframe skipped",
+                c.frames_before_keyframe
+            )?;
+        }
         if let Some(ms) = c.av_offset_ms {
             write!(f, ", A/V offset {ms:+.0} ms")?;
         }
