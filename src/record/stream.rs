@@ -119,7 +119,7 @@ impl std::fmt::Display for StreamSummary {
             )?;
         }
         if let Some(ms) = c.av_offset_ms {
-            write!(f, ", A/V offset {ms:+.0} ms")?;
+            write!(f, ", A/V correction from Sender Reports {ms:+.0} ms")?;
         }
         if self.media_dropped > 0 {
             write!(
