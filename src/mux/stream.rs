@@ -71,6 +71,12 @@ pub struct StreamStats {
     pub keyframe_requests: u64,
     /// Units the TS writer refused (non-monotonic time, oversize); nothing was written for them.
     pub units_refused: u64,
+    /// Video frames skipped after a frame was refused by the timeline or the writer, until
+    /// the next keyframe (they reference the refused frame and would decode as garbage).
+    /// Included in `frames_dropped`.
+    pub frames_skipped: u64,
+    /// RTP packets of a track the file does not have (`--novideo`, `--noaudio`, not offered).
+    pub packets_ignored: u64,
     /// Media time covered by the file so far, in 90 kHz units.
     pub duration_90k: u64,
     /// The A/V alignment measured from Sender Reports, in ms (audio later is positive).
@@ -95,6 +101,13 @@ pub struct StreamMuxer {
     /// A keyframe is needed (loss, start) and not yet asked for.
     want_keyframe: bool,
     last_keyframe_request: Option<Instant>,
+    /// A video frame was refused after the depacketizer handed it on: later frames reference
+    /// it, so nothing but a keyframe may be written until one is.
+    video_broken: bool,
+    /// The latest time the muxer was told about (for [`Self::next_deadline`]).
+    last_now: Option<Instant>,
+    /// Audio still held by the timeline (never given a file start) when the stream finished.
+    audio_lost_at_finish: u64,
     /// Scratch list of reorder output, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
     stats: StreamStats,
@@ -124,6 +137,9 @@ impl StreamMuxer {
             stream_info: None,
             want_keyframe: tracks.video,
             last_keyframe_request: None,
+            video_broken: false,
+            last_now: None,
+            audio_lost_at_finish: 0,
             items: Vec::with_capacity(16),
             stats: StreamStats::default(),
             tracks,
@@ -141,24 +157,24 @@ impl StreamMuxer {
         self.stream_info.as_ref()
     }
 
-    /// Feeds one RTP packet of `kind` that arrived at `now`.
+    /// Feeds one RTP packet of `kind` that arrived at `now`. Packets of a track the file does
+    /// not have are counted ([`StreamStats::packets_ignored`]) and dropped.
     pub fn push_rtp(&mut self, kind: TrackKind, packet: RtpPacket, now: Instant) {
+        self.saw(now);
         let tracks = self.tracks();
+        let mut items = std::mem::take(&mut self.items);
         match kind {
             TrackKind::Video if tracks.video => {
-                let mut items = std::mem::take(&mut self.items);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
-                self.items = items;
             }
             TrackKind::Audio if tracks.audio => {
-                let mut items = std::mem::take(&mut self.items);
                 self.audio_in.push(packet, now, &mut |o| items.push(o));
                 self.audio_items(&mut items, now);
-                self.items = items;
             }
-            _ => {}
+            _ => self.stats.packets_ignored += 1,
         }
+        self.items = items;
     }
 
     /// Feeds an RTCP Sender Report (NTP 32.32 ↔ RTP timestamp) of `kind`.
@@ -167,9 +183,11 @@ impl StreamMuxer {
     }
 
     /// Lets time pass: releases packets whose holes were given up, keeps the PCR going while
-    /// media stalls, and re-arms the keyframe request while no keyframe has come. Call it at
-    /// [`Self::next_deadline`] or at least every 100 ms.
+    /// media stalls, and re-arms the keyframe request while video waits for a keyframe (at the
+    /// start, or after a loss whose request got no answer). Call it at [`Self::next_deadline`]
+    /// or at least every 100 ms.
     pub fn poll(&mut self, now: Instant) {
+        self.saw(now);
         let mut items = std::mem::take(&mut self.items);
         self.video_in.poll_timeout(now, &mut |o| items.push(o));
         self.video_items(&mut items, now);
@@ -179,34 +197,58 @@ impl StreamMuxer {
         if let (Some(writer), Some(pts)) = (self.writer.as_mut(), self.timeline.now_pts(now)) {
             writer.tick(pts, &mut self.out);
         }
-        if self.tracks().video
-            && self.stats.keyframes_written == 0
+        if self.waiting_for_keyframe()
             && self
                 .last_keyframe_request
-                .is_none_or(|t| now.duration_since(t) >= self.config.keyframe_retry)
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry)
         {
             self.want_keyframe = true;
         }
     }
 
-    /// The earliest time [`Self::poll`] has work to do (a reorder hole's deadline).
+    /// True while video is recorded but no keyframe can be written yet: none came so far, or
+    /// frames were lost or refused since the last one.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.tracks.video
+            && (self.stats.keyframes_written == 0
+                || self.video_broken
+                || self.h264.waiting_for_keyframe())
+    }
+
+    /// The earliest time [`Self::poll`] or [`Self::take_keyframe_request`] has work to do: a
+    /// reorder hole's deadline, the end of the keyframe rate limit while a request is pending,
+    /// or the next keyframe retry while video waits for a keyframe.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.video_in.next_deadline(), self.audio_in.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let holes = [self.video_in.next_deadline(), self.audio_in.next_deadline()];
+        let keyframe = if self.want_keyframe {
+            match self.last_keyframe_request {
+                Some(t) => Some(t + self.config.keyframe_request_interval),
+                None => self.last_now,
+            }
+        } else if self.waiting_for_keyframe() {
+            self.last_keyframe_request
+                .map(|t| t + self.config.keyframe_retry)
+        } else {
+            None
+        };
+        holes.into_iter().chain([keyframe]).flatten().min()
     }
 
     /// True (once) when a keyframe should be requested from the publisher now; rate-limited
-    /// to one per [`StreamConfig::keyframe_request_interval`].
+    /// to one per [`StreamConfig::keyframe_request_interval`]. A request refused by the rate
+    /// limit stays pending and is granted by a later call.
     pub fn take_keyframe_request(&mut self, now: Instant) -> bool {
+        self.saw(now);
+        if !self.waiting_for_keyframe() {
+            // Raised after a loss, answered by a keyframe before the rate limit let it out.
+            self.want_keyframe = false;
+        }
         if !self.want_keyframe {
             return false;
         }
-        if self
-            .last_keyframe_request
-            .is_some_and(|t| now.duration_since(t) < self.config.keyframe_request_interval)
-        {
+        if self.last_keyframe_request.is_some_and(|t| {
+            now.saturating_duration_since(t) < self.config.keyframe_request_interval
+        }) {
             return false;
         }
         self.want_keyframe = false;
@@ -221,9 +263,11 @@ impl StreamMuxer {
         &mut self.out
     }
 
-    /// Ends the stream: hands on what the reorder buffers still hold. Held audio that never
-    /// got a file start is counted as dropped.
+    /// Ends the stream: hands on what the reorder buffers still hold and drops a frame left
+    /// without its marker. Audio the timeline still holds (the file never started: no keyframe
+    /// came and `idr_wait` did not run out) is counted as dropped. Calling it again is harmless.
     pub fn finish(&mut self, now: Instant) {
+        self.saw(now);
         let mut items = std::mem::take(&mut self.items);
         self.video_in.flush(&mut |o| items.push(o));
         self.video_items(&mut items, now);
@@ -231,6 +275,8 @@ impl StreamMuxer {
         self.audio_in.flush(&mut |o| items.push(o));
         self.audio_items(&mut items, now);
         self.items = items;
+        self.audio_lost_at_finish = self.timeline.held_audio() as u64;
+        self.want_keyframe = false;
     }
 
     /// Counters so far.
@@ -241,12 +287,14 @@ impl StreamMuxer {
         let a = self.audio_in.stats();
         let o = self.opus.stats();
         let mut s = self.stats;
-        s.frames_dropped = h.frames_dropped + t.dropped_video;
+        s.frames_dropped = h.frames_dropped + t.dropped_video + s.frames_skipped;
         s.frames_received = s.frames_written + s.frames_dropped;
-        s.audio_dropped = o.empty + o.malformed + t.dropped_audio;
+        s.audio_dropped = o.empty + o.malformed + t.dropped_audio + self.audio_lost_at_finish;
         s.packets_lost = v.lost + a.lost;
         s.packets_duplicate = v.duplicates + a.duplicates;
-        s.duration_90k = self.first_pts.map_or(0, |f| self.last_pts.saturating_sub(f));
+        s.duration_90k = self
+            .first_pts
+            .map_or(0, |f| self.last_pts.saturating_sub(f));
         s.av_offset_ms = self.av_sync().sr_correction_ms;
         s
     }
@@ -256,9 +304,16 @@ impl StreamMuxer {
         self.timeline.av_sync()
     }
 
+    fn saw(&mut self, now: Instant) {
+        self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
+    }
+
     /// Runs ordered video items through the depacketizer and writes what it completes; leaves
     /// `items` empty (its capacity is reused for the next packet).
     fn video_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
+        if items.is_empty() {
+            return;
+        }
         for item in items.drain(..) {
             let Self {
                 h264,
@@ -268,6 +323,7 @@ impl StreamMuxer {
                 tracks,
                 stats,
                 want_keyframe,
+                video_broken,
                 stream_info,
                 first_pts,
                 last_pts,
@@ -275,19 +331,31 @@ impl StreamMuxer {
             } = self;
             h264.push(item, &mut |o| match o {
                 H264Output::AccessUnit(au) => {
+                    if *video_broken && !au.keyframe {
+                        stats.frames_skipped += 1;
+                        return;
+                    }
                     let Some(pts) = timeline.video_pts(au.rtp_timestamp, now, au.keyframe) else {
+                        // Counted by the timeline. Frames after it would reference it.
+                        *video_broken = true;
+                        *want_keyframe = true;
                         return;
                     };
                     let w = writer.get_or_insert_with(|| new_writer(*tracks));
                     match w.write_video(pts, &au.data, au.keyframe, out) {
                         Ok(()) => {
                             stats.frames_written += 1;
-                            stats.keyframes_written += u64::from(au.keyframe);
+                            if au.keyframe {
+                                stats.keyframes_written += 1;
+                                *video_broken = false;
+                            }
                             first_pts.get_or_insert(pts);
                             *last_pts = (*last_pts).max(pts);
                         }
                         Err(e) => {
                             stats.units_refused += 1;
+                            *video_broken = true;
+                            *want_keyframe = true;
                             tracing::debug!("video unit refused: {e}");
                         }
                     }
@@ -313,9 +381,14 @@ impl StreamMuxer {
     /// Runs ordered audio items through the depacketizer into the timeline and writes what it
     /// has timed; leaves `items` empty.
     fn audio_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
+        if items.is_empty() {
+            return;
+        }
         for item in items.drain(..) {
             let Self { opus, timeline, .. } = self;
-            opus.push(item, &mut |p| timeline.push_audio(p.rtp_timestamp, now, p.data));
+            opus.push(item, &mut |p| {
+                timeline.push_audio(p.rtp_timestamp, now, p.data)
+            });
         }
         self.drain_audio();
     }
@@ -344,4 +417,371 @@ impl StreamMuxer {
 /// [`StreamMuxer::new`]), which is all `TsWriter::new` can refuse.
 fn new_writer(tracks: TsConfig) -> TsWriter {
     TsWriter::new(tracks).expect("a muxer always has at least one track")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::Clip;
+    use crate::mux::ts::check::{CheckOptions, check};
+    use rtc::rtp::codec::h264::H264Payloader;
+    use rtc::rtp::packetizer::Payloader;
+
+    const V0: u32 = 0x8000_0000;
+    const A0: u32 = 0x0123_4567;
+
+    /// One packet of the clip with its send time (ms since the clip start).
+    struct Sent {
+        ms: u64,
+        kind: TrackKind,
+        packet: RtpPacket,
+        /// Index of the video frame (or audio packet) it belongs to.
+        unit: usize,
+    }
+
+    /// The clip as RTP (H.264 at MTU 1200, one Opus packet per RTP packet), in send order.
+    fn clip_packets(clip: &Clip) -> Vec<Sent> {
+        let mut payloader = H264Payloader::default();
+        let mut sent = Vec::new();
+        let mut seq = 1000u16;
+        for (unit, f) in clip.video.iter().enumerate() {
+            let mut au = Vec::new();
+            for nal in &f.nals {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(nal);
+            }
+            let payloads = payloader.payload(1200, &Bytes::from(au)).unwrap();
+            let n = payloads.len();
+            for (i, payload) in payloads.into_iter().enumerate() {
+                sent.push(Sent {
+                    ms: f.pts_90k / 90,
+                    kind: TrackKind::Video,
+                    packet: RtpPacket {
+                        sequence: seq,
+                        timestamp: V0.wrapping_add(f.pts_90k as u32),
+                        marker: i + 1 == n,
+                        ssrc: 1,
+                        payload_type: 102,
+                        payload,
+                    },
+                    unit,
+                });
+                seq = seq.wrapping_add(1);
+            }
+        }
+        for (unit, a) in clip.audio.iter().enumerate() {
+            sent.push(Sent {
+                ms: a.pts_90k / 90,
+                kind: TrackKind::Audio,
+                packet: RtpPacket {
+                    sequence: 40_000u16.wrapping_add(unit as u16),
+                    timestamp: A0.wrapping_add((a.pts_90k * 8 / 15) as u32),
+                    marker: false,
+                    ssrc: 2,
+                    payload_type: 111,
+                    payload: a.data.clone(),
+                },
+                unit,
+            });
+        }
+        sent.sort_by_key(|s| s.ms);
+        sent
+    }
+
+    /// Feeds packets (arrival = `start` + send time + 20 ms), polling and taking keyframe
+    /// requests after each; returns how many requests were granted.
+    fn feed<'a>(
+        m: &mut StreamMuxer,
+        start: Instant,
+        packets: impl IntoIterator<Item = &'a Sent>,
+    ) -> u64 {
+        let mut granted = 0;
+        for s in packets {
+            let now = start + Duration::from_millis(s.ms + 20);
+            m.push_rtp(s.kind, s.packet.clone(), now);
+            m.poll(now);
+            granted += u64::from(m.take_keyframe_request(now));
+        }
+        granted
+    }
+
+    fn checked(m: &mut StreamMuxer) -> crate::mux::ts::check::CheckReport {
+        let out = std::mem::take(m.output());
+        assert_eq!(out.len() % 188, 0);
+        let r = check(&out, &CheckOptions::default());
+        assert!(r.is_ok(), "{:#?}", r.violations);
+        r
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_and_retried_until_the_first_keyframe() {
+        let cfg = StreamConfig::default();
+        let mut m = StreamMuxer::new(cfg.clone(), true, true).unwrap();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Asked for at once (the stream starts), then not again within the interval.
+        assert!(m.waiting_for_keyframe());
+        assert_eq!(m.next_deadline(), None);
+        assert!(m.take_keyframe_request(at(0)));
+        assert!(!m.take_keyframe_request(at(1)));
+        assert_eq!(m.next_deadline(), Some(at(0) + cfg.keyframe_retry));
+        // No keyframe came: the request is re-armed only after the retry time.
+        m.poll(at(1999));
+        assert!(!m.take_keyframe_request(at(1999)));
+        m.poll(at(2000));
+        assert_eq!(m.next_deadline(), Some(at(1000)));
+        assert!(m.take_keyframe_request(at(2000)));
+        m.poll(at(4100));
+        assert!(m.take_keyframe_request(at(4100)));
+        assert_eq!(m.stats().keyframe_requests, 3);
+        // A GOP starting with a keyframe: written, and no more requests.
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let late = at(5000);
+        let gop: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && s.unit < 30)
+            .collect();
+        assert_eq!(feed(&mut m, late, gop), 0);
+        assert!(!m.waiting_for_keyframe());
+        m.poll(late + Duration::from_secs(10));
+        assert!(!m.take_keyframe_request(late + Duration::from_secs(10)));
+        assert_eq!(m.next_deadline(), None);
+        let s = m.stats();
+        assert_eq!((s.frames_written, s.keyframes_written), (30, 1));
+        assert_eq!(s.keyframe_requests, 3);
+    }
+
+    #[test]
+    fn a_pending_request_waits_for_the_rate_limit_and_is_dropped_once_answered() {
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let t0 = Instant::now();
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        // Frame 5 is lost 190 ms after the first request: the loss asks again, the rate limit
+        // holds the request back until 1 s, the keyframe at 1.02 s answers it.
+        let mut packets = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && s.unit != 5)
+            .peekable();
+        let mut grants = Vec::new();
+        for tick in 0..=400u64 {
+            let now = t0 + Duration::from_millis(tick * 10);
+            while let Some(s) = packets.next_if(|s| s.ms + 20 <= tick * 10) {
+                m.push_rtp(s.kind, s.packet.clone(), now);
+            }
+            m.poll(now);
+            if m.take_keyframe_request(now) {
+                grants.push(tick * 10);
+            }
+        }
+        assert_eq!(grants, vec![0, 1000]);
+        let s = m.stats();
+        assert_eq!(s.frames_written, 5 + 90, "{s:?}");
+        assert_eq!(s.keyframe_requests, 2);
+        checked(&mut m);
+
+        // A request raised and answered within the rate limit is never granted.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        assert!(m.take_keyframe_request(t0));
+        // Two GOPs sent at four times the speed, frame 31 lost: the loss raises a request at
+        // about 110 ms, the keyframe at 350 ms answers it.
+        let two_gops = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && (30..90).contains(&s.unit) && s.unit != 31);
+        for s in two_gops {
+            let now = t0 + Duration::from_millis(100 + (s.ms - 1000) / 4);
+            m.push_rtp(s.kind, s.packet.clone(), now);
+            m.poll(now);
+            assert!(!m.take_keyframe_request(now));
+        }
+        assert_eq!(m.stats().frames_written, 1 + 30);
+        let later = t0 + Duration::from_secs(3);
+        m.poll(later);
+        assert!(!m.waiting_for_keyframe());
+        assert!(!m.take_keyframe_request(later));
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn tracks_are_what_was_offered_and_wanted() {
+        let all = StreamConfig::default();
+        let novideo = StreamConfig {
+            video: false,
+            ..all.clone()
+        };
+        let noaudio = StreamConfig {
+            audio: false,
+            ..all.clone()
+        };
+        let both = |c: &StreamConfig, v, a| StreamMuxer::new(c.clone(), v, a).map(|m| m.tracks());
+        let t = |video, audio| Some(TsConfig { video, audio });
+        assert_eq!(both(&all, true, true), t(true, true));
+        assert_eq!(both(&all, true, false), t(true, false));
+        assert_eq!(both(&all, false, true), t(false, true));
+        assert_eq!(both(&all, false, false), None);
+        assert_eq!(both(&novideo, true, true), t(false, true));
+        assert_eq!(both(&novideo, true, false), None);
+        assert_eq!(both(&noaudio, true, true), t(true, false));
+        assert_eq!(both(&noaudio, false, true), None);
+        // No video in the file: never a keyframe request.
+        let mut m = StreamMuxer::new(novideo, true, true).unwrap();
+        assert!(!m.waiting_for_keyframe());
+        let now = Instant::now();
+        m.poll(now + Duration::from_secs(5));
+        assert!(!m.take_keyframe_request(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn novideo_records_audio_only_and_ignores_video_packets() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let cfg = StreamConfig {
+            video: false,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let start = Instant::now();
+        assert_eq!(feed(&mut m, start, &sent), 0);
+        m.finish(start + Duration::from_secs(5));
+        let video_packets = sent.iter().filter(|s| s.kind == TrackKind::Video).count();
+        let s = m.stats();
+        assert_eq!(s.packets_ignored as usize, video_packets);
+        assert_eq!(s.audio_written as usize, clip.audio.len());
+        assert_eq!((s.frames_written, s.audio_dropped), (0, 0));
+        let r = checked(&mut m);
+        assert!(!r.has_video && r.has_audio);
+        assert_eq!(r.audio.len(), clip.audio.len());
+        for (pes, a) in r.audio.iter().zip(&clip.audio) {
+            assert_eq!(pes.data, a.data);
+        }
+        assert_eq!(r.audio[0].pts, 90_000);
+        assert_eq!(
+            s.duration_90k,
+            clip.audio.last().unwrap().pts_90k - clip.audio[0].pts_90k
+        );
+    }
+
+    #[test]
+    fn noaudio_records_video_only() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let cfg = StreamConfig {
+            audio: false,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let start = Instant::now();
+        // The first request is granted at once; the clip starts with a keyframe.
+        assert_eq!(feed(&mut m, start, &sent), 1);
+        m.finish(start + Duration::from_secs(5));
+        let s = m.stats();
+        assert_eq!(s.packets_ignored as usize, clip.audio.len());
+        assert_eq!(s.frames_written as usize, clip.video.len());
+        assert_eq!((s.keyframes_written, s.frames_dropped), (4, 0));
+        assert_eq!(s.audio_written, 0);
+        let info = m.stream_info().unwrap();
+        assert_eq!((info.width, info.height), (320, 240));
+        let r = checked(&mut m);
+        assert!(r.has_video && !r.has_audio);
+        assert_eq!(r.video.len(), clip.video.len());
+        for (pes, f) in r.video.iter().zip(&clip.video) {
+            assert_eq!(pes.pts - r.video[0].pts, f.pts_90k - clip.video[0].pts_90k);
+        }
+    }
+
+    #[test]
+    fn poll_keeps_the_pcr_going_while_media_stalls() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let start = Instant::now();
+        // One second of media, then three seconds of nothing but polls every 100 ms.
+        feed(&mut m, start, sent.iter().filter(|s| s.ms < 1000));
+        let before = m.output().len();
+        for k in 1..=30 {
+            m.poll(start + Duration::from_millis(1020 + k * 100));
+        }
+        let stalled = m.output().len() - before;
+        // About 3 s of PCR-only packets at ≤ 30 ms steps, plus PAT/PMT every ≤ 100 ms.
+        assert!(stalled >= 188 * 100, "{stalled}");
+        let r = checked(&mut m);
+        assert!(r.pcr_only >= 90, "{}", r.pcr_only);
+        assert!(
+            r.max_pcr_interval_90k <= 2_700,
+            "{}",
+            r.max_pcr_interval_90k
+        );
+        assert!(r.max_psi_interval_90k <= 9_000);
+    }
+
+    #[test]
+    fn finish_releases_held_packets_and_counts_unstarted_audio() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let start = Instant::now();
+        // Audio packet 10 never comes; finish well before the hole's deadline: the packets
+        // behind it are still written.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let mut last = start;
+        for s in sent.iter().filter(|s| s.ms < 400) {
+            if s.kind == TrackKind::Audio && s.unit == 10 {
+                continue;
+            }
+            // Everything arrives at once, so no hole times out.
+            m.push_rtp(s.kind, s.packet.clone(), start);
+            last = start;
+        }
+        let written_before = m.stats().audio_written;
+        m.finish(last);
+        m.finish(last);
+        let s = m.stats();
+        assert_eq!(s.packets_lost, 1);
+        assert!(s.audio_written > written_before, "{s:?}");
+        assert_eq!(s.frames_written, 12);
+        checked(&mut m);
+
+        // Video that never starts with a keyframe: the audio waiting for it is dropped.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        feed(
+            &mut m,
+            start,
+            sent.iter()
+                .filter(|s| s.ms < 900 && !(s.kind == TrackKind::Video && s.unit < 5)),
+        );
+        m.finish(start + Duration::from_secs(1));
+        let s = m.stats();
+        assert_eq!((s.frames_written, s.audio_written), (0, 0));
+        let audio_sent = sent
+            .iter()
+            .filter(|s| s.ms < 900 && s.kind == TrackKind::Audio)
+            .count();
+        assert_eq!(s.audio_dropped as usize, audio_sent);
+        assert!(m.output().is_empty());
+    }
+
+    #[test]
+    fn a_refused_frame_stops_video_until_the_next_keyframe() {
+        let clip = Clip::builtin();
+        let mut sent = clip_packets(&clip);
+        // Frame 40 repeats the timestamp of frame 39: the timeline refuses it, and the frames
+        // after it (which reference it) must not be written either.
+        let ts39 = V0.wrapping_add(clip.video[39].pts_90k as u32);
+        for s in sent.iter_mut() {
+            if s.kind == TrackKind::Video && s.unit == 40 {
+                s.packet.timestamp = ts39;
+            }
+        }
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let start = Instant::now();
+        let granted = feed(&mut m, start, &sent);
+        let s = m.stats();
+        assert_eq!(s.frames_written, 40 + 60, "{s:?}");
+        assert_eq!(s.frames_skipped, 19);
+        assert_eq!(s.frames_dropped, 20);
+        assert_eq!(granted, 2);
+        let r = checked(&mut m);
+        assert!(r.video[40].keyframe);
+        assert_eq!(r.video[40].pts - r.video[39].pts, 21 * 3000);
+    }
 }
