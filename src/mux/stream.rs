@@ -6,6 +6,7 @@
 //! the counters a user sees in the summary. It is synchronous and does no I/O: the recorder task
 //! feeds it events and writes out whatever [`StreamMuxer::output`] holds.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,7 +25,8 @@ pub struct StreamConfig {
     pub video: bool,
     /// Record audio if the publisher sends it (`--noaudio` turns this off).
     pub audio: bool,
-    /// Reorder buffer limits (both tracks).
+    /// Reorder buffer limits (both tracks). The default holds the first packets of a track
+    /// for `max_delay` so a reordered start does not cost the first GOP.
     pub reorder: ReorderConfig,
     /// H.264 depacketizer limits.
     pub h264: H264Config,
@@ -39,7 +41,10 @@ impl Default for StreamConfig {
         Self {
             video: true,
             audio: true,
-            reorder: ReorderConfig::default(),
+            reorder: ReorderConfig {
+                hold_start: true,
+                ..ReorderConfig::default()
+            },
             h264: H264Config::default(),
             keyframe_request_interval: Duration::from_secs(1),
             keyframe_retry: Duration::from_secs(2),
@@ -83,6 +88,49 @@ pub struct StreamStats {
     pub av_offset_ms: Option<f64>,
 }
 
+/// When the first packet of each recent RTP timestamp of a track arrived.
+///
+/// The reorder buffer hands packets on when their turn comes, which can be up to its
+/// `max_delay` after they arrived (a hole before them, or the start hold). The timeline anchors
+/// a track on arrival times, so it must get the time a unit's first packet really arrived, not
+/// the time it was released; this bounded log remembers it.
+#[derive(Debug)]
+struct ArrivalLog {
+    entries: VecDeque<(u32, Instant)>,
+}
+
+impl ArrivalLog {
+    /// Timestamps remembered: far more than a reorder window holds units (150 ms of 20 ms
+    /// audio or 30 fps video is under 10).
+    const CAPACITY: usize = 64;
+
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::with_capacity(Self::CAPACITY),
+        }
+    }
+
+    /// Notes that a packet with `timestamp` arrived at `now`.
+    fn note(&mut self, timestamp: u32, now: Instant) {
+        if self.entries.back().is_some_and(|&(ts, _)| ts == timestamp) {
+            return;
+        }
+        if self.entries.len() == Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((timestamp, now));
+    }
+
+    /// When the first packet of `timestamp` arrived, or `now` if that is not known.
+    fn arrival(&self, timestamp: u32, now: Instant) -> Instant {
+        self.entries
+            .iter()
+            .rev()
+            .find(|&&(ts, _)| ts == timestamp)
+            .map_or(now, |&(_, t)| t.min(now))
+    }
+}
+
 /// The recording core of one publisher.
 pub struct StreamMuxer {
     config: StreamConfig,
@@ -90,6 +138,8 @@ pub struct StreamMuxer {
     tracks: TsConfig,
     video_in: ReorderBuffer,
     audio_in: ReorderBuffer,
+    video_arrivals: ArrivalLog,
+    audio_arrivals: ArrivalLog,
     h264: H264Depacketizer,
     opus: OpusDepacketizer,
     timeline: Timeline<Bytes>,
@@ -127,6 +177,8 @@ impl StreamMuxer {
         Some(Self {
             video_in: ReorderBuffer::new(config.reorder),
             audio_in: ReorderBuffer::new(config.reorder),
+            video_arrivals: ArrivalLog::new(),
+            audio_arrivals: ArrivalLog::new(),
             h264: H264Depacketizer::new(config.h264),
             opus: OpusDepacketizer::new(),
             timeline: Timeline::new(TimelineConfig::new(tracks.video, tracks.audio)),
@@ -165,10 +217,12 @@ impl StreamMuxer {
         let mut items = std::mem::take(&mut self.items);
         match kind {
             TrackKind::Video if tracks.video => {
+                self.video_arrivals.note(packet.timestamp, now);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
             }
             TrackKind::Audio if tracks.audio => {
+                self.audio_arrivals.note(packet.timestamp, now);
                 self.audio_in.push(packet, now, &mut |o| items.push(o));
                 self.audio_items(&mut items, now);
             }
@@ -324,6 +378,7 @@ impl StreamMuxer {
                 stats,
                 want_keyframe,
                 video_broken,
+                video_arrivals,
                 stream_info,
                 first_pts,
                 last_pts,
@@ -335,7 +390,9 @@ impl StreamMuxer {
                         stats.frames_skipped += 1;
                         return;
                     }
-                    let Some(pts) = timeline.video_pts(au.rtp_timestamp, now, au.keyframe) else {
+                    let arrival = video_arrivals.arrival(au.rtp_timestamp, now);
+                    let Some(pts) = timeline.video_pts(au.rtp_timestamp, arrival, au.keyframe)
+                    else {
                         // Counted by the timeline. Frames after it would reference it.
                         *video_broken = true;
                         *want_keyframe = true;
@@ -385,9 +442,15 @@ impl StreamMuxer {
             return;
         }
         for item in items.drain(..) {
-            let Self { opus, timeline, .. } = self;
+            let Self {
+                opus,
+                timeline,
+                audio_arrivals,
+                ..
+            } = self;
             opus.push(item, &mut |p| {
-                timeline.push_audio(p.rtp_timestamp, now, p.data)
+                let arrival = audio_arrivals.arrival(p.rtp_timestamp, now);
+                timeline.push_audio(p.rtp_timestamp, arrival, p.data)
             });
         }
         self.drain_audio();
