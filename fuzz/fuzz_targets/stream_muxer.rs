@@ -94,8 +94,16 @@ fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
     let mut tracks = [
-        Track { seq: 65_500, ts: u32::MAX - 20_000, frame: 3000 },
-        Track { seq: 100, ts: 0x7FFF_FF00, frame: 960 },
+        Track {
+            seq: 65_500,
+            ts: u32::MAX - 20_000,
+            frame: 3000,
+        },
+        Track {
+            seq: 100,
+            ts: 0x7FFF_FF00,
+            frame: 960,
+        },
     ];
     let mut file = Vec::new();
     let mut rest = data;
@@ -112,7 +120,11 @@ fuzz_target!(|data: &[u8]| {
                 if flags & 0x40 != 0 {
                     now += Duration::from_millis(20);
                 }
-                let kind = if k == 0 { TrackKind::Video } else { TrackKind::Audio };
+                let kind = if k == 0 {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
                 let packet = RtpPacket {
                     sequence: t.seq,
                     timestamp: t.ts,
@@ -124,7 +136,9 @@ fuzz_target!(|data: &[u8]| {
                 m.push_rtp(kind, packet, now);
             }
             2 => {
-                let [flags, hi, lo, tail @ ..] = rest else { break };
+                let [flags, hi, lo, tail @ ..] = rest else {
+                    break;
+                };
                 rest = tail;
                 let packets = clip_packets();
                 let (kind, payload, ts, marker) =
@@ -148,7 +162,11 @@ fuzz_target!(|data: &[u8]| {
                 if rest.len() < 9 {
                     break;
                 }
-                let kind = if rest[0] & 1 == 0 { TrackKind::Video } else { TrackKind::Audio };
+                let kind = if rest[0] & 1 == 0 {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
                 let ntp = (3_900_000_000u64 << 32) + (u64::from(be32(&rest[1..5])) << 8);
                 let t = &tracks[usize::from(kind == TrackKind::Audio)];
                 m.sender_report(kind, ntp, t.ts.wrapping_add(be32(&rest[5..9])));
@@ -166,7 +184,11 @@ fuzz_target!(|data: &[u8]| {
                 let (bytes, next) = tail.split_at(len);
                 rest = next;
                 if let Ok(p) = RtpPacket::parse(bytes) {
-                    let kind = if kind & 1 == 0 { TrackKind::Video } else { TrackKind::Audio };
+                    let kind = if kind & 1 == 0 {
+                        TrackKind::Video
+                    } else {
+                        TrackKind::Audio
+                    };
                     m.push_rtp(kind, p, now);
                 }
             }
@@ -179,7 +201,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(out.len() % 188, 0, "output is not whole TS packets");
         file.extend_from_slice(out);
         out.clear();
-        assert!(m.next_deadline().is_none_or(|d| d <= now + Duration::from_secs(3)));
+        assert!(
+            m.next_deadline()
+                .is_none_or(|d| d <= now + Duration::from_secs(3))
+        );
     }
     m.finish(now);
     file.extend_from_slice(m.output());
@@ -200,7 +225,9 @@ fuzz_target!(|data: &[u8]| {
     let violations: Vec<&String> = r
         .violations
         .iter()
-        .filter(|v| !(s.frames_written == 0 && v.as_str() == "PMT lists video but there is no video PES"))
+        .filter(|v| {
+            !(s.frames_written == 0 && v.as_str() == "PMT lists video but there is no video PES")
+        })
         .collect();
     assert!(violations.is_empty(), "{violations:#?}");
     assert_eq!(r.video.len() as u64, s.frames_written);
