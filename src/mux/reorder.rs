@@ -43,6 +43,11 @@ pub struct ReorderConfig {
     /// A packet more than this far behind the next expected one is treated as a possible
     /// restart, not as a late packet (RFC 3550 Appendix A.1 `MAX_MISORDER`, widened for RTX).
     pub max_misorder: u64,
+    /// Hold the first packets for `max_delay` before handing any on, so packets sent before
+    /// the first one to arrive (reordered at the very start) are not discarded as late. Costs
+    /// `max_delay` of latency once; without it a reordered start loses the first frame (for
+    /// video: the whole first GOP).
+    pub hold_start: bool,
 }
 
 impl Default for ReorderConfig {
@@ -52,6 +57,7 @@ impl Default for ReorderConfig {
             max_delay: Duration::from_millis(150),
             max_dropout: 3000,
             max_misorder: 1000,
+            hold_start: false,
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct ReorderBuffer {
     lost_ranges: VecDeque<(i64, i64)>,
     /// A packet far outside the window, waiting for its successor to confirm a restart.
     probation: Option<(RtpPacket, Instant)>,
+    /// Nothing was handed on yet and `hold_start` is set: `next` may still move back.
+    starting: bool,
     stats: ReorderStats,
 }
 
@@ -116,6 +124,7 @@ impl ReorderBuffer {
             oldest: None,
             lost_ranges: VecDeque::new(),
             probation: None,
+            starting: false,
             stats: ReorderStats::default(),
         }
     }
@@ -141,11 +150,35 @@ impl ReorderBuffer {
         let ext = self.unwrapper.peek(u32::from(pkt.sequence));
         let Some(next) = self.next else {
             self.unwrapper.unwrap(u32::from(pkt.sequence));
-            self.next = Some(ext + 1);
-            self.release(pkt, out);
+            if self.config.hold_start {
+                self.starting = true;
+                self.next = Some(ext);
+                self.oldest = Some(now);
+                self.held.insert(ext, (pkt, now));
+            } else {
+                self.next = Some(ext + 1);
+                self.release(pkt, out);
+            }
             return;
         };
         let ahead = ext - next;
+        if self.starting && ahead <= 0 {
+            // Nothing handed on yet: an earlier packet moves the start back, if the window
+            // still spans all held packets.
+            let highest = self.held.keys().next_back().copied().unwrap_or(next);
+            if self.held.contains_key(&ext) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            if highest - ext < self.config.capacity as i64 {
+                self.unwrapper.unwrap(u32::from(pkt.sequence));
+                self.next = Some(ext);
+                self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
+                self.held.insert(ext, (pkt, now));
+                self.poll_timeout(now, out);
+                return;
+            }
+        }
         let too_far_ahead = ahead > 0 && ahead.unsigned_abs() > self.config.max_dropout;
         let too_far_behind = ahead < 0 && ahead.unsigned_abs() > self.config.max_misorder;
         if too_far_ahead || too_far_behind {
@@ -245,6 +278,7 @@ impl ReorderBuffer {
     }
 
     fn release(&mut self, pkt: RtpPacket, out: &mut impl FnMut(Ordered)) {
+        self.starting = false;
         self.stats.released += 1;
         out(Ordered::Packet(pkt));
     }
@@ -482,5 +516,33 @@ mod tests {
         r.buf.flush(&mut |o| out.push(o));
         assert_eq!(r.take(), ["1", "gap1", "3", "4", "gap2", "7"]);
         assert_eq!(r.buf.held(), 0);
+    }
+
+    #[test]
+    fn hold_start_puts_a_reordered_start_in_order() {
+        let mut r = Run::new();
+        r.buf = ReorderBuffer::new(ReorderConfig {
+            hold_start: true,
+            ..ReorderConfig::default()
+        });
+        // 65535 arrives first, 65533 and 65534 (sent before it) come later, 0 wraps.
+        r.push(65_535, 0);
+        r.push(65_533, 5);
+        r.push(65_535, 6);
+        r.push(0, 8);
+        r.push(65_534, 10);
+        assert!(r.take().is_empty());
+        assert_eq!(
+            r.buf.next_deadline(),
+            Some(r.t0 + Duration::from_millis(150))
+        );
+        r.poll(150);
+        assert_eq!(r.take(), ["65533", "65534", "65535", "0"]);
+        // Started: from now on a packet behind the start is late, and in-order packets pass.
+        r.push(65_532, 151);
+        r.push(1, 152);
+        assert_eq!(r.take(), ["1"]);
+        let s = r.buf.stats();
+        assert_eq!((s.duplicates, s.released, s.lost), (2, 5, 0));
     }
 }

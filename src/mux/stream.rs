@@ -6,6 +6,7 @@
 //! the counters a user sees in the summary. It is synchronous and does no I/O: the recorder task
 //! feeds it events and writes out whatever [`StreamMuxer::output`] holds.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +18,13 @@ use super::timeline::{AvSync, Timeline, TimelineConfig};
 use super::ts::{TsConfig, TsWriter};
 use super::{RtpPacket, TrackKind};
 
+/// How far past the newest PTS written the PCR keep-alive of [`StreamMuxer::poll`] may take
+/// the writer's clock (400 ms). The writer keeps its PCR 500 ms behind that clock, so the PCR
+/// stays 100 ms behind the newest unit: units of either track that resume after a stall carry
+/// PTS at or after their track's last one, which is within that margin of the newest, and are
+/// never late. When media resumes, the writer fills the PCR gap itself.
+const KEEPALIVE_LEAD_90K: u64 = 36_000;
+
 /// Settings of a [`StreamMuxer`].
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -24,7 +32,8 @@ pub struct StreamConfig {
     pub video: bool,
     /// Record audio if the publisher sends it (`--noaudio` turns this off).
     pub audio: bool,
-    /// Reorder buffer limits (both tracks).
+    /// Reorder buffer limits (both tracks). The default holds the first packets of a track
+    /// for `max_delay` so a reordered start does not cost the first GOP.
     pub reorder: ReorderConfig,
     /// H.264 depacketizer limits.
     pub h264: H264Config,
@@ -39,7 +48,10 @@ impl Default for StreamConfig {
         Self {
             video: true,
             audio: true,
-            reorder: ReorderConfig::default(),
+            reorder: ReorderConfig {
+                hold_start: true,
+                ..ReorderConfig::default()
+            },
             h264: H264Config::default(),
             keyframe_request_interval: Duration::from_secs(1),
             keyframe_retry: Duration::from_secs(2),
@@ -55,16 +67,10 @@ pub struct StreamStats {
     /// Of those, keyframes.
     pub keyframes_written: u64,
     /// Frames the depacketizer completed or dropped, i.e. frames the publisher sent that
-    /// reached us (written + dropped + skipped before the first keyframe).
+    /// reached us (written + dropped).
     pub frames_received: u64,
-    /// Frames lost to packet loss or damage after the file started (each loss also drops the
-    /// frames up to the next keyframe).
+    /// Frames lost to packet loss, damage, or waiting for a keyframe.
     pub frames_dropped: u64,
-    /// Frames skipped before the first keyframe: a publisher that starts sending before the
-    /// connection is up (Raspberry Ninja, media in the first offer) is joined mid-GOP, and
-    /// a file can only start at a keyframe. Not loss, so counted apart from
-    /// [`Self::frames_dropped`].
-    pub frames_before_keyframe: u64,
     /// Opus packets written to the file.
     pub audio_written: u64,
     /// Opus packets dropped (before the file start, malformed, refused by the timeline).
@@ -77,10 +83,65 @@ pub struct StreamStats {
     pub keyframe_requests: u64,
     /// Units the TS writer refused (non-monotonic time, oversize); nothing was written for them.
     pub units_refused: u64,
+    /// Video frames skipped after a frame was refused by the timeline or the writer, until
+    /// the next keyframe (they reference the refused frame and would decode as garbage).
+    /// Included in `frames_dropped` (or `frames_before_keyframe` before the file started).
+    pub frames_skipped: u64,
+    /// Frames skipped before the first keyframe: a publisher that starts sending before the
+    /// connection is up (Raspberry Ninja, media in the first offer) is joined mid-GOP, and a
+    /// file can only start at a keyframe. Not loss, so not in `frames_dropped`.
+    pub frames_before_keyframe: u64,
+    /// RTP packets of a track the file does not have (`--novideo`, `--noaudio`, not offered).
+    pub packets_ignored: u64,
     /// Media time covered by the file so far, in 90 kHz units.
     pub duration_90k: u64,
-    /// The A/V alignment measured from Sender Reports, in ms (audio later is positive).
+    /// How far (ms) the Sender Reports say the audio mapping must move relative to the
+    /// arrival-time mapping (positive: audio later); applied by slewing. `None` until both
+    /// tracks sent one.
     pub av_offset_ms: Option<f64>,
+}
+
+/// When the first packet of each recent RTP timestamp of a track arrived.
+///
+/// The reorder buffer hands packets on when their turn comes, which can be up to its
+/// `max_delay` after they arrived (a hole before them, or the start hold). The timeline anchors
+/// a track on arrival times, so it must get the time a unit's first packet really arrived, not
+/// the time it was released; this bounded log remembers it.
+#[derive(Debug)]
+struct ArrivalLog {
+    entries: VecDeque<(u32, Instant)>,
+}
+
+impl ArrivalLog {
+    /// Timestamps remembered: far more than a reorder window holds units (150 ms of 20 ms
+    /// audio or 30 fps video is under 10).
+    const CAPACITY: usize = 64;
+
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::with_capacity(Self::CAPACITY),
+        }
+    }
+
+    /// Notes that a packet with `timestamp` arrived at `now`.
+    fn note(&mut self, timestamp: u32, now: Instant) {
+        if self.entries.back().is_some_and(|&(ts, _)| ts == timestamp) {
+            return;
+        }
+        if self.entries.len() == Self::CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((timestamp, now));
+    }
+
+    /// When the first packet of `timestamp` arrived, or `now` if that is not known.
+    fn arrival(&self, timestamp: u32, now: Instant) -> Instant {
+        self.entries
+            .iter()
+            .rev()
+            .find(|&&(ts, _)| ts == timestamp)
+            .map_or(now, |&(_, t)| t.min(now))
+    }
 }
 
 /// The recording core of one publisher.
@@ -90,6 +151,8 @@ pub struct StreamMuxer {
     tracks: TsConfig,
     video_in: ReorderBuffer,
     audio_in: ReorderBuffer,
+    video_arrivals: ArrivalLog,
+    audio_arrivals: ArrivalLog,
     h264: H264Depacketizer,
     opus: OpusDepacketizer,
     timeline: Timeline<Bytes>,
@@ -100,9 +163,17 @@ pub struct StreamMuxer {
     stream_info: Option<SpsInfo>,
     /// A keyframe is needed (loss, start) and not yet asked for.
     want_keyframe: bool,
-    last_keyframe_request: Option<Instant>,
-    /// Video frames dropped (depacketizer + timeline) when the first keyframe was written.
+    /// Video frames dropped (all causes) when the first keyframe was written: those were
+    /// skipped waiting for the file to start, not lost.
     dropped_before_start: Option<u64>,
+    last_keyframe_request: Option<Instant>,
+    /// A video frame was refused after the depacketizer handed it on: later frames reference
+    /// it, so nothing but a keyframe may be written until one is.
+    video_broken: bool,
+    /// The latest time the muxer was told about (for [`Self::next_deadline`]).
+    last_now: Option<Instant>,
+    /// Audio still held by the timeline (never given a file start) when the stream finished.
+    audio_lost_at_finish: u64,
     /// Scratch list of reorder output, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
     stats: StreamStats,
@@ -122,6 +193,8 @@ impl StreamMuxer {
         Some(Self {
             video_in: ReorderBuffer::new(config.reorder),
             audio_in: ReorderBuffer::new(config.reorder),
+            video_arrivals: ArrivalLog::new(),
+            audio_arrivals: ArrivalLog::new(),
             h264: H264Depacketizer::new(config.h264),
             opus: OpusDepacketizer::new(),
             timeline: Timeline::new(TimelineConfig::new(tracks.video, tracks.audio)),
@@ -131,8 +204,11 @@ impl StreamMuxer {
             last_pts: 0,
             stream_info: None,
             want_keyframe: tracks.video,
-            last_keyframe_request: None,
             dropped_before_start: None,
+            last_keyframe_request: None,
+            video_broken: false,
+            last_now: None,
+            audio_lost_at_finish: 0,
             items: Vec::with_capacity(16),
             stats: StreamStats::default(),
             tracks,
@@ -150,24 +226,26 @@ impl StreamMuxer {
         self.stream_info.as_ref()
     }
 
-    /// Feeds one RTP packet of `kind` that arrived at `now`.
+    /// Feeds one RTP packet of `kind` that arrived at `now`. Packets of a track the file does
+    /// not have are counted ([`StreamStats::packets_ignored`]) and dropped.
     pub fn push_rtp(&mut self, kind: TrackKind, packet: RtpPacket, now: Instant) {
+        self.saw(now);
         let tracks = self.tracks();
+        let mut items = std::mem::take(&mut self.items);
         match kind {
             TrackKind::Video if tracks.video => {
-                let mut items = std::mem::take(&mut self.items);
+                self.video_arrivals.note(packet.timestamp, now);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
-                self.items = items;
             }
             TrackKind::Audio if tracks.audio => {
-                let mut items = std::mem::take(&mut self.items);
+                self.audio_arrivals.note(packet.timestamp, now);
                 self.audio_in.push(packet, now, &mut |o| items.push(o));
                 self.audio_items(&mut items, now);
-                self.items = items;
             }
-            _ => {}
+            _ => self.stats.packets_ignored += 1,
         }
+        self.items = items;
     }
 
     /// Feeds an RTCP Sender Report (NTP 32.32 ↔ RTP timestamp) of `kind`.
@@ -176,9 +254,11 @@ impl StreamMuxer {
     }
 
     /// Lets time pass: releases packets whose holes were given up, keeps the PCR going while
-    /// media stalls, and re-arms the keyframe request while no keyframe has come. Call it at
-    /// [`Self::next_deadline`] or at least every 100 ms.
+    /// media stalls, and re-arms the keyframe request while video waits for a keyframe (at the
+    /// start, or after a loss whose request got no answer). Call it at [`Self::next_deadline`]
+    /// or at least every 100 ms.
     pub fn poll(&mut self, now: Instant) {
+        self.saw(now);
         let mut items = std::mem::take(&mut self.items);
         self.video_in.poll_timeout(now, &mut |o| items.push(o));
         self.video_items(&mut items, now);
@@ -186,36 +266,64 @@ impl StreamMuxer {
         self.audio_items(&mut items, now);
         self.items = items;
         if let (Some(writer), Some(pts)) = (self.writer.as_mut(), self.timeline.now_pts(now)) {
-            writer.tick(pts, &mut self.out);
+            // The local clock says how far the media should be, but after a network stall the
+            // delayed packets arrive in a burst with the sender's (earlier) timestamps; a PCR
+            // already past them would make them late. So the PCR is kept going only while it
+            // stays behind the newest PTS written (see `KEEPALIVE_LEAD_90K`).
+            writer.tick(pts.min(self.last_pts + KEEPALIVE_LEAD_90K), &mut self.out);
         }
-        if self.tracks().video
-            && self.stats.keyframes_written == 0
+        if self.waiting_for_keyframe()
             && self
                 .last_keyframe_request
-                .is_none_or(|t| now.duration_since(t) >= self.config.keyframe_retry)
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry)
         {
             self.want_keyframe = true;
         }
     }
 
-    /// The earliest time [`Self::poll`] has work to do (a reorder hole's deadline).
+    /// True while video is recorded but no keyframe can be written yet: none came so far, or
+    /// frames were lost or refused since the last one.
+    pub fn waiting_for_keyframe(&self) -> bool {
+        self.tracks.video
+            && (self.stats.keyframes_written == 0
+                || self.video_broken
+                || self.h264.waiting_for_keyframe())
+    }
+
+    /// The earliest time [`Self::poll`] or [`Self::take_keyframe_request`] has work to do: a
+    /// reorder hole's deadline, the end of the keyframe rate limit while a request is pending,
+    /// or the next keyframe retry while video waits for a keyframe.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.video_in.next_deadline(), self.audio_in.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let holes = [self.video_in.next_deadline(), self.audio_in.next_deadline()];
+        let keyframe = if self.want_keyframe {
+            match self.last_keyframe_request {
+                Some(t) => Some(t + self.config.keyframe_request_interval),
+                None => self.last_now,
+            }
+        } else if self.waiting_for_keyframe() {
+            self.last_keyframe_request
+                .map(|t| t + self.config.keyframe_retry)
+        } else {
+            None
+        };
+        holes.into_iter().chain([keyframe]).flatten().min()
     }
 
     /// True (once) when a keyframe should be requested from the publisher now; rate-limited
-    /// to one per [`StreamConfig::keyframe_request_interval`].
+    /// to one per [`StreamConfig::keyframe_request_interval`]. A request refused by the rate
+    /// limit stays pending and is granted by a later call.
     pub fn take_keyframe_request(&mut self, now: Instant) -> bool {
+        self.saw(now);
+        if !self.waiting_for_keyframe() {
+            // Raised after a loss, answered by a keyframe before the rate limit let it out.
+            self.want_keyframe = false;
+        }
         if !self.want_keyframe {
             return false;
         }
-        if self
-            .last_keyframe_request
-            .is_some_and(|t| now.duration_since(t) < self.config.keyframe_request_interval)
-        {
+        if self.last_keyframe_request.is_some_and(|t| {
+            now.saturating_duration_since(t) < self.config.keyframe_request_interval
+        }) {
             return false;
         }
         self.want_keyframe = false;
@@ -230,9 +338,11 @@ impl StreamMuxer {
         &mut self.out
     }
 
-    /// Ends the stream: hands on what the reorder buffers still hold. Held audio that never
-    /// got a file start is counted as dropped.
+    /// Ends the stream: hands on what the reorder buffers still hold and drops a frame left
+    /// without its marker. Audio the timeline still holds (the file never started: no keyframe
+    /// came and `idr_wait` did not run out) is counted as dropped. Calling it again is harmless.
     pub fn finish(&mut self, now: Instant) {
+        self.saw(now);
         let mut items = std::mem::take(&mut self.items);
         self.video_in.flush(&mut |o| items.push(o));
         self.video_items(&mut items, now);
@@ -240,6 +350,8 @@ impl StreamMuxer {
         self.audio_in.flush(&mut |o| items.push(o));
         self.audio_items(&mut items, now);
         self.items = items;
+        self.audio_lost_at_finish = self.timeline.held_audio() as u64;
+        self.want_keyframe = false;
     }
 
     /// Counters so far.
@@ -250,12 +362,12 @@ impl StreamMuxer {
         let a = self.audio_in.stats();
         let o = self.opus.stats();
         let mut s = self.stats;
-        let dropped = h.frames_dropped + t.dropped_video;
+        let dropped = h.frames_dropped + t.dropped_video + s.frames_skipped;
         let before = self.dropped_before_start.unwrap_or(dropped).min(dropped);
         s.frames_before_keyframe = before;
         s.frames_dropped = dropped - before;
         s.frames_received = s.frames_written + dropped;
-        s.audio_dropped = o.empty + o.malformed + t.dropped_audio;
+        s.audio_dropped = o.empty + o.malformed + t.dropped_audio + self.audio_lost_at_finish;
         s.packets_lost = v.lost + a.lost;
         s.packets_duplicate = v.duplicates + a.duplicates;
         s.duration_90k = self
@@ -270,9 +382,16 @@ impl StreamMuxer {
         self.timeline.av_sync()
     }
 
+    fn saw(&mut self, now: Instant) {
+        self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
+    }
+
     /// Runs ordered video items through the depacketizer and writes what it completes; leaves
     /// `items` empty (its capacity is reused for the next packet).
     fn video_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
+        if items.is_empty() {
+            return;
+        }
         for item in items.drain(..) {
             let Self {
                 h264,
@@ -282,6 +401,8 @@ impl StreamMuxer {
                 tracks,
                 stats,
                 want_keyframe,
+                video_broken,
+                video_arrivals,
                 stream_info,
                 first_pts,
                 last_pts,
@@ -289,19 +410,33 @@ impl StreamMuxer {
             } = self;
             h264.push(item, &mut |o| match o {
                 H264Output::AccessUnit(au) => {
-                    let Some(pts) = timeline.video_pts(au.rtp_timestamp, now, au.keyframe) else {
+                    if *video_broken && !au.keyframe {
+                        stats.frames_skipped += 1;
+                        return;
+                    }
+                    let arrival = video_arrivals.arrival(au.rtp_timestamp, now);
+                    let Some(pts) = timeline.video_pts(au.rtp_timestamp, arrival, au.keyframe)
+                    else {
+                        // Counted by the timeline. Frames after it would reference it.
+                        *video_broken = true;
+                        *want_keyframe = true;
                         return;
                     };
                     let w = writer.get_or_insert_with(|| new_writer(*tracks));
                     match w.write_video(pts, &au.data, au.keyframe, out) {
                         Ok(()) => {
                             stats.frames_written += 1;
-                            stats.keyframes_written += u64::from(au.keyframe);
+                            if au.keyframe {
+                                stats.keyframes_written += 1;
+                                *video_broken = false;
+                            }
                             first_pts.get_or_insert(pts);
                             *last_pts = (*last_pts).max(pts);
                         }
                         Err(e) => {
                             stats.units_refused += 1;
+                            *video_broken = true;
+                            *want_keyframe = true;
                             tracing::debug!("video unit refused: {e}");
                         }
                     }
@@ -321,11 +456,13 @@ impl StreamMuxer {
                 }
             });
             if self.dropped_before_start.is_none() && self.stats.keyframes_written > 0 {
-                // The file just started: what was dropped until now was skipped waiting for
-                // the first keyframe (a drop in the same packet's processing precedes the
-                // keyframe it made way for).
-                self.dropped_before_start =
-                    Some(self.h264.stats().frames_dropped + self.timeline.stats().dropped_video);
+                // The file just started: what was dropped until now (a drop in the same
+                // packet's processing precedes the keyframe it made way for) was skipped.
+                self.dropped_before_start = Some(
+                    self.h264.stats().frames_dropped
+                        + self.timeline.stats().dropped_video
+                        + self.stats.frames_skipped,
+                );
             }
         }
         self.drain_audio();
@@ -334,10 +471,19 @@ impl StreamMuxer {
     /// Runs ordered audio items through the depacketizer into the timeline and writes what it
     /// has timed; leaves `items` empty.
     fn audio_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
+        if items.is_empty() {
+            return;
+        }
         for item in items.drain(..) {
-            let Self { opus, timeline, .. } = self;
+            let Self {
+                opus,
+                timeline,
+                audio_arrivals,
+                ..
+            } = self;
             opus.push(item, &mut |p| {
-                timeline.push_audio(p.rtp_timestamp, now, p.data)
+                let arrival = audio_arrivals.arrival(p.rtp_timestamp, now);
+                timeline.push_audio(p.rtp_timestamp, arrival, p.data)
             });
         }
         self.drain_audio();
@@ -373,6 +519,383 @@ fn new_writer(tracks: TsConfig) -> TsWriter {
 mod tests {
     use super::*;
     use crate::clip::Clip;
+    use crate::mux::ts::check::{CheckOptions, check};
+    use rtc::rtp::codec::h264::H264Payloader;
+    use rtc::rtp::packetizer::Payloader;
+
+    const V0: u32 = 0x8000_0000;
+    const A0: u32 = 0x0123_4567;
+
+    /// One packet of the clip with its send time (ms since the clip start).
+    struct Sent {
+        ms: u64,
+        kind: TrackKind,
+        packet: RtpPacket,
+        /// Index of the video frame (or audio packet) it belongs to.
+        unit: usize,
+    }
+
+    /// The clip as RTP (H.264 at MTU 1200, one Opus packet per RTP packet), in send order.
+    fn clip_packets(clip: &Clip) -> Vec<Sent> {
+        let mut payloader = H264Payloader::default();
+        let mut sent = Vec::new();
+        let mut seq = 1000u16;
+        for (unit, f) in clip.video.iter().enumerate() {
+            let mut au = Vec::new();
+            for nal in &f.nals {
+                au.extend_from_slice(&[0, 0, 0, 1]);
+                au.extend_from_slice(nal);
+            }
+            let payloads = payloader.payload(1200, &Bytes::from(au)).unwrap();
+            let n = payloads.len();
+            for (i, payload) in payloads.into_iter().enumerate() {
+                sent.push(Sent {
+                    ms: f.pts_90k / 90,
+                    kind: TrackKind::Video,
+                    packet: RtpPacket {
+                        sequence: seq,
+                        timestamp: V0.wrapping_add(f.pts_90k as u32),
+                        marker: i + 1 == n,
+                        ssrc: 1,
+                        payload_type: 102,
+                        payload,
+                    },
+                    unit,
+                });
+                seq = seq.wrapping_add(1);
+            }
+        }
+        for (unit, a) in clip.audio.iter().enumerate() {
+            sent.push(Sent {
+                ms: a.pts_90k / 90,
+                kind: TrackKind::Audio,
+                packet: RtpPacket {
+                    sequence: 40_000u16.wrapping_add(unit as u16),
+                    timestamp: A0.wrapping_add((a.pts_90k * 8 / 15) as u32),
+                    marker: false,
+                    ssrc: 2,
+                    payload_type: 111,
+                    payload: a.data.clone(),
+                },
+                unit,
+            });
+        }
+        sent.sort_by_key(|s| s.ms);
+        sent
+    }
+
+    /// Feeds packets (arrival = `start` + send time + 20 ms), polling and taking keyframe
+    /// requests after each; returns how many requests were granted.
+    fn feed<'a>(
+        m: &mut StreamMuxer,
+        start: Instant,
+        packets: impl IntoIterator<Item = &'a Sent>,
+    ) -> u64 {
+        let mut granted = 0;
+        for s in packets {
+            let now = start + Duration::from_millis(s.ms + 20);
+            m.push_rtp(s.kind, s.packet.clone(), now);
+            m.poll(now);
+            granted += u64::from(m.take_keyframe_request(now));
+        }
+        granted
+    }
+
+    fn checked(m: &mut StreamMuxer) -> crate::mux::ts::check::CheckReport {
+        let out = std::mem::take(m.output());
+        assert_eq!(out.len() % 188, 0);
+        let r = check(&out, &CheckOptions::default());
+        assert!(r.is_ok(), "{:#?}", r.violations);
+        r
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_and_retried_until_the_first_keyframe() {
+        let cfg = StreamConfig::default();
+        let mut m = StreamMuxer::new(cfg.clone(), true, true).unwrap();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Asked for at once (the stream starts), then not again within the interval.
+        assert!(m.waiting_for_keyframe());
+        assert_eq!(m.next_deadline(), None);
+        assert!(m.take_keyframe_request(at(0)));
+        assert!(!m.take_keyframe_request(at(1)));
+        assert_eq!(m.next_deadline(), Some(at(0) + cfg.keyframe_retry));
+        // No keyframe came: the request is re-armed only after the retry time.
+        m.poll(at(1999));
+        assert!(!m.take_keyframe_request(at(1999)));
+        m.poll(at(2000));
+        assert_eq!(m.next_deadline(), Some(at(1000)));
+        assert!(m.take_keyframe_request(at(2000)));
+        m.poll(at(4100));
+        assert!(m.take_keyframe_request(at(4100)));
+        assert_eq!(m.stats().keyframe_requests, 3);
+        // A GOP starting with a keyframe: written, and no more requests.
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let late = at(5000);
+        let gop: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && s.unit < 30)
+            .collect();
+        assert_eq!(feed(&mut m, late, gop), 0);
+        assert!(!m.waiting_for_keyframe());
+        m.poll(late + Duration::from_secs(10));
+        assert!(!m.take_keyframe_request(late + Duration::from_secs(10)));
+        assert_eq!(m.next_deadline(), None);
+        let s = m.stats();
+        assert_eq!((s.frames_written, s.keyframes_written), (30, 1));
+        assert_eq!(s.keyframe_requests, 3);
+    }
+
+    #[test]
+    fn a_pending_request_waits_for_the_rate_limit_and_is_dropped_once_answered() {
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let t0 = Instant::now();
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        // Frame 5 is lost 190 ms after the first request: the loss asks again, the rate limit
+        // holds the request back until 1 s, the keyframe at 1.02 s answers it.
+        let mut packets = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && s.unit != 5)
+            .peekable();
+        let mut grants = Vec::new();
+        for tick in 0..=400u64 {
+            let now = t0 + Duration::from_millis(tick * 10);
+            while let Some(s) = packets.next_if(|s| s.ms + 20 <= tick * 10) {
+                m.push_rtp(s.kind, s.packet.clone(), now);
+            }
+            m.poll(now);
+            if m.take_keyframe_request(now) {
+                grants.push(tick * 10);
+            }
+        }
+        assert_eq!(grants, vec![0, 1000]);
+        let s = m.stats();
+        assert_eq!(s.frames_written, 5 + 90, "{s:?}");
+        assert_eq!(s.keyframe_requests, 2);
+        checked(&mut m);
+
+        // A request raised and answered within the rate limit is never granted.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        assert!(m.take_keyframe_request(t0));
+        // Two GOPs sent at four times the speed, frame 31 lost: the loss raises a request at
+        // about 110 ms, the keyframe at 350 ms answers it.
+        let two_gops = sent
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video && (30..90).contains(&s.unit) && s.unit != 31);
+        for s in two_gops {
+            let now = t0 + Duration::from_millis(100 + (s.ms - 1000) / 4);
+            m.push_rtp(s.kind, s.packet.clone(), now);
+            m.poll(now);
+            assert!(!m.take_keyframe_request(now));
+        }
+        assert_eq!(m.stats().frames_written, 1 + 30);
+        let later = t0 + Duration::from_secs(3);
+        m.poll(later);
+        assert!(!m.waiting_for_keyframe());
+        assert!(!m.take_keyframe_request(later));
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn tracks_are_what_was_offered_and_wanted() {
+        let all = StreamConfig::default();
+        let novideo = StreamConfig {
+            video: false,
+            ..all.clone()
+        };
+        let noaudio = StreamConfig {
+            audio: false,
+            ..all.clone()
+        };
+        let both = |c: &StreamConfig, v, a| StreamMuxer::new(c.clone(), v, a).map(|m| m.tracks());
+        let t = |video, audio| Some(TsConfig { video, audio });
+        assert_eq!(both(&all, true, true), t(true, true));
+        assert_eq!(both(&all, true, false), t(true, false));
+        assert_eq!(both(&all, false, true), t(false, true));
+        assert_eq!(both(&all, false, false), None);
+        assert_eq!(both(&novideo, true, true), t(false, true));
+        assert_eq!(both(&novideo, true, false), None);
+        assert_eq!(both(&noaudio, true, true), t(true, false));
+        assert_eq!(both(&noaudio, false, true), None);
+        // No video in the file: never a keyframe request.
+        let mut m = StreamMuxer::new(novideo, true, true).unwrap();
+        assert!(!m.waiting_for_keyframe());
+        let now = Instant::now();
+        m.poll(now + Duration::from_secs(5));
+        assert!(!m.take_keyframe_request(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn novideo_records_audio_only_and_ignores_video_packets() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let cfg = StreamConfig {
+            video: false,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let start = Instant::now();
+        assert_eq!(feed(&mut m, start, &sent), 0);
+        m.finish(start + Duration::from_secs(5));
+        let video_packets = sent.iter().filter(|s| s.kind == TrackKind::Video).count();
+        let s = m.stats();
+        assert_eq!(s.packets_ignored as usize, video_packets);
+        assert_eq!(s.audio_written as usize, clip.audio.len());
+        assert_eq!((s.frames_written, s.audio_dropped), (0, 0));
+        let r = checked(&mut m);
+        assert!(!r.has_video && r.has_audio);
+        assert_eq!(r.audio.len(), clip.audio.len());
+        for (pes, a) in r.audio.iter().zip(&clip.audio) {
+            assert_eq!(pes.data, a.data);
+        }
+        assert_eq!(r.audio[0].pts, 90_000);
+        assert_eq!(
+            s.duration_90k,
+            clip.audio.last().unwrap().pts_90k - clip.audio[0].pts_90k
+        );
+    }
+
+    #[test]
+    fn noaudio_records_video_only() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let cfg = StreamConfig {
+            audio: false,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let start = Instant::now();
+        // The first request is granted at once; the clip starts with a keyframe.
+        assert_eq!(feed(&mut m, start, &sent), 1);
+        m.finish(start + Duration::from_secs(5));
+        let s = m.stats();
+        assert_eq!(s.packets_ignored as usize, clip.audio.len());
+        assert_eq!(s.frames_written as usize, clip.video.len());
+        assert_eq!((s.keyframes_written, s.frames_dropped), (4, 0));
+        assert_eq!(s.audio_written, 0);
+        let info = m.stream_info().unwrap();
+        assert_eq!((info.width, info.height), (320, 240));
+        let r = checked(&mut m);
+        assert!(r.has_video && !r.has_audio);
+        assert_eq!(r.video.len(), clip.video.len());
+        for (pes, f) in r.video.iter().zip(&clip.video) {
+            assert_eq!(pes.pts - r.video[0].pts, f.pts_90k - clip.video[0].pts_90k);
+        }
+    }
+
+    #[test]
+    fn poll_keeps_the_pcr_going_but_never_past_media_still_to_come() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let start = Instant::now();
+        // One second of media, then the network stalls for two seconds: nothing but polls
+        // every 100 ms; then everything sent meanwhile arrives in one burst.
+        feed(&mut m, start, sent.iter().filter(|s| s.ms < 1000));
+        let before = m.output().len();
+        for k in 1..=20 {
+            m.poll(start + Duration::from_millis(1020 + k * 100));
+        }
+        let stalled = m.output().len() - before;
+        // PCR-only packets while the PCR can still advance (≈ 400 ms at ≤ 30 ms steps).
+        assert!(stalled >= 188 * 10, "{stalled}");
+        let burst = start + Duration::from_millis(3050);
+        for s in sent.iter().filter(|s| s.ms >= 1000) {
+            m.push_rtp(s.kind, s.packet.clone(), burst);
+        }
+        m.poll(burst);
+        feed(&mut m, burst, std::iter::empty());
+        let s = m.stats();
+        assert_eq!(s.frames_written as usize, clip.video.len());
+        // The checker finds no unit whose PTS is behind the PCR, and no PCR gap.
+        let r = checked(&mut m);
+        assert!(r.pcr_only >= 10, "{}", r.pcr_only);
+        assert!(
+            r.max_pcr_interval_90k <= 2_700,
+            "{}",
+            r.max_pcr_interval_90k
+        );
+        assert!(r.max_psi_interval_90k <= 9_000);
+    }
+
+    #[test]
+    fn finish_releases_held_packets_and_counts_unstarted_audio() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let start = Instant::now();
+        // Audio packet 10 never comes; finish well before the hole's deadline: the packets
+        // behind it are still written.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let mut last = start;
+        for s in sent.iter().filter(|s| s.ms < 400) {
+            if s.kind == TrackKind::Audio && s.unit == 10 {
+                continue;
+            }
+            // Everything arrives at once, so no hole times out.
+            m.push_rtp(s.kind, s.packet.clone(), start);
+            last = start;
+        }
+        let written_before = m.stats().audio_written;
+        m.finish(last);
+        m.finish(last);
+        let s = m.stats();
+        assert_eq!(s.packets_lost, 1);
+        assert!(s.audio_written > written_before, "{s:?}");
+        assert_eq!(s.frames_written, 12);
+        checked(&mut m);
+
+        // Video that never starts with a keyframe: the audio waiting for it is dropped.
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        feed(
+            &mut m,
+            start,
+            sent.iter()
+                .filter(|s| s.ms < 900 && !(s.kind == TrackKind::Video && s.unit < 5)),
+        );
+        m.finish(start + Duration::from_secs(1));
+        let s = m.stats();
+        assert_eq!((s.frames_written, s.audio_written), (0, 0));
+        let audio_sent = sent
+            .iter()
+            .filter(|s| s.ms < 900 && s.kind == TrackKind::Audio)
+            .count();
+        assert_eq!(s.audio_dropped as usize, audio_sent);
+        assert!(m.output().is_empty());
+    }
+
+    #[test]
+    fn a_refused_frame_stops_video_until_the_next_keyframe() {
+        let clip = Clip::builtin();
+        let mut sent = clip_packets(&clip);
+        // Frame 40 repeats the timestamp of frame 39: the timeline refuses it, and the frames
+        // after it (which reference it) must not be written either.
+        let ts39 = V0.wrapping_add(clip.video[39].pts_90k as u32);
+        for s in sent.iter_mut() {
+            if s.kind == TrackKind::Video && s.unit == 40 {
+                s.packet.timestamp = ts39;
+            }
+        }
+        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let start = Instant::now();
+        let granted = feed(&mut m, start, &sent);
+        let s = m.stats();
+        assert_eq!(s.frames_written, 40 + 60, "{s:?}");
+        assert_eq!(s.frames_skipped, 19);
+        assert_eq!(s.frames_dropped, 20);
+        assert_eq!(granted, 2);
+        let r = checked(&mut m);
+        assert!(r.video[40].keyframe);
+        assert_eq!(r.video[40].pts - r.video[39].pts, 21 * 3000);
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::*;
+    use crate::clip::Clip;
     use rtc::rtp::codec::h264::H264Payloader;
     use rtc::rtp::packetizer::Payloader;
 
@@ -404,7 +927,9 @@ mod tests {
         out
     }
 
+    /// Feeds packets 0.5 ms apart, then lets the reorder buffer's start hold expire.
     fn feed(m: &mut StreamMuxer, packets: Vec<RtpPacket>, t0: Instant) {
+        let n = packets.len() as u64;
         for (i, p) in packets.into_iter().enumerate() {
             m.push_rtp(
                 TrackKind::Video,
@@ -412,6 +937,7 @@ mod tests {
                 t0 + Duration::from_micros(i as u64 * 500),
             );
         }
+        m.poll(t0 + Duration::from_micros(n * 500) + Duration::from_secs(1));
     }
 
     /// Joining a publisher mid-GOP skips the frames up to the first keyframe; that is not loss

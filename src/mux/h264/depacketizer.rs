@@ -20,6 +20,8 @@ const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
 const STAP_A: u8 = 24;
+/// Largest buffer reserved up front for an access unit (bigger ones grow as usual).
+const MAX_SIZE_HINT: usize = 1 << 20;
 const FU_A: u8 = 28;
 
 /// Limits of an [`H264Depacketizer`]; untrusted input must not grow memory without bound.
@@ -109,11 +111,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(timestamp: u32) -> Self {
+    /// A builder whose buffer starts at `capacity` bytes (the size of the previous access
+    /// unit), so a frame is assembled without reallocating as it grows.
+    fn new(timestamp: u32, capacity: usize) -> Self {
         Self {
             timestamp,
-            data: Vec::new(),
-            nals: Vec::new(),
+            data: Vec::with_capacity(capacity),
+            nals: Vec::with_capacity(8),
             fu_start: None,
             has_idr: false,
             has_vcl: false,
@@ -139,6 +143,8 @@ pub struct H264Depacketizer {
     /// unit is only trusted if its first packet visibly starts a picture.
     after_gap: bool,
     ever_output: bool,
+    /// Capacity for the next access unit's buffer: a little more than the last one's size.
+    size_hint: usize,
     stats: H264Stats,
 }
 
@@ -161,6 +167,7 @@ impl H264Depacketizer {
             requested: false,
             after_gap: true,
             ever_output: false,
+            size_hint: 0,
             stats: H264Stats::default(),
         }
     }
@@ -252,7 +259,7 @@ impl H264Depacketizer {
             self.close(out);
         }
         if self.current.is_none() {
-            let mut b = Builder::new(timestamp);
+            let mut b = Builder::new(timestamp, self.size_hint);
             if self.after_gap && !starts_picture(payload) {
                 b.damaged = true;
             }
@@ -437,6 +444,7 @@ impl H264Depacketizer {
     /// Ends the open access unit: hands it on if it is complete and decodable.
     fn close(&mut self, out: &mut impl FnMut(H264Output)) {
         let Some(b) = self.current.take() else { return };
+        self.size_hint = (b.data.len() + b.data.len() / 4 + 64).min(MAX_SIZE_HINT);
         if b.damaged || b.fu_start.is_some() {
             self.stats.frames_dropped += 1;
             return;
@@ -498,16 +506,10 @@ fn breaks_annex_b(nal: &[u8]) -> bool {
     if nal.last() == Some(&0) {
         return true;
     }
-    let mut zeros = 0;
-    for &byte in nal {
-        match byte {
-            0 if zeros >= 2 => return true,
-            0 => zeros += 1,
-            1 | 2 if zeros >= 2 => return true,
-            _ => zeros = 0,
-        }
-    }
-    false
+    // Every NAL byte passes through here, so the scan is vectorized: look for `00 00` and
+    // check the byte after it. Matches do not overlap, but a pattern missed that way starts
+    // inside a match (`00 00 0x`) and is caught by the check of that match.
+    memchr::memmem::find_iter(nal, &[0, 0]).any(|i| nal.get(i + 2).is_some_and(|&b| b <= 2))
 }
 
 /// Splits a STAP-A body (after its header byte) into NAL units; `None` if any size is zero or
@@ -546,5 +548,40 @@ fn starts_picture(payload: &[u8]) -> bool {
             .is_some_and(|&fu| fu & 0x80 != 0 && nal_starts(fu & 0x1F, payload.get(2))),
         Some(t @ 1..=23) => nal_starts(t, payload.get(1)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::breaks_annex_b;
+
+    /// The byte-at-a-time definition the vectorized scan must agree with.
+    fn reference(nal: &[u8]) -> bool {
+        if nal.last() == Some(&0) {
+            return true;
+        }
+        nal.windows(3).any(|w| w[0] == 0 && w[1] == 0 && w[2] <= 2)
+    }
+
+    #[test]
+    fn vectorized_scan_agrees_with_the_definition_on_every_short_string() {
+        // Every string of up to 7 bytes over {00, 01, 02, 03, FF}, then placed at both ends
+        // of a long clean run (the vectorized path).
+        let alphabet = [0u8, 1, 2, 3, 0xFF];
+        for len in 0..=7u32 {
+            for mut code in 0..alphabet.len().pow(len) {
+                let mut s = Vec::new();
+                for _ in 0..len {
+                    s.push(alphabet[code % alphabet.len()]);
+                    code /= alphabet.len();
+                }
+                assert_eq!(breaks_annex_b(&s), reference(&s), "{s:02X?}");
+                let mut long = vec![0x55; 100];
+                long.extend_from_slice(&s);
+                long.extend_from_slice(&[0x55; 40]);
+                long.extend_from_slice(&s);
+                assert_eq!(breaks_annex_b(&long), reference(&long), "{s:02X?}");
+            }
+        }
     }
 }

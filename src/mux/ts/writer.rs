@@ -54,6 +54,17 @@ pub enum TsError {
     /// An Opus packet too large for a PES with an exact length.
     #[error("Opus packet of {0} bytes does not fit one PES")]
     TooLarge(usize),
+    /// The unit's PTS is behind the PCR already written: a decoder would get it after its
+    /// presentation time. Happens when one track's clock falls far behind the other's.
+    #[error("{track} PTS {pts} is behind the PCR {pcr}")]
+    BehindPcr {
+        /// Which track.
+        track: &'static str,
+        /// The refused PTS.
+        pts: u64,
+        /// The last PCR written.
+        pcr: u64,
+    },
 }
 
 /// Counters for logs and tests.
@@ -161,6 +172,7 @@ impl TsWriter {
             }
             _ => {}
         }
+        self.not_behind_pcr("video", pts_90k)?;
         let start = out.len();
         let target = pts_90k.saturating_sub(PCR_DELAY_90K);
         self.fill_pcr_gap(target, out);
@@ -217,6 +229,7 @@ impl TsWriter {
                 last,
             });
         }
+        self.not_behind_pcr("audio", pts_90k)?;
         let control_len = opus_control_header(opus_packet.len(), &mut control);
         let start = out.len();
         let target = pts_90k.saturating_sub(PCR_DELAY_90K);
@@ -262,6 +275,14 @@ impl TsWriter {
         let start = out.len();
         self.fill_pcr_gap(now_pts_90k.saturating_sub(PCR_DELAY_90K), out);
         self.count(start, out);
+    }
+
+    /// Refuses a unit that would reach the decoder after its presentation time.
+    fn not_behind_pcr(&self, track: &'static str, pts: u64) -> Result<(), TsError> {
+        match self.last_pcr {
+            Some(pcr) if pts < pcr => Err(TsError::BehindPcr { track, pts, pcr }),
+            _ => Ok(()),
+        }
     }
 
     /// Writes PCR-only packets until the PCR is within one step of `target`, or marks a
@@ -387,6 +408,36 @@ mod tests {
             }
         }
         (out, w)
+    }
+
+    #[test]
+    fn a_unit_behind_the_pcr_is_refused() {
+        let mut w = TsWriter::new(TsConfig {
+            video: true,
+            audio: true,
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        // Video at 10 s puts the PCR at 9.5 s; audio stamped 8 s would be late.
+        w.write_video(900_000, &idr(100), true, &mut out).unwrap();
+        let len = out.len();
+        assert_eq!(
+            w.write_audio(720_000, &[0xFC; 10], &mut out),
+            Err(TsError::BehindPcr {
+                track: "audio",
+                pts: 720_000,
+                pcr: 855_000
+            })
+        );
+        assert_eq!(out.len(), len);
+        // At the PCR is still in time.
+        w.write_audio(855_000, &[0xFC; 10], &mut out).unwrap();
+        let opts = CheckOptions {
+            audio_starts_with_video: false,
+            ..CheckOptions::default()
+        };
+        let r = check(&out, &opts);
+        assert!(r.is_ok(), "{:#?}", r.violations);
     }
 
     #[test]
