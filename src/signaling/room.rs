@@ -43,6 +43,22 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// Who sent an inbound message: an official server puts the sender's id in `UUID` (it
+    /// rewrites targeted messages), a relay leaves `UUID` as the target and the sender in `from`.
+    pub fn sender(self, m: &Inbound) -> Option<PeerId> {
+        let id = match self {
+            Dialect::Official => m.uuid.clone().or_else(|| m.from.clone()),
+            Dialect::Relay => m.from.clone(),
+        };
+        id.map(PeerId)
+    }
+
+    /// True for relay traffic meant for another client: a relay fans messages out, and `UUID`
+    /// names the target. (An official server only delivers what is ours.)
+    pub fn addressed_elsewhere(self, m: &Inbound, self_id: &str) -> bool {
+        self == Dialect::Relay && m.uuid.as_deref().is_some_and(|target| target != self_id)
+    }
+
     /// Picks the dialect from the server URL: the official host names are stateful, anything
     /// else is assumed to be a relay (like Raspberry Ninja does).
     pub fn detect(server_url: &str) -> Dialect {
@@ -512,14 +528,6 @@ impl Room {
         self.on_tick(now, out);
     }
 
-    fn sender(&self, m: &Inbound) -> Option<PeerId> {
-        let id = match self.cfg.dialect {
-            Dialect::Official => m.uuid.clone().or_else(|| m.from.clone()),
-            Dialect::Relay => m.from.clone(),
-        };
-        id.map(PeerId)
-    }
-
     fn on_message(&mut self, now: Instant, mut m: Inbound, out: &mut Vec<Action>) {
         if let Kind::Departed = m.kind {
             if let Some(u) = &m.uuid {
@@ -527,15 +535,11 @@ impl Room {
             }
             return;
         }
-        if self.cfg.dialect == Dialect::Relay
-            && let Some(target) = &m.uuid
-            && *target != self.cfg.self_id
-        {
-            // Relay: `UUID` is the target; someone else's traffic.
+        if self.cfg.dialect.addressed_elsewhere(&m, &self.cfg.self_id) {
             self.stats.ignored += 1;
             return;
         }
-        let sender = self.sender(&m);
+        let sender = self.cfg.dialect.sender(&m);
         let kind = std::mem::replace(&mut m.kind, Kind::Ping);
         match kind {
             Kind::Listing { members } => {

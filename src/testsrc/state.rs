@@ -306,12 +306,12 @@ impl SourceState {
         }
     }
 
+    /// The sender of `m`, never ourselves (a relay may echo our own announcements).
     fn sender(&self, m: &Inbound) -> Option<PeerId> {
-        let id = match self.cfg.dialect {
-            Dialect::Official => m.uuid.clone().or_else(|| m.from.clone()),
-            Dialect::Relay => m.from.clone(),
-        };
-        id.filter(|id| *id != self.cfg.self_id).map(PeerId)
+        self.cfg
+            .dialect
+            .sender(m)
+            .filter(|id| id.0 != self.cfg.self_id)
     }
 
     fn on_message(&mut self, now: Instant, mut m: Inbound, out: &mut Vec<SourceAction>) {
@@ -329,11 +329,7 @@ impl SourceState {
             }
             return;
         }
-        if self.cfg.dialect == Dialect::Relay
-            && let Some(target) = &m.uuid
-            && *target != self.cfg.self_id
-        {
-            // Relay: `UUID` is the target; someone else's traffic.
+        if self.cfg.dialect.addressed_elsewhere(&m, &self.cfg.self_id) {
             self.stats.ignored += 1;
             return;
         }
