@@ -601,7 +601,11 @@ mod annex_b_tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    if x % 5 == 0 { 0 } else { (x >> 8) as u8 | 1 }
+                    if x.is_multiple_of(5) {
+                        0
+                    } else {
+                        (x >> 8) as u8 | 1
+                    }
                 })
                 .collect();
             let r = reference(&nal);
