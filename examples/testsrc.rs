@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example testsrc -- --server ws://127.0.0.1:8443 --room R --streams a,b,c \
-//!     [--password false] [--mode dc-first] [--duration 60]
+//!     [--password false] [--mode dc-first] [--duration 60] [--clip big.ts]
 //! ```
 //!
 //! Runs until Ctrl-C (or `--duration`), then closes every viewer connection with a bye and
@@ -67,6 +67,10 @@ struct Args {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long)]
     duration: Option<u64>,
+    /// Publish this MPEG-TS clip (H.264 + Opus, as `assets/README.md` describes) instead of the
+    /// built-in 320x240 one; the load benchmark uses a 2 Mb/s 720p clip.
+    #[arg(long)]
+    clip: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -82,7 +86,22 @@ async fn main() -> ExitCode {
         Mode::MediaFirst => PublisherMode::MediaInFirstOffer,
         Mode::DcFirst => PublisherMode::DataChannelFirst,
     };
-    let clip = std::sync::Arc::new(ninjarec::clip::Clip::builtin());
+    let clip = match &args.clip {
+        None => ninjarec::clip::Clip::builtin(),
+        Some(path) => {
+            let read = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| ninjarec::clip::Clip::from_ts(&b).map_err(|e| e.to_string()));
+            match read {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cannot use clip {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let clip = std::sync::Arc::new(clip);
     let configs: Vec<TestSourceConfig> = args
         .streams
         .iter()

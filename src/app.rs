@@ -193,6 +193,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 /// `ninjarec serve`: the built-in handshake server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.listen);
+    config.max_clients_per_ip = args.max_clients_per_ip.max(1);
+    config.max_room_members = args.max_room_members.max(2);
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsFiles { cert, key });
     }

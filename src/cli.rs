@@ -156,6 +156,13 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Most concurrent connections from one IP address (many publishers behind one NAT, or a
+    /// load test on loopback, need more than the default).
+    #[arg(long, default_value_t = 64)]
+    pub max_clients_per_ip: usize,
+    /// Most members (publishers and viewers) in one room.
+    #[arg(long, default_value_t = 80)]
+    pub max_room_members: usize,
 }
 
 /// Options for `ninjarec selftest`.

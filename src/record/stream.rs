@@ -102,11 +102,12 @@ impl std::fmt::Display for StreamSummary {
             .map_or_else(|| "(no file)".to_owned(), |p| p.display().to_string());
         write!(
             f,
-            "{}: {file}, {:.1} s, {} frames ({} keyframes), {} audio packets, {} frames dropped to loss, {} packets lost",
+            "{}: {file}, {:.1} s, {} frames ({} keyframes) of {} received, {} audio packets, {} frames dropped to loss, {} packets lost",
             self.stream_id,
             c.duration_90k as f64 / 90_000.0,
             c.frames_written,
             c.keyframes_written,
+            c.frames_received,
             c.audio_written,
             c.frames_dropped,
             c.packets_lost,
