@@ -282,6 +282,7 @@ async fn run(
                         rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
                     }
                     SessionEvent::Closed { reason, stats } => {
+                        explain_close(&rec.id.stream_id, &reason);
                         close_reason = Some(reason);
                         media_dropped = stats.media_dropped;
                         break;
@@ -414,5 +415,35 @@ impl Recorder {
             core,
             connected: self.connected,
         });
+    }
+}
+
+/// One line a user can act on when a connection ends badly; normal ends stay at info level.
+fn explain_close(stream_id: &str, reason: &CloseReason) {
+    match reason {
+        CloseReason::IceTimeout => error!(
+            stream = %stream_id,
+            "could not connect to the publisher: ICE did not connect in time \
+             (check that UDP can flow between you; behind strict NAT use --turn; see --ice-timeout)"
+        ),
+        CloseReason::IceFailed => error!(
+            stream = %stream_id,
+            "connection to the publisher failed (ICE): check UDP reachability, --stun, --turn"
+        ),
+        CloseReason::Negotiation(e) => error!(
+            stream = %stream_id,
+            "the publisher's offer could not be answered: {e}"
+        ),
+        CloseReason::Setup(e) => error!(
+            stream = %stream_id,
+            "could not create a WebRTC connection: {e}"
+        ),
+        CloseReason::PublisherVanished => warn!(
+            stream = %stream_id,
+            "the publisher stopped responding (gone without saying bye); file closed"
+        ),
+        CloseReason::Bye | CloseReason::DataChannelClosed | CloseReason::LocalClose => {
+            info!(stream = %stream_id, ?reason, "connection closed")
+        }
     }
 }
