@@ -2,14 +2,17 @@
 //! conformance checker, read back with the `mpeg2ts` crate, and play in ffmpeg/ffprobe exactly
 //! like the ffmpeg-made original.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
 
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
 use mpeg2ts::ts::TsPacketReader;
 use ninjarec::clip::Clip;
 use ninjarec::mux::ts::check::{CheckOptions, check};
 use ninjarec::mux::ts::{AUD, TsConfig, TsWriter};
+
+use common::{decode_errors, probe, temp_file, video_frame_hashes};
 
 /// One unit of the clip in file order.
 enum Unit<'a> {
@@ -54,91 +57,6 @@ fn write_clip(clip: &Clip, offset: u64, video: bool, audio: bool) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Writes bytes to a per-test temporary file.
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("ninjarec-ts-{}-{name}.ts", std::process::id()));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn run(cmd: &str, args: &[&str]) -> (String, String) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// `ffmpeg -v error -i f -f null -`: the decode errors (empty when the file is clean).
-fn decode_errors(path: &Path) -> String {
-    run(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-f",
-            "null",
-            "-",
-        ],
-    )
-    .1
-}
-
-/// Per-stream packet counts as ffprobe reads them: (codec, sample_rate, channels, packets).
-fn probe(path: &Path) -> Vec<String> {
-    let (out, err) = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-count_packets",
-            "-show_entries",
-            "stream=codec_name,sample_rate,channels,nb_read_packets",
-            "-of",
-            "csv=p=0",
-            path.to_str().unwrap(),
-        ],
-    );
-    assert!(err.is_empty(), "{err}");
-    // ffprobe lists the program's streams, a blank line, then the streams: keep the latter.
-    let streams = out.rsplit("\n\n").next().unwrap_or_default();
-    streams.lines().map(str::to_owned).collect()
-}
-
-/// (size, md5) of every decoded video frame.
-fn video_frame_hashes(path: &Path) -> Vec<String> {
-    let (out, _) = run(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-map",
-            "0:v",
-            "-f",
-            "framemd5",
-            "-",
-        ],
-    );
-    out.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let cols: Vec<&str> = l.split(',').map(str::trim).collect();
-            format!("{} {}", cols[4], cols[5])
-        })
-        .collect()
 }
 
 #[test]
