@@ -381,11 +381,21 @@ async fn stream(
             })
             .collect()
     } else {
+        // Like video, each packet lasts until the next one and the last until the loop ends,
+        // so both tracks' RTP clocks advance by exactly one loop length per loop. (Summing the
+        // packets' own durations would let audio fall behind wall time by the clip's A/V length
+        // difference on every loop, and the Sender Reports would drift with it.)
         clip.audio
             .iter()
-            .map(|f| {
-                let d = Duration::from_micros(u64::from(f.samples) * 1_000_000 / 48_000);
-                (f.pts_90k - base, f.data.clone(), d)
+            .enumerate()
+            .map(|(i, f)| {
+                let next = clip
+                    .audio
+                    .get(i + 1)
+                    .map(|n| n.pts_90k)
+                    .unwrap_or(base + loop_len);
+                let d = next.saturating_sub(f.pts_90k).clamp(1, 90_000);
+                (f.pts_90k - base, f.data.clone(), dur_90k(d))
             })
             .collect()
     };
