@@ -347,6 +347,15 @@ fn dur_90k(ticks: u64) -> Duration {
     Duration::from_micros(ticks.saturating_mul(1000) / 90)
 }
 
+/// A sample's duration for webrtc-rs, which turns it into RTP ticks as
+/// `(duration.as_secs_f64() * clock_rate) as u32` — a truncation, so 33.333… ms at 90 kHz gives
+/// 2999 and 20 ms at 48 kHz can give 959. Rounding the duration up by a nanosecond makes every
+/// frame advance the RTP clock by exactly its length; otherwise each track's RTP clock runs slow
+/// against real time (0.03–0.1 %), and the Sender Reports show audio and video drifting apart.
+fn sample_duration(ticks_90k: u64) -> Duration {
+    Duration::from_nanos(ticks_90k.saturating_mul(1_000_000_000).div_ceil(90_000) + 1)
+}
+
 /// Streams the clip's video (or audio) frames in real time, looping, until aborted.
 async fn stream(
     clip: Arc<Clip>,
@@ -377,7 +386,7 @@ async fn stream(
                     .map(|n| n.pts_90k)
                     .unwrap_or(base + loop_len);
                 let d = next.saturating_sub(f.pts_90k).clamp(1, 9000);
-                (f.pts_90k - base, annex_b(&f.nals), dur_90k(d))
+                (f.pts_90k - base, annex_b(&f.nals), sample_duration(d))
             })
             .collect()
     } else {
@@ -395,7 +404,7 @@ async fn stream(
                     .map(|n| n.pts_90k)
                     .unwrap_or(base + loop_len);
                 let d = next.saturating_sub(f.pts_90k).clamp(1, 90_000);
-                (f.pts_90k - base, f.data.clone(), dur_90k(d))
+                (f.pts_90k - base, f.data.clone(), sample_duration(d))
             })
             .collect()
     };
@@ -729,5 +738,33 @@ impl Publisher {
             debug!("test publisher: close: {e}");
         }
         self.emit(PublisherEvent::Closed { reason }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_duration;
+
+    /// webrtc-rs's conversion, as in `TrackLocalStaticSample::write_sample`.
+    fn rtp_ticks(d: std::time::Duration, clock_rate: f64) -> u32 {
+        (d.as_secs_f64() * clock_rate) as u32
+    }
+
+    #[test]
+    fn sample_durations_advance_the_rtp_clock_exactly() {
+        for ticks in [1u64, 1800, 2999, 3000, 3003, 3600, 45_000, 90_000] {
+            assert_eq!(
+                u64::from(rtp_ticks(sample_duration(ticks), 90_000.0)),
+                ticks
+            );
+        }
+        // Opus: 20 ms = 1800 ticks at 90 kHz = 960 samples at 48 kHz, every size 2.5–120 ms.
+        for samples in [120u64, 240, 480, 960, 1920, 2880, 5760] {
+            let ticks = samples * 15 / 8;
+            assert_eq!(
+                u64::from(rtp_ticks(sample_duration(ticks), 48_000.0)),
+                samples
+            );
+        }
     }
 }
