@@ -380,18 +380,20 @@ async fn stream(
             .iter()
             .enumerate()
             .map(|(i, f)| {
+                // The last frame lasts until the first frame of the next loop, so the RTP clock
+                // advances by exactly one loop length per loop, like the wall-clock schedule.
+                // That may be well over one frame when the clip's audio runs longer.
                 let next = clip
                     .video
                     .get(i + 1)
-                    .map(|n| n.pts_90k)
-                    .unwrap_or(base + loop_len);
-                let d = next.saturating_sub(f.pts_90k).clamp(1, 9000);
+                    .map_or(clip.video[0].pts_90k + loop_len, |n| n.pts_90k);
+                let d = next.saturating_sub(f.pts_90k).clamp(1, 90_000);
                 (f.pts_90k - base, annex_b(&f.nals), sample_duration(d))
             })
             .collect()
     } else {
-        // Like video, each packet lasts until the next one and the last until the loop ends,
-        // so both tracks' RTP clocks advance by exactly one loop length per loop. (Summing the
+        // Like video, each packet lasts until the next one and the last until the next loop's
+        // first packet, so both tracks' RTP clocks advance by exactly one loop length per loop. (Summing the
         // packets' own durations would let audio fall behind wall time by the clip's A/V length
         // difference on every loop, and the Sender Reports would drift with it.)
         clip.audio
@@ -401,8 +403,7 @@ async fn stream(
                 let next = clip
                     .audio
                     .get(i + 1)
-                    .map(|n| n.pts_90k)
-                    .unwrap_or(base + loop_len);
+                    .map_or(clip.audio[0].pts_90k + loop_len, |n| n.pts_90k);
                 let d = next.saturating_sub(f.pts_90k).clamp(1, 90_000);
                 (f.pts_90k - base, f.data.clone(), sample_duration(d))
             })
