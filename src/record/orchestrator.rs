@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::stream::{
-    self, LiveStats, RecorderSettings, StreamCommand, StreamIdentity, StreamReport, StreamSummary,
+    self, LiveStats, RecorderSettings, SignalOut, StreamCommand, StreamIdentity, StreamReport,
+    StreamSummary,
 };
-use crate::peer::{CipherError, IceCandidate, PayloadCipher};
+use crate::peer::{CipherError, PayloadCipher};
 use crate::signaling::client::{SignalingEvent, SignalingHandle, SignalingStatus};
 use crate::signaling::{self, Cipher, PeerId, SignalingConfig};
 
@@ -74,23 +75,6 @@ struct Entry {
     stopping: bool,
 }
 
-/// Outgoing signaling messages, sent in order by one task so the orchestrator never waits on
-/// the signaling task (which may itself be waiting to hand the orchestrator an event).
-enum Outgoing {
-    Answer {
-        peer: PeerId,
-        session: Option<Value>,
-        sdp: String,
-        encrypt: bool,
-    },
-    Candidates {
-        peer: PeerId,
-        session: Option<Value>,
-        candidates: Vec<IceCandidate>,
-    },
-    Closed(PeerId),
-}
-
 /// Records until `shutdown` turns true (or the signaling task ends), then stops every
 /// recording, flushes every file and returns one summary per recording, in the order they
 /// finished.
@@ -109,7 +93,7 @@ pub async fn run(
         config.recorder.session.cipher = Some(Arc::new(cipher.clone()));
     }
     let settings = Arc::new(config.recorder);
-    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(1024);
+    let (out_tx, out_rx) = mpsc::channel::<SignalOut>(1024);
     let sender = tokio::spawn(send_outgoing(handle, out_rx));
     let (report_tx, mut reports) = mpsc::channel::<StreamReport>(1024);
 
@@ -152,7 +136,7 @@ pub async fn run(
                         let active = entries.values().filter(|e| !e.stopping).count();
                         if active >= config.max_streams {
                             warn!(%stream_id, max = config.max_streams, "not recording: --max-streams reached");
-                            let _ = out_tx.try_send(Outgoing::Closed(peer));
+                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
                             continue;
                         }
                         generation += 1;
@@ -198,20 +182,15 @@ pub async fn run(
             report = reports.recv() => {
                 let Some(report) = report else { continue };
                 match report {
-                    StreamReport::Answer { peer, session, sdp, encrypt } => {
-                        if out_tx.try_send(Outgoing::Answer { peer, session, sdp, encrypt }).is_err() {
-                            warn!("signaling queue full; an answer was dropped");
-                        }
-                    }
-                    StreamReport::Candidates { peer, session, candidates } => {
-                        if out_tx.try_send(Outgoing::Candidates { peer, session, candidates }).is_err() {
-                            debug!("signaling queue full; candidates dropped");
+                    StreamReport::Signal(msg) => {
+                        if out_tx.try_send(msg).is_err() {
+                            warn!("signaling queue full; a message to a publisher was dropped");
                         }
                     }
                     StreamReport::Finished { peer, generation, summary } => {
                         if entries.get(&peer).is_some_and(|e| e.generation == generation) {
                             entries.remove(&peer);
-                            let _ = out_tx.try_send(Outgoing::Closed(peer));
+                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
                         }
                         summaries.push(summary);
                         if !signaling_open && entries.is_empty() {
@@ -263,21 +242,23 @@ pub async fn run(
     Ok(summaries)
 }
 
-async fn send_outgoing(handle: SignalingHandle, mut rx: mpsc::Receiver<Outgoing>) {
+/// Sends signaling messages in order from one task, so the orchestrator never waits on the
+/// signaling task (which may itself be waiting to hand the orchestrator an event).
+async fn send_outgoing(handle: SignalingHandle, mut rx: mpsc::Receiver<SignalOut>) {
     while let Some(msg) = rx.recv().await {
         let sent = match msg {
-            Outgoing::Answer {
+            SignalOut::Answer {
                 peer,
                 session,
                 sdp,
                 encrypt,
             } => handle.send_answer(peer, session, sdp, encrypt).await,
-            Outgoing::Candidates {
+            SignalOut::Candidates {
                 peer,
                 session,
                 candidates,
             } => handle.send_candidates(peer, session, candidates).await,
-            Outgoing::Closed(peer) => handle.stream_closed(peer).await,
+            SignalOut::StreamClosed(peer) => handle.stream_closed(peer).await,
         };
         if sent.is_err() {
             break;

@@ -136,10 +136,11 @@ impl std::fmt::Display for StreamSummary {
     }
 }
 
-/// What a recorder task tells the orchestrator.
+/// A message for a publisher over signaling. Recorder tasks produce answers and candidates; the
+/// orchestrator adds `StreamClosed`; one task sends them all, in order.
 #[derive(Debug)]
-pub enum StreamReport {
-    /// Send this answer to the publisher over signaling.
+pub enum SignalOut {
+    /// Our SDP answer.
     Answer {
         /// The publisher.
         peer: PeerId,
@@ -150,7 +151,7 @@ pub enum StreamReport {
         /// Encrypt (mirrors the offer).
         encrypt: bool,
     },
-    /// Send these local candidates to the publisher.
+    /// Our local ICE candidates.
     Candidates {
         /// The publisher.
         peer: PeerId,
@@ -159,6 +160,15 @@ pub enum StreamReport {
         /// Candidates.
         candidates: Vec<IceCandidate>,
     },
+    /// The recording of this publisher ended, so the room may ask for its stream again.
+    StreamClosed(PeerId),
+}
+
+/// What a recorder task tells the orchestrator.
+#[derive(Debug)]
+pub enum StreamReport {
+    /// A message for the publisher, to go out over signaling.
+    Signal(SignalOut),
     /// The recording is over.
     Finished {
         /// The publisher.
@@ -262,19 +272,19 @@ async fn run(
                         }
                     }
                     SessionEvent::LocalAnswer { sdp } => {
-                        let _ = reports.send(StreamReport::Answer {
+                        let _ = reports.send(StreamReport::Signal(SignalOut::Answer {
                             peer: rec.id.peer.clone(),
                             session: rec.id.session.clone(),
                             sdp,
                             encrypt: rec.id.encrypted,
-                        }).await;
+                        })).await;
                     }
                     SessionEvent::LocalCandidate(c) => {
-                        let _ = reports.send(StreamReport::Candidates {
+                        let _ = reports.send(StreamReport::Signal(SignalOut::Candidates {
                             peer: rec.id.peer.clone(),
                             session: rec.id.session.clone(),
                             candidates: vec![c],
-                        }).await;
+                        })).await;
                     }
                     SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
                     SessionEvent::State(state) => {
