@@ -224,6 +224,65 @@ pub fn offered_media(sdp: &str) -> (bool, bool) {
     (video, audio)
 }
 
+/// Events from webrtc-rs callbacks and helper tasks to the task that drives a connection (the
+/// viewer session or the test publisher). Callbacks only forward; the driving task alone calls
+/// PeerConnection methods.
+pub(crate) enum Internal {
+    Candidate(webrtc::peer_connection::RTCPeerConnectionIceEvent),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn webrtc::media_stream::track_remote::TrackRemote>),
+    DataChannel(Arc<dyn DataChannel>),
+    DcOpen(usize),
+    DcMessage(usize, bytes::BytesMut),
+    DcClosed(usize),
+}
+
+/// The webrtc-rs event handler of both sides: forwards every callback into an [`Internal`]
+/// channel and never touches the peer connection.
+pub(crate) struct Forwarder {
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<Internal>,
+}
+
+#[async_trait::async_trait]
+impl webrtc::peer_connection::PeerConnectionEventHandler for Forwarder {
+    async fn on_ice_candidate(&self, event: webrtc::peer_connection::RTCPeerConnectionIceEvent) {
+        let _ = self.tx.send(Internal::Candidate(event));
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(Internal::State(state));
+    }
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        let _ = self.tx.send(Internal::DataChannel(data_channel));
+    }
+    async fn on_track(&self, track: Arc<dyn webrtc::media_stream::track_remote::TrackRemote>) {
+        let _ = self.tx.send(Internal::Track(track));
+    }
+}
+
+/// Pumps one data channel's events into the driving task as `DcOpen`/`DcMessage`/`DcClosed`
+/// of channel `index`, until the channel closes or the task is gone.
+pub(crate) fn pump_data_channel(
+    dc: Arc<dyn DataChannel>,
+    index: usize,
+    tx: tokio::sync::mpsc::UnboundedSender<Internal>,
+) {
+    use webrtc::data_channel::DataChannelEvent;
+    tokio::spawn(async move {
+        while let Some(ev) = dc.poll().await {
+            let msg = match ev {
+                DataChannelEvent::OnOpen => Internal::DcOpen(index),
+                DataChannelEvent::OnMessage(m) => Internal::DcMessage(index, m.data),
+                DataChannelEvent::OnClose => break,
+                _ => continue,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Internal::DcClosed(index));
+    });
+}
+
 /// A shared cipher, as taken by both sides' configs.
 pub type SharedCipher = Option<Arc<dyn PayloadCipher>>;
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rtc::media::Sample;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -19,16 +19,17 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::Internal;
 use super::dc::{self, DcMessage};
 use super::session::SIGNALLING_LABEL;
 use super::{
@@ -195,28 +196,6 @@ pub fn spawn(config: PublisherConfig) -> (PublisherHandle, mpsc::Receiver<Publis
     (PublisherHandle { tx: cmd_tx }, ev_rx)
 }
 
-enum Internal {
-    Candidate(RTCPeerConnectionIceEvent),
-    State(RTCPeerConnectionState),
-    DcOpen(usize),
-    DcMessage(usize, BytesMut),
-    DcClosed(usize),
-}
-
-struct Handler {
-    tx: mpsc::UnboundedSender<Internal>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        let _ = self.tx.send(Internal::Candidate(event));
-    }
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.tx.send(Internal::State(state));
-    }
-}
-
 struct OutTrack {
     kind: RtpCodecKind,
     track: Arc<TrackLocalStaticSample>,
@@ -241,7 +220,7 @@ struct Publisher {
 
 async fn build_pc(
     config: &PublisherConfig,
-    handler: Arc<Handler>,
+    handler: Arc<super::Forwarder>,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let (media_engine, registry) = media_setup()?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
@@ -274,7 +253,7 @@ async fn run(
     events: mpsc::Sender<PublisherEvent>,
 ) {
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
-    let handler = Arc::new(Handler {
+    let handler = Arc::new(super::Forwarder {
         tx: internal_tx.clone(),
     });
     let pc = match build_pc(&config, handler).await {
@@ -442,20 +421,7 @@ impl Publisher {
         let index = self.channels.len();
         self.channels.push((dc.clone(), false));
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = dc.poll().await {
-                let msg = match ev {
-                    DataChannelEvent::OnOpen => Internal::DcOpen(index),
-                    DataChannelEvent::OnMessage(m) => Internal::DcMessage(index, m.data),
-                    DataChannelEvent::OnClose => break,
-                    _ => continue,
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(Internal::DcClosed(index));
-        });
+        super::pump_data_channel(dc.clone(), index, tx);
         Ok(())
     }
 
@@ -644,6 +610,8 @@ impl Publisher {
                 }
             }
             Internal::DcMessage(i, data) => return self.dc_message(i, &data).await,
+            // The publisher opens its own channels and sends, never receives, media.
+            Internal::Track(_) | Internal::DataChannel(_) => {}
         }
         None
     }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
@@ -19,13 +18,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::Internal;
 use super::dc::{self, DcMessage};
 use super::{
     ConnectionState, IceCandidate, IceServer, SharedCipher, first_bundle_mid, media_setup,
@@ -287,38 +287,6 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEve
     (SessionHandle { tx: cmd_tx }, ev_rx)
 }
 
-/// Events from webrtc-rs callbacks and helper tasks to the session task.
-enum Internal {
-    Candidate(RTCPeerConnectionIceEvent),
-    State(RTCPeerConnectionState),
-    Track(Arc<dyn TrackRemote>),
-    DataChannel(Arc<dyn DataChannel>),
-    DcOpen(usize),
-    DcMessage(usize, BytesMut),
-    DcClosed(usize),
-}
-
-/// Forwards callbacks into the session task; never touches the peer connection.
-struct Handler {
-    tx: mpsc::UnboundedSender<Internal>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        let _ = self.tx.send(Internal::Candidate(event));
-    }
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.tx.send(Internal::State(state));
-    }
-    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
-        let _ = self.tx.send(Internal::DataChannel(data_channel));
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tx.send(Internal::Track(track));
-    }
-}
-
 #[derive(Default)]
 struct Counters {
     video_packets: AtomicU64,
@@ -365,7 +333,7 @@ struct Session {
 
 async fn build_pc(
     config: &SessionConfig,
-    handler: Arc<Handler>,
+    handler: Arc<super::Forwarder>,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let (media_engine, registry) = media_setup()?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
@@ -401,7 +369,7 @@ async fn run(
     events: mpsc::Sender<SessionEvent>,
 ) {
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
-    let handler = Arc::new(Handler {
+    let handler = Arc::new(super::Forwarder {
         tx: internal_tx.clone(),
     });
     let pc = match build_pc(&config, handler).await {
@@ -706,20 +674,7 @@ impl Session {
             closed: false,
         });
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = dc.poll().await {
-                let msg = match ev {
-                    DataChannelEvent::OnOpen => Internal::DcOpen(index),
-                    DataChannelEvent::OnMessage(m) => Internal::DcMessage(index, m.data),
-                    DataChannelEvent::OnClose => break,
-                    _ => continue,
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(Internal::DcClosed(index));
-        });
+        super::pump_data_channel(dc.clone(), index, tx);
         if matches!(
             self.channels[index].dc.ready_state().await,
             Ok(webrtc::data_channel::RTCDataChannelState::Open)
