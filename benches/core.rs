@@ -51,7 +51,7 @@ fn record(events: Vec<(Instant, Event)>) -> usize {
     for (i, (now, event)) in events.into_iter().enumerate() {
         match event {
             Event::Rtp(kind, packet) => m.push_rtp(kind, packet, now),
-            Event::Sr(kind, ntp, rtp) => m.sender_report(kind, ntp, rtp),
+            Event::Sr(ssrc, ntp, rtp) => m.sender_report(ssrc, ntp, rtp),
         }
         if i % POLL_EVERY == 0 {
             m.poll(now);

@@ -34,8 +34,9 @@ fn record(
 }
 
 /// One clean run: `offset_ms` is how much later audio capture starts than video; audio units
-/// before `first_audio` are expected to be cut (they precede the first keyframe).
-fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize) {
+/// before `first_audio` are expected to be cut (they precede the first keyframe);
+/// `video_delay_ms` is how much later video arrives than audio sent with it.
+fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize, video_delay_ms: u64) {
     let seed = test_seed(name);
     let mut rng = Rng::new(seed);
     let clip = Clip::builtin();
@@ -50,6 +51,7 @@ fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize) {
         loss: 0.0,
         duplicate: 0.01,
         sr_delay_ms: 40,
+        video_delay_ms,
     };
     let (ts, m, requests) = record(&clip, &sender, net, &mut rng);
 
@@ -58,7 +60,7 @@ fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize) {
     assert!(r.is_ok(), "{:#?}", r.violations);
     assert_eq!(r.video.len(), clip.video.len());
     let audio_expected = clip.audio.len() - first_audio;
-    assert_eq!(r.audio.len(), audio_expected);
+    assert_eq!(r.audio.len(), audio_expected, "{:?}", m.stats());
     for (pes, a) in r.audio.iter().zip(&clip.audio[first_audio..]) {
         assert_eq!(pes.data, a.data);
     }
@@ -76,11 +78,14 @@ fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize) {
     assert_eq!(s.frames_written as usize, clip.video.len());
     assert_eq!((s.frames_dropped, s.packets_lost), (0, 0), "{s:?}");
     assert_eq!(s.audio_written as usize, audio_expected);
+    assert_eq!(s.units_refused, 0, "{s:?}");
+    assert!(!s.started_unsynced, "{s:?}");
     // Only the request at the start; the clip starts with a keyframe.
     assert_eq!((requests, s.keyframe_requests), (1, 1));
-    // The late Sender Reports carry the true mapping, and confirm the arrival-based one.
+    // The Sender Reports carry the true mapping: audio moves by as much as video arrives
+    // late, relative to the arrival-based mapping.
     let sr = s.av_offset_ms.expect("sender reports seen");
-    assert!(sr.abs() < 20.0, "{sr} ms");
+    assert!((sr - video_delay_ms as f64).abs() < 20.0, "{sr} ms");
 
     // ffmpeg: right codecs, clean decode, frames bit-exact, no audio packet lost.
     let path = temp_file(name, &ts);
@@ -127,19 +132,28 @@ fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize) {
 
 #[test]
 fn clip_with_unrelated_clocks_and_late_sender_reports() {
-    clean_run("clean", false, 40, 0);
+    clean_run("clean", false, 40, 0, 0);
 }
 
 #[test]
 fn audio_120ms_after_video_with_counters_wrapping() {
-    clean_run("offset120", true, 120, 0);
+    clean_run("offset120", true, 120, 0, 0);
+}
+
+/// A GStreamer publisher's video trails its audio by up to 0.9 s: the start waits for both
+/// tracks' Sender Reports and places audio with the sender's A/V relation at once, and the
+/// interleaver keeps the early audio from running the PCR past the late video. Before, audio
+/// was placed by arrival (0.9 s early), slewed at 5 ms/s, and refused by the writer.
+#[test]
+fn video_arriving_900ms_after_its_audio_is_in_sync_from_the_start() {
+    clean_run("late-video", false, 40, 0, 900);
 }
 
 #[test]
 fn audio_captured_before_video_is_cut_at_the_first_keyframe() {
     // Audio packet k is captured at −250 ms + 20 ms·k: packets 0..=12 precede the first
     // keyframe (by 10 ms or more) and are cut, packet 13 follows it by 10 ms.
-    clean_run("early-audio", false, -250, 13);
+    clean_run("early-audio", false, -250, 13, 0);
 }
 
 /// 5 % loss, reordering and duplicates on three loops of the clip: the file still decodes
@@ -160,6 +174,7 @@ fn loss_and_reordering_lose_only_whole_gop_tails() {
         loss: 0.05,
         duplicate: 0.01,
         sr_delay_ms: 40,
+        video_delay_ms: 0,
     };
     let sent = send_clip(&clip, &sender);
     let events = arrive(&sent, Instant::now(), net, &mut rng);

@@ -76,8 +76,10 @@ struct Seen {
     video: u64,
     video_markers: u64,
     audio: u64,
-    video_srs: u64,
-    audio_srs: u64,
+    /// SSRCs of the Sender Reports received (a report names its stream by SSRC only).
+    sr_ssrcs: Vec<u32>,
+    video_ssrcs: HashSet<u32>,
+    audio_ssrcs: HashSet<u32>,
     channels_open: usize,
     renegotiated: bool,
     ssrcs: HashSet<u32>,
@@ -102,18 +104,19 @@ async fn observe(rx: &mut mpsc::UnboundedReceiver<SessionEvent>, run_for: Durati
                 seen.ssrcs.insert(packet.ssrc);
                 match kind {
                     TrackKind::Video => {
+                        seen.video_ssrcs.insert(packet.ssrc);
                         seen.video += 1;
                         seen.video_markers += u64::from(packet.marker);
                     }
-                    TrackKind::Audio => seen.audio += 1,
+                    TrackKind::Audio => {
+                        seen.audio_ssrcs.insert(packet.ssrc);
+                        seen.audio += 1;
+                    }
                 }
             }
-            SessionEvent::Media(MediaEvent::SenderReport { kind, ntp, .. }) => {
+            SessionEvent::Media(MediaEvent::SenderReport { ssrc, ntp, .. }) => {
                 assert_ne!(ntp, 0);
-                match kind {
-                    TrackKind::Video => seen.video_srs += 1,
-                    TrackKind::Audio => seen.audio_srs += 1,
-                }
+                seen.sr_ssrcs.push(ssrc);
             }
             SessionEvent::Closed { reason, .. } => panic!("session closed early: {reason:?}"),
             _ => {}
@@ -142,7 +145,11 @@ fn assert_media(seen: &Seen, secs: f64) {
         audio > 25.0 * secs && audio < 60.0 * secs,
         "audio packets {audio} in {secs}s: {seen:?}"
     );
-    assert!(seen.video_srs >= 1 && seen.audio_srs >= 1, "SRs: {seen:?}");
+    let reports = |ssrcs: &HashSet<u32>| seen.sr_ssrcs.iter().filter(|s| ssrcs.contains(s)).count();
+    assert!(
+        reports(&seen.video_ssrcs) >= 1 && reports(&seen.audio_ssrcs) >= 1,
+        "SRs: {seen:?}"
+    );
 }
 
 async fn wait_session_closed(

@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
                     sequence: t.seq,
                     timestamp: t.ts,
                     marker: flags & 1 != 0,
-                    ssrc: 1,
+                    ssrc: ssrc_of(kind),
                     payload_type: 96,
                     payload: Bytes::copy_from_slice(payload),
                 };
@@ -152,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
                     sequence: t.seq,
                     timestamp: t.ts.wrapping_add(*ts),
                     marker: *marker != (flags & 1 != 0),
-                    ssrc: 1,
+                    ssrc: ssrc_of(*kind),
                     payload_type: 96,
                     payload: payload.clone(),
                 };
@@ -169,7 +169,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let ntp = (3_900_000_000u64 << 32) + (u64::from(be32(&rest[1..5])) << 8);
                 let t = &tracks[usize::from(kind == TrackKind::Audio)];
-                m.sender_report(kind, ntp, t.ts.wrapping_add(be32(&rest[5..9])));
+                m.sender_report(ssrc_of(kind), ntp, t.ts.wrapping_add(be32(&rest[5..9])));
                 rest = &rest[9..];
             }
             4 => {
@@ -233,3 +233,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(r.video.len() as u64, s.frames_written);
     assert_eq!(r.audio.len() as u64, s.audio_written);
 });
+
+/// Each track's SSRC (Sender Reports are matched to tracks by it).
+fn ssrc_of(kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Video => 1,
+        TrackKind::Audio => 0xFFFF_FFFF,
+    }
+}

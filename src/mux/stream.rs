@@ -1,10 +1,26 @@
 //! One publisher's whole recording core: RTP packets and Sender Reports in, TS bytes out.
 //!
 //! [`StreamMuxer`] strings the stages together — per track a [`ReorderBuffer`] and a
-//! depacketizer, then the shared [`Timeline`] and the [`TsWriter`] — and keeps the bookkeeping
-//! that sits between them: which tracks the file has, when a keyframe must be asked for, and
-//! the counters a user sees in the summary. It is synchronous and does no I/O: the recorder task
-//! feeds it events and writes out whatever [`StreamMuxer::output`] holds.
+//! depacketizer, then the shared [`Timeline`], an interleaver and the [`TsWriter`] — and keeps
+//! the bookkeeping that sits between them: which tracks the file has, when a keyframe must be
+//! asked for, and the counters a user sees in the summary. It is synchronous and does no I/O:
+//! the recorder task feeds it events and writes out whatever [`StreamMuxer::output`] holds.
+//!
+//! Two waits keep the file's tracks in sync from its first second, whatever order the network
+//! delivers them in:
+//!
+//! * **Sync hold.** Until both tracks' first RTCP Sender Reports are known (or
+//!   [`StreamConfig::sync_wait`] has passed), depacketized units are held, not timed. The
+//!   timeline then places audio with the sender's own A/V relation at once, instead of placing
+//!   it by arrival and slewing it into place over a minute.
+//! * **Interleaving.** Timed units of both tracks are written in PTS order: a unit waits (at
+//!   most [`StreamConfig::interleave_wait`]) until the other track has caught up, so a track
+//!   that arrives later than the other (an encoder's latency, a longer network path) is never
+//!   behind the PCR the writer has already sent.
+//!
+//! Sender Reports are matched to tracks by SSRC, not by the track that delivered them: the
+//! WebRTC stack routes a compound RTCP packet (one Sender Report per SSRC, as GStreamer sends
+//! them) to the track of its first report.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,7 +32,7 @@ use super::opus::OpusDepacketizer;
 use super::reorder::{Ordered, ReorderBuffer, ReorderConfig};
 use super::timeline::{AvSync, Timeline, TimelineConfig};
 use super::ts::{TsConfig, TsWriter};
-use super::{RtpPacket, TrackKind};
+use super::{AccessUnit, OpusPacket, RtpPacket, TrackKind};
 
 /// How far past the newest PTS written the PCR keep-alive of [`StreamMuxer::poll`] may take
 /// the writer's clock (400 ms). The writer keeps its PCR 500 ms behind that clock, so the PCR
@@ -24,6 +40,10 @@ use super::{RtpPacket, TrackKind};
 /// PTS at or after their track's last one, which is within that margin of the newest, and are
 /// never late. When media resumes, the writer fills the PCR gap itself.
 const KEEPALIVE_LEAD_90K: u64 = 36_000;
+
+/// Sender Reports remembered for SSRCs no RTP packet has named yet (a report can overtake
+/// the first media packet of its track).
+const MAX_ORPHAN_REPORTS: usize = 4;
 
 /// Settings of a [`StreamMuxer`].
 #[derive(Debug, Clone)]
@@ -41,6 +61,15 @@ pub struct StreamConfig {
     pub keyframe_request_interval: Duration,
     /// While no keyframe has been written, ask again this often (a PLI can be lost).
     pub keyframe_retry: Duration,
+    /// Longest the start of a file with both tracks waits for both tracks' first Sender
+    /// Report (6 s: Chrome sends audio reports every 5 s, GStreamer every 1-4 s). Without
+    /// them the tracks are placed by arrival and corrected later.
+    pub sync_wait: Duration,
+    /// Most bytes of media held during [`Self::sync_wait`]; past it the file starts at once.
+    pub max_sync_hold_bytes: usize,
+    /// Longest a unit waits for the other track before it is written anyway (a track that
+    /// stalls or stops must not stop the other).
+    pub interleave_wait: Duration,
 }
 
 impl Default for StreamConfig {
@@ -55,6 +84,9 @@ impl Default for StreamConfig {
             h264: H264Config::default(),
             keyframe_request_interval: Duration::from_secs(1),
             keyframe_retry: Duration::from_secs(2),
+            sync_wait: Duration::from_secs(6),
+            max_sync_hold_bytes: 8 << 20,
+            interleave_wait: Duration::from_millis(1500),
         }
     }
 }
@@ -67,7 +99,7 @@ pub struct StreamStats {
     /// Of those, keyframes.
     pub keyframes_written: u64,
     /// Frames the depacketizer completed or dropped, i.e. frames the publisher sent that
-    /// reached us (written + dropped).
+    /// reached us (written + dropped + still queued).
     pub frames_received: u64,
     /// Frames lost to packet loss, damage, or waiting for a keyframe.
     pub frames_dropped: u64,
@@ -75,6 +107,8 @@ pub struct StreamStats {
     pub audio_written: u64,
     /// Opus packets dropped (before the file start, malformed, refused by the timeline).
     pub audio_dropped: u64,
+    /// Audio RTP packets that reached the muxer.
+    pub audio_received: u64,
     /// RTP packets given up as lost by the reorder buffers.
     pub packets_lost: u64,
     /// Duplicate RTP packets discarded (retransmissions, RTX probes).
@@ -96,9 +130,12 @@ pub struct StreamStats {
     /// Media time covered by the file so far, in 90 kHz units.
     pub duration_90k: u64,
     /// How far (ms) the Sender Reports say the audio mapping must move relative to the
-    /// arrival-time mapping (positive: audio later); applied by slewing. `None` until both
-    /// tracks sent one.
+    /// arrival-time mapping (positive: audio later); applied at the start, slewed later. `None`
+    /// until both tracks sent one.
     pub av_offset_ms: Option<f64>,
+    /// The file started without both tracks' Sender Reports (they did not come within
+    /// [`StreamConfig::sync_wait`]): the start is placed by arrival time.
+    pub started_unsynced: bool,
 }
 
 /// When the first packet of each recent RTP timestamp of a track arrived.
@@ -144,6 +181,21 @@ impl ArrivalLog {
     }
 }
 
+/// A depacketized unit held by the sync hold, with the arrival of its first packet.
+#[derive(Debug)]
+enum Held {
+    Video(AccessUnit, Instant),
+    Audio(OpusPacket, Instant),
+}
+
+/// A timed unit waiting in the interleaver: PTS, payload, when it was queued.
+#[derive(Debug)]
+struct Queued<T> {
+    pts: u64,
+    unit: T,
+    queued: Instant,
+}
+
 /// The recording core of one publisher.
 pub struct StreamMuxer {
     config: StreamConfig,
@@ -161,10 +213,24 @@ pub struct StreamMuxer {
     first_pts: Option<u64>,
     last_pts: u64,
     stream_info: Option<SpsInfo>,
+    /// SSRC of each track's RTP packets, to match Sender Reports to tracks.
+    video_ssrc: Option<u32>,
+    audio_ssrc: Option<u32>,
+    /// Sender Reports of SSRCs not seen in RTP yet: (ssrc, ntp, rtp).
+    orphan_reports: VecDeque<(u32, u64, u32)>,
+    /// Units held until both tracks' Sender Reports are known (see the module doc); `None`
+    /// once the hold is over.
+    sync_hold: Option<VecDeque<Held>>,
+    sync_hold_bytes: usize,
+    /// Arrival of the first held unit (the hold's clock starts there).
+    sync_hold_since: Option<Instant>,
+    /// Timed units waiting to be written in PTS order.
+    video_queue: VecDeque<Queued<AccessUnit>>,
+    audio_queue: VecDeque<Queued<Bytes>>,
     /// A keyframe is needed (loss, start) and not yet asked for.
     want_keyframe: bool,
-    /// Video frames dropped (all causes) when the first keyframe was written: those were
-    /// skipped waiting for the file to start, not lost.
+    /// Video frames dropped (all causes) when the depacketizer handed on its first keyframe:
+    /// those were skipped waiting for the file to start, not lost.
     dropped_before_start: Option<u64>,
     last_keyframe_request: Option<Instant>,
     /// A video frame was refused after the depacketizer handed it on: later frames reference
@@ -174,8 +240,10 @@ pub struct StreamMuxer {
     last_now: Option<Instant>,
     /// Audio still held by the timeline (never given a file start) when the stream finished.
     audio_lost_at_finish: u64,
-    /// Scratch list of reorder output, kept to avoid an allocation per packet.
+    /// Scratch lists, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
+    h264_out: Vec<H264Output>,
+    opus_out: Vec<OpusPacket>,
     stats: StreamStats,
 }
 
@@ -190,6 +258,9 @@ impl StreamMuxer {
         if !tracks.video && !tracks.audio {
             return None;
         }
+        // Only a file with both tracks has anything to synchronise.
+        let sync_hold =
+            (tracks.video && tracks.audio && !config.sync_wait.is_zero()).then(VecDeque::new);
         Some(Self {
             video_in: ReorderBuffer::new(config.reorder),
             audio_in: ReorderBuffer::new(config.reorder),
@@ -203,6 +274,14 @@ impl StreamMuxer {
             first_pts: None,
             last_pts: 0,
             stream_info: None,
+            video_ssrc: None,
+            audio_ssrc: None,
+            orphan_reports: VecDeque::new(),
+            sync_hold,
+            sync_hold_bytes: 0,
+            sync_hold_since: None,
+            video_queue: VecDeque::new(),
+            audio_queue: VecDeque::new(),
             want_keyframe: tracks.video,
             dropped_before_start: None,
             last_keyframe_request: None,
@@ -210,6 +289,8 @@ impl StreamMuxer {
             last_now: None,
             audio_lost_at_finish: 0,
             items: Vec::with_capacity(16),
+            h264_out: Vec::with_capacity(4),
+            opus_out: Vec::with_capacity(4),
             stats: StreamStats::default(),
             tracks,
             config,
@@ -231,32 +312,61 @@ impl StreamMuxer {
     pub fn push_rtp(&mut self, kind: TrackKind, packet: RtpPacket, now: Instant) {
         self.saw(now);
         let tracks = self.tracks();
+        let wanted = match kind {
+            TrackKind::Video => tracks.video,
+            TrackKind::Audio => tracks.audio,
+        };
+        if !wanted {
+            self.stats.packets_ignored += 1;
+            return;
+        }
+        self.note_ssrc(kind, packet.ssrc);
         let mut items = std::mem::take(&mut self.items);
         match kind {
-            TrackKind::Video if tracks.video => {
+            TrackKind::Video => {
                 self.video_arrivals.note(packet.timestamp, now);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
             }
-            TrackKind::Audio if tracks.audio => {
+            TrackKind::Audio => {
+                self.stats.audio_received += 1;
                 self.audio_arrivals.note(packet.timestamp, now);
                 self.audio_in.push(packet, now, &mut |o| items.push(o));
                 self.audio_items(&mut items, now);
             }
-            _ => self.stats.packets_ignored += 1,
         }
         self.items = items;
+        self.interleave(now, false);
     }
 
-    /// Feeds an RTCP Sender Report (NTP 32.32 ↔ RTP timestamp) of `kind`.
-    pub fn sender_report(&mut self, kind: TrackKind, ntp: u64, rtp_timestamp: u32) {
+    /// Feeds an RTCP Sender Report (NTP 32.32 ↔ RTP timestamp) of the stream `ssrc`. It is
+    /// matched to a track by the SSRC of that track's RTP packets; a report for an SSRC not
+    /// seen yet is kept (a few) until its first packet arrives.
+    pub fn sender_report(&mut self, ssrc: u32, ntp: u64, rtp_timestamp: u32) {
+        let kind = if self.video_ssrc == Some(ssrc) {
+            TrackKind::Video
+        } else if self.audio_ssrc == Some(ssrc) {
+            TrackKind::Audio
+        } else {
+            self.orphan_reports.retain(|&(s, _, _)| s != ssrc);
+            if self.orphan_reports.len() == MAX_ORPHAN_REPORTS {
+                self.orphan_reports.pop_front();
+            }
+            self.orphan_reports.push_back((ssrc, ntp, rtp_timestamp));
+            return;
+        };
         self.timeline.sender_report(kind, ntp, rtp_timestamp);
+        if let Some(now) = self.last_now {
+            self.end_sync_hold_if_due(now);
+            self.interleave(now, false);
+        }
     }
 
-    /// Lets time pass: releases packets whose holes were given up, keeps the PCR going while
-    /// media stalls, and re-arms the keyframe request while video waits for a keyframe (at the
-    /// start, or after a loss whose request got no answer). Call it at [`Self::next_deadline`]
-    /// or at least every 100 ms.
+    /// Lets time pass: releases packets whose holes were given up, ends the sync hold and
+    /// interleaver waits that ran out, keeps the PCR going while media stalls, and re-arms
+    /// the keyframe request while video waits for a keyframe (at the start, or after a loss
+    /// whose request got no answer). Call it at [`Self::next_deadline`] or at least every
+    /// 100 ms.
     pub fn poll(&mut self, now: Instant) {
         self.saw(now);
         let mut items = std::mem::take(&mut self.items);
@@ -265,6 +375,8 @@ impl StreamMuxer {
         self.audio_in.poll_timeout(now, &mut |o| items.push(o));
         self.audio_items(&mut items, now);
         self.items = items;
+        self.end_sync_hold_if_due(now);
+        self.interleave(now, false);
         if let (Some(writer), Some(pts)) = (self.writer.as_mut(), self.timeline.now_pts(now)) {
             // The local clock says how far the media should be, but after a network stall the
             // delayed packets arrive in a burst with the sender's (earlier) timestamps; a PCR
@@ -285,14 +397,15 @@ impl StreamMuxer {
     /// frames were lost or refused since the last one.
     pub fn waiting_for_keyframe(&self) -> bool {
         self.tracks.video
-            && (self.stats.keyframes_written == 0
+            && (self.h264.stats().keyframes_out == 0
                 || self.video_broken
                 || self.h264.waiting_for_keyframe())
     }
 
     /// The earliest time [`Self::poll`] or [`Self::take_keyframe_request`] has work to do: a
-    /// reorder hole's deadline, the end of the keyframe rate limit while a request is pending,
-    /// or the next keyframe retry while video waits for a keyframe.
+    /// reorder hole's deadline, the end of the sync hold or of an interleaver wait, the end
+    /// of the keyframe rate limit while a request is pending, or the next keyframe retry while
+    /// video waits for a keyframe.
     pub fn next_deadline(&self) -> Option<Instant> {
         let holes = [self.video_in.next_deadline(), self.audio_in.next_deadline()];
         let keyframe = if self.want_keyframe {
@@ -306,7 +419,20 @@ impl StreamMuxer {
         } else {
             None
         };
-        holes.into_iter().chain([keyframe]).flatten().min()
+        let hold = self
+            .sync_hold_since
+            .filter(|_| self.sync_hold.is_some())
+            .map(|t| t + self.config.sync_wait);
+        let interleave = match (self.video_queue.front(), self.audio_queue.front()) {
+            (Some(q), None) => Some(q.queued + self.config.interleave_wait),
+            (None, Some(q)) => Some(q.queued + self.config.interleave_wait),
+            _ => None,
+        };
+        holes
+            .into_iter()
+            .chain([keyframe, hold, interleave])
+            .flatten()
+            .min()
     }
 
     /// True (once) when a keyframe should be requested from the publisher now; rate-limited
@@ -338,9 +464,10 @@ impl StreamMuxer {
         &mut self.out
     }
 
-    /// Ends the stream: hands on what the reorder buffers still hold and drops a frame left
-    /// without its marker. Audio the timeline still holds (the file never started: no keyframe
-    /// came and `idr_wait` did not run out) is counted as dropped. Calling it again is harmless.
+    /// Ends the stream: hands on what the reorder buffers, the sync hold and the interleaver
+    /// still hold and drops a frame left without its marker. Audio the timeline still holds
+    /// (the file never started: no keyframe came and `idr_wait` did not run out) is counted as
+    /// dropped. Calling it again is harmless.
     pub fn finish(&mut self, now: Instant) {
         self.saw(now);
         let mut items = std::mem::take(&mut self.items);
@@ -350,6 +477,8 @@ impl StreamMuxer {
         self.audio_in.flush(&mut |o| items.push(o));
         self.audio_items(&mut items, now);
         self.items = items;
+        self.end_sync_hold(now);
+        self.interleave(now, true);
         self.audio_lost_at_finish = self.timeline.held_audio() as u64;
         self.want_keyframe = false;
     }
@@ -366,7 +495,7 @@ impl StreamMuxer {
         let before = self.dropped_before_start.unwrap_or(dropped).min(dropped);
         s.frames_before_keyframe = before;
         s.frames_dropped = dropped - before;
-        s.frames_received = s.frames_written + dropped;
+        s.frames_received = h.frames_out + h.frames_dropped;
         s.audio_dropped = o.empty + o.malformed + t.dropped_audio + self.audio_lost_at_finish;
         s.packets_lost = v.lost + a.lost;
         s.packets_duplicate = v.duplicates + a.duplicates;
@@ -386,124 +515,232 @@ impl StreamMuxer {
         self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
     }
 
-    /// Runs ordered video items through the depacketizer and writes what it completes; leaves
-    /// `items` empty (its capacity is reused for the next packet).
-    fn video_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
-        if items.is_empty() {
+    /// Remembers the SSRC of a track's packets and applies a Sender Report that came first.
+    fn note_ssrc(&mut self, kind: TrackKind, ssrc: u32) {
+        let slot = match kind {
+            TrackKind::Video => &mut self.video_ssrc,
+            TrackKind::Audio => &mut self.audio_ssrc,
+        };
+        if *slot == Some(ssrc) {
             return;
         }
+        *slot = Some(ssrc);
+        if let Some(i) = self.orphan_reports.iter().position(|r| r.0 == ssrc) {
+            let (_, ntp, rtp) = self.orphan_reports.remove(i).unwrap_or_default();
+            self.timeline.sender_report(kind, ntp, rtp);
+        }
+    }
+
+    /// Runs ordered video items through the depacketizer and hands on what it completes;
+    /// leaves `items` empty (its capacity is reused for the next packet).
+    fn video_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
+        let mut outputs = std::mem::take(&mut self.h264_out);
         for item in items.drain(..) {
-            let Self {
-                h264,
-                timeline,
-                writer,
-                out,
-                tracks,
-                stats,
-                want_keyframe,
-                video_broken,
-                video_arrivals,
-                stream_info,
-                first_pts,
-                last_pts,
-                ..
-            } = self;
-            h264.push(item, &mut |o| match o {
-                H264Output::AccessUnit(au) => {
-                    if *video_broken && !au.keyframe {
-                        stats.frames_skipped += 1;
-                        return;
-                    }
-                    let arrival = video_arrivals.arrival(au.rtp_timestamp, now);
-                    let Some(pts) = timeline.video_pts(au.rtp_timestamp, arrival, au.keyframe)
-                    else {
-                        // Counted by the timeline. Frames after it would reference it.
-                        *video_broken = true;
-                        *want_keyframe = true;
-                        return;
-                    };
-                    let w = writer.get_or_insert_with(|| new_writer(*tracks));
-                    match w.write_video(pts, &au.data, au.keyframe, out) {
-                        Ok(()) => {
-                            stats.frames_written += 1;
-                            if au.keyframe {
-                                stats.keyframes_written += 1;
-                                *video_broken = false;
-                            }
-                            first_pts.get_or_insert(pts);
-                            *last_pts = (*last_pts).max(pts);
+            self.h264.push(item, &mut |o| outputs.push(o));
+            for o in outputs.drain(..) {
+                match o {
+                    H264Output::AccessUnit(au) => {
+                        if au.keyframe && self.dropped_before_start.is_none() {
+                            // The file can start here: what was dropped until now (a drop in
+                            // the same packet's processing precedes the keyframe it made way
+                            // for) was skipped, not lost.
+                            self.dropped_before_start = Some(
+                                self.h264.stats().frames_dropped
+                                    + self.timeline.stats().dropped_video
+                                    + self.stats.frames_skipped,
+                            );
                         }
-                        Err(e) => {
-                            stats.units_refused += 1;
-                            *video_broken = true;
-                            *want_keyframe = true;
-                            tracing::debug!("video unit refused: {e}");
+                        let arrival = self.video_arrivals.arrival(au.rtp_timestamp, now);
+                        self.hold_or_time(Held::Video(au, arrival), now);
+                    }
+                    H264Output::KeyframeNeeded(reason) => {
+                        tracing::debug!(?reason, "keyframe needed");
+                        self.want_keyframe = true;
+                    }
+                    H264Output::StreamInfo(info) => {
+                        if info.may_reorder {
+                            tracing::warn!(
+                                "the publisher's H.264 stream may reorder frames (B-frames); \
+                                 timestamps in the file assume it does not"
+                            );
                         }
+                        self.stream_info = Some(info);
                     }
                 }
-                H264Output::KeyframeNeeded(reason) => {
-                    tracing::debug!(?reason, "keyframe needed");
-                    *want_keyframe = true;
-                }
-                H264Output::StreamInfo(info) => {
-                    if info.may_reorder {
-                        tracing::warn!(
-                            "the publisher's H.264 stream may reorder frames (B-frames); \
-                             timestamps in the file assume it does not"
-                        );
-                    }
-                    *stream_info = Some(info);
-                }
-            });
-            if self.dropped_before_start.is_none() && self.stats.keyframes_written > 0 {
-                // The file just started: what was dropped until now (a drop in the same
-                // packet's processing precedes the keyframe it made way for) was skipped.
-                self.dropped_before_start = Some(
-                    self.h264.stats().frames_dropped
-                        + self.timeline.stats().dropped_video
-                        + self.stats.frames_skipped,
-                );
             }
         }
-        self.drain_audio();
+        self.h264_out = outputs;
     }
 
-    /// Runs ordered audio items through the depacketizer into the timeline and writes what it
-    /// has timed; leaves `items` empty.
+    /// Runs ordered audio items through the depacketizer and hands on its packets; leaves
+    /// `items` empty.
     fn audio_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
-        if items.is_empty() {
+        let mut packets = std::mem::take(&mut self.opus_out);
+        for item in items.drain(..) {
+            self.opus.push(item, &mut |p| packets.push(p));
+            for p in packets.drain(..) {
+                let arrival = self.audio_arrivals.arrival(p.rtp_timestamp, now);
+                self.hold_or_time(Held::Audio(p, arrival), now);
+            }
+        }
+        self.opus_out = packets;
+    }
+
+    /// Holds a unit while the sync hold lasts, else gives it to the timeline.
+    fn hold_or_time(&mut self, unit: Held, now: Instant) {
+        match self.sync_hold.as_mut() {
+            Some(hold) => {
+                self.sync_hold_bytes += match &unit {
+                    Held::Video(au, _) => au.data.len(),
+                    Held::Audio(p, _) => p.data.len(),
+                };
+                hold.push_back(unit);
+                self.sync_hold_since.get_or_insert(now);
+                self.end_sync_hold_if_due(now);
+            }
+            None => self.time(unit, now),
+        }
+    }
+
+    /// Ends the sync hold once both tracks' Sender Reports are known, the wait ran out, or
+    /// the hold is full.
+    fn end_sync_hold_if_due(&mut self, now: Instant) {
+        if self.sync_hold.is_none() {
             return;
         }
-        for item in items.drain(..) {
-            let Self {
-                opus,
-                timeline,
-                audio_arrivals,
-                ..
-            } = self;
-            opus.push(item, &mut |p| {
-                let arrival = audio_arrivals.arrival(p.rtp_timestamp, now);
-                timeline.push_audio(p.rtp_timestamp, arrival, p.data)
-            });
+        let reports = self.timeline.has_sender_report(TrackKind::Video)
+            && self.timeline.has_sender_report(TrackKind::Audio);
+        let waited = self
+            .sync_hold_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.config.sync_wait);
+        let full = self.sync_hold_bytes > self.config.max_sync_hold_bytes;
+        if reports || waited || full {
+            if !reports && self.sync_hold_since.is_some() {
+                self.stats.started_unsynced = true;
+                tracing::debug!(
+                    full,
+                    "no Sender Reports from both tracks yet; placing the start by arrival"
+                );
+            }
+            self.end_sync_hold(now);
         }
-        self.drain_audio();
     }
 
-    /// Writes the audio the timeline has timed.
-    fn drain_audio(&mut self) {
-        while let Some((pts, data)) = self.timeline.pop_audio() {
-            let tracks = self.tracks();
-            let w = self.writer.get_or_insert_with(|| new_writer(tracks));
-            match w.write_audio(pts, &data, &mut self.out) {
-                Ok(()) => {
-                    self.stats.audio_written += 1;
-                    self.first_pts.get_or_insert(pts);
-                    self.last_pts = self.last_pts.max(pts);
+    /// Times every held unit, in arrival order, with what is known now.
+    fn end_sync_hold(&mut self, now: Instant) {
+        let Some(hold) = self.sync_hold.take() else {
+            return;
+        };
+        self.sync_hold_bytes = 0;
+        for unit in hold {
+            self.time(unit, now);
+        }
+    }
+
+    /// Gives a unit to the timeline and queues what it times for the interleaver.
+    fn time(&mut self, unit: Held, now: Instant) {
+        match unit {
+            Held::Video(au, arrival) => {
+                if self.video_broken && !au.keyframe {
+                    self.stats.frames_skipped += 1;
+                    return;
                 }
-                Err(e) => {
-                    self.stats.units_refused += 1;
-                    tracing::debug!("audio unit refused: {e}");
+                match self
+                    .timeline
+                    .video_pts(au.rtp_timestamp, arrival, au.keyframe)
+                {
+                    Some(pts) => {
+                        if au.keyframe {
+                            self.video_broken = false;
+                        }
+                        self.video_queue.push_back(Queued {
+                            pts,
+                            unit: au,
+                            queued: now,
+                        });
+                    }
+                    None => {
+                        // Counted by the timeline. Frames after it would reference it.
+                        self.video_broken = true;
+                        self.want_keyframe = true;
+                    }
                 }
+            }
+            Held::Audio(p, arrival) => {
+                self.timeline.push_audio(p.rtp_timestamp, arrival, p.data);
+            }
+        }
+        while let Some((pts, unit)) = self.timeline.pop_audio() {
+            self.audio_queue.push_back(Queued {
+                pts,
+                unit,
+                queued: now,
+            });
+        }
+    }
+
+    /// Writes queued units in PTS order: while both tracks have a unit queued, the earlier
+    /// goes first; a unit alone waits for the other track up to `interleave_wait` (unless the
+    /// file has one track, or `flush`).
+    fn interleave(&mut self, now: Instant, flush: bool) {
+        let both = self.tracks.video && self.tracks.audio;
+        let wait = self.config.interleave_wait;
+        let due = |queued: Instant| flush || !both || now.saturating_duration_since(queued) >= wait;
+        loop {
+            let video_first = match (self.video_queue.front(), self.audio_queue.front()) {
+                (Some(v), Some(a)) => v.pts <= a.pts,
+                (Some(v), None) if due(v.queued) => true,
+                (None, Some(a)) if due(a.queued) => false,
+                _ => break,
+            };
+            if video_first {
+                if let Some(q) = self.video_queue.pop_front() {
+                    self.write_video(q.pts, q.unit);
+                }
+            } else if let Some(q) = self.audio_queue.pop_front() {
+                self.write_audio(q.pts, q.unit);
+            }
+        }
+    }
+
+    fn write_video(&mut self, pts: u64, au: AccessUnit) {
+        if self.video_broken && !au.keyframe {
+            // A frame before it was refused by the writer after this one was queued.
+            self.stats.frames_skipped += 1;
+            return;
+        }
+        let tracks = self.tracks;
+        let w = self.writer.get_or_insert_with(|| new_writer(tracks));
+        match w.write_video(pts, &au.data, au.keyframe, &mut self.out) {
+            Ok(()) => {
+                self.stats.frames_written += 1;
+                if au.keyframe {
+                    self.stats.keyframes_written += 1;
+                }
+                self.first_pts.get_or_insert(pts);
+                self.last_pts = self.last_pts.max(pts);
+            }
+            Err(e) => {
+                self.stats.units_refused += 1;
+                self.video_broken = true;
+                self.want_keyframe = true;
+                tracing::debug!("video unit refused: {e}");
+            }
+        }
+    }
+
+    fn write_audio(&mut self, pts: u64, data: Bytes) {
+        let tracks = self.tracks;
+        let w = self.writer.get_or_insert_with(|| new_writer(tracks));
+        match w.write_audio(pts, &data, &mut self.out) {
+            Ok(()) => {
+                self.stats.audio_written += 1;
+                self.first_pts.get_or_insert(pts);
+                self.last_pts = self.last_pts.max(pts);
+            }
+            Err(e) => {
+                self.stats.units_refused += 1;
+                tracing::debug!("audio unit refused: {e}");
             }
         }
     }
@@ -640,8 +877,14 @@ mod tests {
             .collect();
         assert_eq!(feed(&mut m, late, gop), 0);
         assert!(!m.waiting_for_keyframe());
+        // The sync hold (no Sender Reports) and then the interleaver (no audio) run out.
         m.poll(late + Duration::from_secs(10));
         assert!(!m.take_keyframe_request(late + Duration::from_secs(10)));
+        assert_eq!(
+            m.next_deadline(),
+            Some(late + Duration::from_secs(10) + cfg.interleave_wait)
+        );
+        m.poll(late + Duration::from_secs(12));
         assert_eq!(m.next_deadline(), None);
         let s = m.stats();
         assert_eq!((s.frames_written, s.keyframes_written), (30, 1));
@@ -790,7 +1033,12 @@ mod tests {
     fn poll_keeps_the_pcr_going_but_never_past_media_still_to_come() {
         let clip = Clip::builtin();
         let sent = clip_packets(&clip);
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        // No Sender Reports here: no sync hold, so the file starts at once.
+        let cfg = StreamConfig {
+            sync_wait: Duration::ZERO,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
         let start = Instant::now();
         // One second of media, then the network stalls for two seconds: nothing but polls
         // every 100 ms; then everything sent meanwhile arrives in one burst.

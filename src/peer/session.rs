@@ -117,10 +117,10 @@ pub enum MediaEvent {
         /// When the session task received it.
         arrival: Instant,
     },
-    /// An RTCP Sender Report: maps the track's RTP clock to the sender's NTP wall clock.
+    /// An RTCP Sender Report: maps one stream's RTP clock to the sender's NTP wall clock. The
+    /// stream is named by SSRC only: webrtc-rs routes a compound RTCP packet to the track of
+    /// its first report, so the track that delivered it says nothing.
     SenderReport {
-        /// Which track.
-        kind: TrackKind,
         /// Sender SSRC.
         ssrc: u32,
         /// 64-bit NTP timestamp.
@@ -816,14 +816,12 @@ async fn read_track(
                 }
             }
             TrackRemoteEvent::OnRtcpPacket(packets) => {
-                if !forward {
-                    continue;
-                }
+                // Forwarded even from a track that is not recorded: the compound packet may
+                // carry the other track's report.
                 for p in packets {
                     if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
                         counters.sender_reports.fetch_add(1, Ordering::Relaxed);
                         let ev = MediaEvent::SenderReport {
-                            kind,
                             ssrc: sr.ssrc,
                             ntp: sr.ntp_time,
                             rtp_timestamp: sr.rtp_time,

@@ -377,12 +377,12 @@ impl Recorder {
                 muxer.take_keyframe_request(arrival)
             }
             MediaEvent::SenderReport {
-                kind,
+                ssrc,
                 ntp,
                 rtp_timestamp,
                 ..
             } => {
-                muxer.sender_report(kind, ntp, rtp_timestamp);
+                muxer.sender_report(ssrc, ntp, rtp_timestamp);
                 false
             }
         }

@@ -117,8 +117,9 @@ impl Sender {
 pub enum Event {
     /// An RTP packet of a track.
     Rtp(TrackKind, RtpPacket),
-    /// An RTCP Sender Report of a track: NTP 32.32 and the RTP timestamp of the same instant.
-    Sr(TrackKind, u64, u32),
+    /// An RTCP Sender Report of the stream with this SSRC: NTP 32.32 and the RTP timestamp of
+    /// the same instant.
+    Sr(u32, u64, u32),
 }
 
 /// One event with its sender wallclock time (90 kHz ticks since the first video frame) and,
@@ -202,11 +203,7 @@ pub fn send_clip(clip: &Clip, s: &Sender) -> Vec<Sent> {
         while t < end {
             out.push(Sent {
                 send_90k: t,
-                event: Event::Sr(
-                    TrackKind::Video,
-                    ntp_at(t),
-                    s.video_ts.wrapping_add(t as u32),
-                ),
+                event: Event::Sr(s.video_ssrc, ntp_at(t), s.video_ts.wrapping_add(t as u32)),
                 unit: 0,
             });
             // Each track reports on its own schedule; audio 300 ms after video here.
@@ -216,7 +213,7 @@ pub fn send_clip(clip: &Clip, s: &Sender) -> Vec<Sent> {
                 .wrapping_add(((ta - s.audio_offset_90k) * 8 / 15) as u32);
             out.push(Sent {
                 send_90k: ta,
-                event: Event::Sr(TrackKind::Audio, ntp_at(ta), audio_rtp),
+                event: Event::Sr(s.audio_ssrc, ntp_at(ta), audio_rtp),
                 unit: 0,
             });
             t += 90_000;
@@ -237,6 +234,9 @@ pub struct Network {
     pub duplicate: f64,
     /// Sender Reports arrive this much later than sent, ms.
     pub sr_delay_ms: u64,
+    /// Video RTP arrives this much later than audio sent at the same time, ms (an encoder's
+    /// latency or a longer path: GStreamer publishers' video trails their audio by up to 0.9 s).
+    pub video_delay_ms: u64,
 }
 
 /// The sent events as they arrive at `base` + send time + network effects, in arrival order.
@@ -255,9 +255,13 @@ pub fn arrive(sent: &[Sent], base: Instant, net: Network, rng: &mut Rng) -> Vec<
             continue;
         }
         let copies = if rng.chance(net.duplicate) { 2 } else { 1 };
+        let delay = match s.event {
+            Event::Rtp(TrackKind::Video, _) => Duration::from_millis(net.video_delay_ms),
+            _ => Duration::ZERO,
+        };
         for _ in 0..copies {
             let jitter = Duration::from_micros(rng.below(net.jitter_ms * 1000 + 1));
-            out.push((base + send + jitter, s.clone()));
+            out.push((base + send + delay + jitter, s.clone()));
         }
     }
     out.sort_by_key(|(t, _)| *t);
@@ -281,7 +285,7 @@ pub fn feed(m: &mut StreamMuxer, events: &[(Instant, Sent)]) -> Fed {
     for (now, s) in events {
         match &s.event {
             Event::Rtp(kind, p) => m.push_rtp(*kind, p.clone(), *now),
-            Event::Sr(kind, ntp, rtp) => m.sender_report(*kind, *ntp, *rtp),
+            Event::Sr(ssrc, ntp, rtp) => m.sender_report(*ssrc, *ntp, *rtp),
         }
         m.poll(*now);
         fed.keyframe_requests += u64::from(m.take_keyframe_request(*now));
