@@ -158,10 +158,44 @@ fn ice_servers(args: &RecordArgs) -> anyhow::Result<Vec<IceServer>> {
     Ok(servers)
 }
 
+/// Resolves each STUN/TURN host once at start. One that does not resolve (a machine without
+/// DNS or internet, the common case for a LAN recorder) is dropped with one warning, instead
+/// of webrtc-rs logging an error for every publisher; recording then offers host candidates,
+/// which is all a LAN needs.
+async fn drop_unresolvable_ice_servers(servers: &mut Vec<IceServer>) {
+    let mut kept = Vec::with_capacity(servers.len());
+    for server in servers.drain(..) {
+        let Some(hostport) = server
+            .urls
+            .first()
+            .and_then(|u| u.split_once(':'))
+            .map(|(_, rest)| rest.split('?').next().unwrap_or(rest).to_owned())
+        else {
+            kept.push(server);
+            continue;
+        };
+        let lookup = tokio::net::lookup_host(hostport.clone());
+        let resolved = match tokio::time::timeout(Duration::from_secs(3), lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next().is_some(),
+            _ => false,
+        };
+        if resolved {
+            kept.push(server);
+        } else {
+            warn!(
+                "ICE server {hostport} cannot be resolved (offline?): not used; publishers \
+                 outside this network may not reach the recorder"
+            );
+        }
+    }
+    *servers = kept;
+}
+
 /// `ninjarec` (record): runs until a signal or `--duration`, then prints one summary line per
 /// recording.
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let config = run_config(&args)?;
+    let mut config = run_config(&args)?;
+    drop_unresolvable_ice_servers(&mut config.recorder.session.ice_servers).await;
     let mut shutdown = shutdown_on_signals();
     if args.duration > 0 {
         let (tx, rx) = watch::channel(false);
@@ -195,6 +229,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.listen);
     config.max_clients_per_ip = args.max_clients_per_ip.max(1);
     config.max_room_members = args.max_room_members.max(2);
+    config.official_only = args.official_only;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsFiles { cert, key });
     }

@@ -163,6 +163,10 @@ pub struct ServeArgs {
     /// Most members (publishers and viewers) in one room.
     #[arg(long, default_value_t = 80)]
     pub max_room_members: usize,
+    /// Speak only the official dialect, like wss.vdo.ninja (a `from` field does not make a
+    /// client a relay client); for testing clients against an official server.
+    #[arg(long)]
+    pub official_only: bool,
 }
 
 /// Options for `ninjarec selftest`.

@@ -192,7 +192,7 @@ pub async fn run(
                             entries.remove(&peer);
                             let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
                         }
-                        summaries.push(summary);
+                        summaries.push(*summary);
                         if !signaling_open && entries.is_empty() {
                             break;
                         }
@@ -224,7 +224,7 @@ pub async fn run(
                 if pending.contains(&(peer, generation)) {
                     left -= 1;
                 }
-                summaries.push(summary);
+                summaries.push(*summary);
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {

@@ -175,8 +175,8 @@ pub enum StreamReport {
         peer: PeerId,
         /// Which task of that publisher (a publisher that comes back gets a new one).
         generation: u64,
-        /// Final counters.
-        summary: StreamSummary,
+        /// Final counters (boxed: far larger than the frequent `Signal` reports).
+        summary: Box<StreamSummary>,
     },
 }
 
@@ -217,7 +217,14 @@ struct Recorder {
     disk_error: Option<String>,
     live: watch::Sender<LiveStats>,
     connected: bool,
+    /// When the file's tracks were fixed, and whether a silent track was reported (once).
+    tracks_since: Option<Instant>,
+    silence_reported: bool,
 }
+
+/// A track of the file that has delivered nothing for this long is reported (once): a muted
+/// or blocked track would otherwise just be missing from the file without a word.
+const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
 
 async fn run(
     settings: Arc<RecorderSettings>,
@@ -238,6 +245,8 @@ async fn run(
         disk_error: None,
         live,
         connected: false,
+        tracks_since: None,
+        silence_reported: false,
     };
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
@@ -312,6 +321,7 @@ async fn run(
                 }
                 rec.flush();
                 rec.publish_live();
+                rec.report_silent_tracks(now);
             }
         }
         if rec.disk_error.is_some() && !stopping {
@@ -341,7 +351,7 @@ async fn run(
         .send(StreamReport::Finished {
             peer: rec.id.peer.clone(),
             generation: rec.id.generation,
-            summary,
+            summary: Box::new(summary),
         })
         .await;
 }
@@ -354,6 +364,7 @@ impl Recorder {
             return;
         }
         self.muxer = StreamMuxer::new(self.settings.stream.clone(), video, audio);
+        self.tracks_since = Some(Instant::now());
         if let Some(m) = &self.muxer {
             let t = m.tracks();
             info!(stream = %self.id.stream_id, video = t.video, audio = t.audio, "recording tracks");
@@ -415,6 +426,33 @@ impl Recorder {
     fn disk_failed(&mut self, e: FileError) {
         error!(stream = %self.id.stream_id, "recording stopped: {e}");
         self.disk_error.get_or_insert_with(|| e.to_string());
+    }
+
+    /// Says once if a track of the file has delivered nothing for [`SILENT_TRACK_AFTER`].
+    fn report_silent_tracks(&mut self, now: Instant) {
+        let (Some(m), Some(since)) = (self.muxer.as_ref(), self.tracks_since) else {
+            return;
+        };
+        if self.silence_reported || now.saturating_duration_since(since) < SILENT_TRACK_AFTER {
+            return;
+        }
+        let (tracks, s) = (m.tracks(), m.stats());
+        let silent: Vec<&str> = [
+            (tracks.video && s.frames_received == 0, "video"),
+            (tracks.audio && s.audio_received == 0, "audio"),
+        ]
+        .into_iter()
+        .filter_map(|(silent, name)| silent.then_some(name))
+        .collect();
+        if !silent.is_empty() {
+            self.silence_reported = true;
+            warn!(
+                stream = %self.id.stream_id,
+                "the publisher's {} track has sent nothing for {} s (muted, or blocked on the way?)",
+                silent.join(" and "),
+                SILENT_TRACK_AFTER.as_secs()
+            );
+        }
     }
 
     fn publish_live(&self) {

@@ -289,6 +289,7 @@ pub fn spawn(
         .clone()
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let mut room_cfg = RoomConfig::new(mode, dialect, self_id, security.clone());
+    room_cfg.auto_dialect = config.dialect.is_none();
     room_cfg.replay_schedule = config.replay_schedule.clone();
     room_cfg.no_offer_timeout = config.no_offer_timeout;
     let room = Room::new(room_cfg);

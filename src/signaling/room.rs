@@ -119,8 +119,11 @@ pub enum Mode {
 pub struct RoomConfig {
     /// What to record.
     pub mode: Mode,
-    /// Server dialect.
+    /// Server dialect (with `auto_dialect`, the first guess).
     pub dialect: Dialect,
+    /// The dialect was guessed from the host name (`--dialect auto`): a relay guess turns
+    /// official when the server behaves like one (see [`Room::handle`]).
+    pub auto_dialect: bool,
     /// Our own id, put in `from` in the relay dialect.
     pub self_id: String,
     /// Password-derived hashes and cipher.
@@ -138,6 +141,7 @@ impl RoomConfig {
         RoomConfig {
             mode,
             dialect,
+            auto_dialect: false,
             self_id,
             security,
             replay_schedule: vec![
@@ -528,7 +532,29 @@ impl Room {
         self.on_tick(now, out);
     }
 
+    /// With `auto_dialect`, a relay guess is corrected by what the server does: only an
+    /// official (stateful) server answers `joinroom` with a `listing`, and only it names the
+    /// sender of a targeted message in `UUID` without a `from` (a relay leaves `UUID` as the
+    /// target and the sender in `from`). Self-hosted or mapped official servers have host
+    /// names the guess cannot know.
+    fn learn_dialect(&mut self, m: &Inbound) {
+        if !self.cfg.auto_dialect || self.cfg.dialect != Dialect::Relay {
+            return;
+        }
+        let listing = matches!(m.kind, Kind::Listing { .. });
+        let official_sender = m.from.is_none()
+            && matches!(m.kind, Kind::Description(_) | Kind::Candidates(_))
+            && m.uuid.as_deref().is_some_and(|u| u != self.cfg.self_id);
+        if listing || official_sender {
+            tracing::info!(
+                "the handshake server behaves like an official (stateful) one: using the official dialect"
+            );
+            self.cfg.dialect = Dialect::Official;
+        }
+    }
+
     fn on_message(&mut self, now: Instant, mut m: Inbound, out: &mut Vec<Action>) {
+        self.learn_dialect(&m);
         if let Kind::Departed = m.kind {
             if let Some(u) = &m.uuid {
                 self.peer_left(now, &PeerId(u.clone()), out);
@@ -1310,6 +1336,56 @@ mod tests {
         r.handle(t0, msg(json!({"UUID":"me","from":"pubB","streamID":"b808d64","session":"y","description":{"type":"offer","sdp":"v=0"}})));
         let a = r.handle(t0, msg(json!({"UUID":"me","from":"pubB","bye":true})));
         assert!(matches!(&a[..], [Action::StreamEnded { peer, .. }] if peer.0 == "pubB"));
+    }
+
+    /// `--dialect auto` on a host name that is not VDO.Ninja's guesses relay; an official
+    /// server's `listing` (or, with no room, an offer that names its sender in `UUID` without
+    /// a `from`) turns it official, so the publishers' offers are no longer taken for other
+    /// clients' traffic.
+    #[test]
+    fn auto_dialect_turns_official_when_the_server_behaves_officially() {
+        let t0 = Instant::now();
+        let auto = |mut r: Room| {
+            r.cfg.auto_dialect = true;
+            r
+        };
+        let mut r = auto(room_mode(&[], Dialect::Relay));
+        let a = r.handle(t0, RoomEvent::Connected);
+        assert_eq!(sends(&a)[0]["from"], json!("me"));
+        let a = r.handle(
+            t0,
+            msg(json!({"request":"listing","list":[{"UUID":"p1","streamID":"alice808d64"}]})),
+        );
+        assert_eq!(r.config().dialect, Dialect::Official);
+        assert_eq!(
+            sends(&a),
+            vec![json!({"request":"play","streamID":"alice808d64","UUID":"p1"})]
+        );
+        let a = r.handle(t0, msg(offer_json("p1", "alice808d64", "s1")));
+        assert!(matches!(&a[..], [Action::Offer { peer, .. }] if peer.0 == "p1"));
+
+        let mut r = auto(single(Dialect::Relay));
+        r.handle(t0, RoomEvent::Connected);
+        let a = r.handle(t0, msg(offer_json("p9", "cam808d64", "s2")));
+        assert!(matches!(&a[..], [Action::Offer { peer, .. }] if peer.0 == "p9"));
+        assert_eq!(r.config().dialect, Dialect::Official);
+
+        // Relay traffic keeps a relay guess, and a chosen dialect is never changed.
+        let mut r = auto(room_mode(&[], Dialect::Relay));
+        r.handle(t0, RoomEvent::Connected);
+        r.handle(
+            t0,
+            msg(json!({"UUID":"me","from":"pubA","streamID":"a808d64","session":"x","description":{"type":"offer","sdp":"v=0"}})),
+        );
+        assert_eq!(r.config().dialect, Dialect::Relay);
+        let mut r = room_mode(&[], Dialect::Relay);
+        r.handle(t0, RoomEvent::Connected);
+        r.handle(t0, msg(json!({"request":"listing","list":[]})));
+        assert_eq!(r.config().dialect, Dialect::Relay);
+        assert!(
+            r.handle(t0, msg(offer_json("p1", "alice808d64", "s1")))
+                .is_empty()
+        );
     }
 
     #[test]

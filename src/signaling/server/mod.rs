@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub client_queue: usize,
     /// Time allowed for the TLS + WebSocket handshake.
     pub handshake_timeout: Duration,
+    /// Speak only the official dialect, like wss.vdo.ninja: a `from` on a client's messages
+    /// is ignored instead of making it a relay client. For testing clients against an
+    /// official server on any host name.
+    pub official_only: bool,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             max_clients_per_ip: 64,
             client_queue: 256,
             handshake_timeout: Duration::from_secs(10),
+            official_only: false,
         }
     }
 }
@@ -139,7 +144,7 @@ impl Server {
             ..Limits::default()
         };
         let shared = Arc::new(Mutex::new(Shared {
-            state: ServerState::new(limits),
+            state: ServerState::new(limits).official_only(config.official_only),
             senders: HashMap::new(),
             per_ip: HashMap::new(),
             next_id: 1,

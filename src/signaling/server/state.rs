@@ -92,6 +92,8 @@ pub struct ServerState {
     rooms: HashMap<String, BTreeSet<ClientId>>,
     pending: HashMap<String, Vec<ClientId>>,
     stats: ServerStats,
+    /// Every client is official, `from` or not (see `ServerConfig::official_only`).
+    official_only: bool,
 }
 
 fn id_of(v: Option<&Value>) -> Option<String> {
@@ -197,6 +199,12 @@ impl ServerState {
         out
     }
 
+    /// Treats every client as official, like wss.vdo.ninja (which ignores `from`).
+    pub fn official_only(mut self, yes: bool) -> Self {
+        self.official_only = yes;
+        self
+    }
+
     /// Routes one text frame from `id`; returns what to write to whom.
     pub fn handle(&mut self, id: ClientId, text: &str) -> Vec<Delivery> {
         if text.len() > self.limits.max_message_bytes {
@@ -210,7 +218,7 @@ impl ServerState {
         let Some(client) = self.clients.get_mut(&id) else {
             return Vec::new();
         };
-        let has_from = id_of(msg.get("from")).is_some();
+        let has_from = !self.official_only && id_of(msg.get("from")).is_some();
         let dialect = *client.dialect.get_or_insert(if has_from {
             ClientDialect::Relay
         } else {
