@@ -5,16 +5,16 @@
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target nice -n 10 cargo bench --bench core`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/it/support/sim.rs"]
+mod sim;
 
 use std::time::{Duration, Instant};
 
-use common::{Event, Network, Rng, Sender, arrive, send_clip};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ninjarec::clip::Clip;
 use ninjarec::mux::stream::{StreamConfig, StreamMuxer};
 use ninjarec::mux::{RtpPacket, TrackKind};
+use sim::{Event, Network, Rng, Sender, arrive, send_clip};
 
 /// How often (in packets) the simulated recorder polls the muxer.
 const POLL_EVERY: usize = 8;

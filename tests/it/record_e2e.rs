@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,11 +24,13 @@ use ninjarec::record::orchestrator::{self, RunError};
 use ninjarec::record::stream::StreamSummary;
 use ninjarec::record::verify::{Verified, verify_file};
 use ninjarec::signaling::crypto::MAX_STREAM_ID_CHARS;
-use ninjarec::signaling::server::{Server, ServerConfig};
 use ninjarec::signaling::{Dialect, Password};
 use ninjarec::testsrc::{self, TestSource, TestSourceConfig, TestSourceError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::support::ffmpeg::{decode_errors, probe};
+use crate::support::fixtures::{TestDir, TestServer};
 
 /// Seconds of media each recording should hold at least (after the first keyframe).
 const MIN_SECONDS: f64 = 2.5;
@@ -41,28 +43,11 @@ const MAX_AV_START_MS: f64 = 20.0;
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh, empty folder for one test.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ninjarec-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn start_server() -> (Server, String, watch::Sender<bool>) {
-    let (tx, rx) = watch::channel(false);
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap()), rx)
-        .await
-        .expect("server binds");
-    let url = format!("ws://{}", server.local_addr());
-    (server, url, tx)
 }
 
 /// A test publisher's settings: the built-in clip over loopback, quick reconnects.
@@ -283,55 +268,6 @@ async fn wait_for_file(dir: &Path, pred: impl Fn(&str) -> bool) -> String {
 // Checks of one file
 // ---------------------------------------------------------------------------------------------
 
-fn run_tool(cmd: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} cannot run: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `ffmpeg -v error -i f -f null -`: what it complains about (empty for a clean file).
-fn decode_errors(path: &Path) -> String {
-    let p = path.to_str().unwrap();
-    let (ok, _, err) = run_tool(
-        "ffmpeg",
-        &["-nostdin", "-v", "error", "-i", p, "-f", "null", "-"],
-    );
-    assert!(ok, "ffmpeg failed on {p}: {err}");
-    err
-}
-
-/// ffprobe's view of the streams: `codec_name[,sample_rate,channels]` per stream.
-fn probe_streams(path: &Path) -> Vec<String> {
-    let p = path.to_str().unwrap();
-    let (ok, out, err) = run_tool(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,sample_rate,channels",
-            "-of",
-            "csv=p=0",
-            p,
-        ],
-    );
-    assert!(ok && err.is_empty(), "ffprobe on {p}: {err}");
-    // ffprobe may list the program's streams, a blank line, then the streams: keep the latter.
-    let streams = out.rsplit("\n\n").next().unwrap_or_default();
-    streams
-        .lines()
-        .map(|l| l.trim_end_matches(',').to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 /// The slice NAL units (types 1 and 5) of an Annex B access unit: what identifies a frame of
 /// the clip (parameter sets and AUDs may be placed differently in the file).
 fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
@@ -446,14 +382,14 @@ fn check_recording(path: &Path, clip: &Clip, truncated: bool, min_seconds: f64) 
             path.display()
         );
     }
-    let streams = probe_streams(path);
+    let streams = probe(path);
     assert!(
-        streams.iter().any(|s| s == "h264"),
+        streams.iter().any(|s| s.starts_with("h264,")),
         "{}: no H.264 stream in {streams:?}",
         path.display()
     );
     assert!(
-        streams.iter().any(|s| s == "opus,48000,2"),
+        streams.iter().any(|s| s.starts_with("opus,48000,2,")),
         "{}: no Opus 48 kHz stereo stream in {streams:?}",
         path.display()
     );
@@ -475,8 +411,9 @@ fn summary_of<'a>(summaries: &'a [StreamSummary], stream_id: &str) -> &'a Stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_one_stream_both_publisher_modes_with_and_without_password() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("single");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("single");
     let cases = [
         ("rpi_pw", PublisherMode::MediaInFirstOffer, true),
         ("web_pw", PublisherMode::DataChannelFirst, true),
@@ -518,9 +455,7 @@ async fn record_one_stream_both_publisher_modes_with_and_without_password() {
         assert_eq!(s.core.frames_dropped, 0, "no frame lost on loopback: {s}");
     }
     assert_eq!(ts_files(&dir).len(), cases.len(), "one file per stream");
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,9 +474,10 @@ fn parse_name<'a>(name: &'a str, prefix: &str) -> Option<(&'a str, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_room_follows_publishers_joining_leaving_and_returning() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("room");
-    let filtered_dir = test_dir("room-filtered");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("room");
+    let filtered_dir = TestDir::new("room-filtered");
     let started = unix_now();
     let room = Some("room2");
     let a = Publisher::start(source_config(&url, "a", room));
@@ -620,10 +556,7 @@ async fn record_room_follows_publishers_joining_leaving_and_returning() {
     }
     assert!(filtered.iter().all(|s| s.stream_id != "c"), "{filtered:#?}");
 
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
-    std::fs::remove_dir_all(filtered_dir).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,12 +566,13 @@ async fn record_room_follows_publishers_joining_leaving_and_returning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_server_dialects_record() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
+    let server = TestServer::start().await;
+    let url = server.url.clone();
     let mut publishers = Vec::new();
     let mut recorders = Vec::new();
     let mut dirs = Vec::new();
     for (dialect, flag) in [(Dialect::Official, "official"), (Dialect::Relay, "relay")] {
-        let dir = test_dir(&format!("dialect-{flag}"));
+        let dir = TestDir::new(&format!("dialect-{flag}"));
         let room = format!("room-{flag}");
         let mut cfg = source_config(&url, &format!("cam_{flag}"), Some(&room));
         cfg.dialect = Some(dialect);
@@ -664,13 +598,11 @@ async fn both_server_dialects_record() {
     for (flag, dir) in dirs {
         let s = summary_of(&summaries, &format!("cam_{flag}"));
         let path = s.path.as_ref().unwrap();
-        assert_eq!(path.parent(), Some(dir.as_path()));
+        assert_eq!(path.parent(), Some(dir.path()));
         check_recording(path, &clip, false, MIN_SECONDS);
         assert_eq!(ts_files(&dir).len(), 1, "{flag}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -680,8 +612,9 @@ async fn both_server_dialects_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_leaves_playable_files() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("sigkill");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("sigkill");
     let room = Some("killroom");
     let publishers = [
         Publisher::start(source_config(&url, "k1", room)),
@@ -705,9 +638,7 @@ async fn sigkill_leaves_playable_files() {
     for name in files.keys() {
         check_recording(&dir.join(name), &clip, true, 2.0);
     }
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,8 +648,9 @@ async fn sigkill_leaves_playable_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_every_file_and_prints_summaries() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("sigterm");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("sigterm");
     let room = Some("termroom");
     let mut web = source_config(&url, "t2", room);
     web.mode = PublisherMode::DataChannelFirst;
@@ -756,9 +688,7 @@ async fn sigterm_finishes_every_file_and_prints_summaries() {
         assert!(line.contains(" frames ("), "{line}");
         check_recording(&dir.join(name), &clip, false, MIN_SECONDS);
     }
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,8 +730,9 @@ impl Vanishing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_publisher_is_noticed_and_the_others_keep_recording() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("vanish");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("vanish");
     let room = Some("vanishroom");
     let stays = Publisher::start(source_config(&url, "stays", room));
     let gone = Vanishing::start(source_config(&url, "gone", room));
@@ -844,9 +775,7 @@ async fn a_vanished_publisher_is_noticed_and_the_others_keep_recording() {
     for name in files.keys() {
         check_recording(&dir.join(name), &clip, false, MIN_SECONDS);
     }
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+    drop(server);
 }
 
 /// Without a room in the official dialect the server tells no one that a publisher's socket
@@ -855,8 +784,9 @@ async fn a_vanished_publisher_is_noticed_and_the_others_keep_recording() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_single_stream_is_noticed_by_its_peer_connection() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("vanish-single");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let dir = TestDir::new("vanish-single");
     let mut cfg = source_config(&url, "solo", None);
     cfg.dialect = Some(Dialect::Official);
     let gone = Vanishing::start(cfg);
@@ -891,9 +821,7 @@ async fn a_vanished_single_stream_is_noticed_by_its_peer_connection() {
     for name in files.keys() {
         check_recording(&dir.join(name), &clip, false, MIN_SECONDS);
     }
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,8 +831,9 @@ async fn a_vanished_single_stream_is_noticed_by_its_peer_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_stream_ids_become_safe_names_inside_the_folder() {
     let clip = Clip::builtin();
-    let (server, url, server_stop) = start_server().await;
-    let parent = test_dir("hostile");
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let parent = TestDir::new("hostile");
     let dir = parent.join("out");
     let room = Some("hostile");
     // The signalling layer carries at most MAX_ID_CHARS (128) characters per id: a 300-character
@@ -993,9 +922,7 @@ async fn hostile_stream_ids_become_safe_names_inside_the_folder() {
         assert!(name.contains(&expected), "{name} for {id:?}");
     }
     const { assert!(MAX_STREAM_ID_CHARS <= MAX_COMPONENT) };
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(parent).unwrap();
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,22 +14,12 @@ use ninjarec::mux::{AccessUnit, OpusPacket, RtpPacket};
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 
-/// Small deterministic generator (xorshift64), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use crate::support::sim::{Rng, annex_b};
 
 /// Swaps about a third of neighbouring packets and duplicates about one in twenty, then
 /// serializes and parses each packet, as if it came off the wire.
 fn disturb(packets: Vec<RtpPacket>, seed: u64) -> Vec<RtpPacket> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut packets = packets;
     let mut i = 0;
     while i + 1 < packets.len() {
@@ -49,12 +39,6 @@ fn disturb(packets: Vec<RtpPacket>, seed: u64) -> Vec<RtpPacket> {
         out.push(RtpPacket::parse(&wire).unwrap());
     }
     out
-}
-
-fn annex_b<'a>(nals: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8> {
-    nals.into_iter()
-        .flat_map(|n| [&[0, 0, 0, 1][..], &n[..]].concat())
-        .collect()
 }
 
 #[test]

@@ -2,8 +2,6 @@
 //! conformance checker, read back with the `mpeg2ts` crate, and play in ffmpeg/ffprobe exactly
 //! like the ffmpeg-made original.
 
-mod common;
-
 use std::path::PathBuf;
 
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
@@ -12,7 +10,7 @@ use ninjarec::clip::Clip;
 use ninjarec::mux::ts::check::{CheckOptions, check};
 use ninjarec::mux::ts::{AUD, TsConfig, TsWriter};
 
-use common::{decode_errors, probe, temp_file, video_frame_hashes};
+use crate::support::ffmpeg::{decode_errors, probe, temp_file, video_frame_hashes};
 
 /// One unit of the clip in file order.
 enum Unit<'a> {

@@ -6,13 +6,11 @@
 //! frame bit-exact with the original, no audio lost, A/V offset as sent, and a file cut at a
 //! random byte still plays up to the cut. A second test adds 5 % loss and reordering.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{
-    Event, Network, Rng, Sender, arrive, clip_path, decode_errors, feed, loop_period_90k, probe,
-    send_clip, temp_file, test_seed, video_frame_hashes,
+use crate::support::ffmpeg::{clip_path, decode_errors, probe, temp_file, video_frame_hashes};
+use crate::support::sim::{
+    Event, Network, Rng, Sender, arrive, feed, loop_period_90k, send_clip, test_seed,
 };
 use ninjarec::clip::Clip;
 use ninjarec::mux::TrackKind;

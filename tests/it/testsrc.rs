@@ -12,25 +12,19 @@ use ninjarec::peer::publisher::PublisherMode;
 use ninjarec::peer::session::{self, CloseReason, MediaEvent, SessionConfig, SessionEvent};
 use ninjarec::signaling::client::{SignalingConfig, SignalingEvent};
 use ninjarec::signaling::crypto::Password;
-use ninjarec::signaling::server::{Server, ServerConfig};
+use ninjarec::signaling::server::Server;
 use ninjarec::signaling::{Dialect, PeerId};
 use ninjarec::testsrc::{self, TestSource, TestSourceConfig, TestSourceError, TestSourceStats};
 use tokio::sync::watch;
 use tokio::time::timeout;
+
+use crate::support::fixtures::TestServer;
 
 /// Packets that prove media flows: one second of the clip (30 fps x 2 slices; 50 Opus
 /// frames/s).
 const VIDEO_PACKETS: u64 = 60;
 const AUDIO_PACKETS: u64 = 50;
 const MEDIA_WITHIN: Duration = Duration::from_secs(10);
-
-async fn start_server() -> (Server, watch::Sender<bool>) {
-    let (tx, rx) = watch::channel(false);
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap()), rx)
-        .await
-        .expect("server binds");
-    (server, tx)
-}
 
 fn source_config(
     server: &Server,
@@ -227,7 +221,8 @@ async fn wait_stats(
 
 /// One source, one viewer: media arrives; stopping the source says bye to the viewer.
 async fn one_viewer(dialect: Dialect, password: Password, mode: PublisherMode, viewer_first: bool) {
-    let (server, _server_stop) = start_server().await;
+    let test_server = TestServer::start().await;
+    let server = &test_server.server;
     let cfg = source_config(&server, "cam", dialect, password.clone(), mode);
     let (mut viewer, source, stop) = if viewer_first {
         let v = start_viewer(&server, dialect, password);
@@ -311,7 +306,8 @@ async fn relay_dialect_no_password_media_in_first_offer_viewer_first() {
 /// data-channel bye ends only its own peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_viewers_watch_one_source_and_a_bye_ends_only_that_peer() {
-    let (server, _server_stop) = start_server().await;
+    let test_server = TestServer::start().await;
+    let server = &test_server.server;
     let cfg = source_config(
         &server,
         "cam",
@@ -346,7 +342,8 @@ async fn two_viewers_watch_one_source_and_a_bye_ends_only_that_peer() {
 /// `run_many` serves several streams at once; bad configs fail alone and early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_many_publishes_several_streams() {
-    let (server, _server_stop) = start_server().await;
+    let test_server = TestServer::start().await;
+    let server = &test_server.server;
     let configs: Vec<TestSourceConfig> = ["a", "b"]
         .iter()
         .map(|s| {

@@ -1,0 +1,16 @@
+//! The integration tests: one crate (one link, one binary) with shared support code.
+//!
+//! `support/` holds what several tests need: real publishers (Chromium, GStreamer, our webrtc-rs
+//! test source), the flash/beep sync media and its checker, and fixtures that clean up on drop.
+
+mod browser;
+mod core_clip;
+mod gst;
+mod peer_loopback;
+mod record_e2e;
+mod rtp_clip;
+mod signaling;
+mod support;
+mod sync_media;
+mod testsrc;
+mod ts_writer;

@@ -1,0 +1,103 @@
+//! ffmpeg and ffprobe as checkers: every end-to-end test judges files with them, never with
+//! our own reader alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Writes bytes to a per-test temporary file.
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ninjarec-test-{}-{name}.ts", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs a tool that must succeed; returns its stdout and stderr.
+pub fn run(cmd: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} cannot run ({e}): apt-get install ffmpeg"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `ffmpeg -v error -i f -f null -`: the decode errors (empty when the file is clean).
+pub fn decode_errors(path: &Path) -> String {
+    run(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            path.to_str().unwrap(),
+            "-f",
+            "null",
+            "-",
+        ],
+    )
+    .1
+}
+
+/// Per-stream facts as ffprobe reads them: `codec[,sample_rate,channels],packets`.
+pub fn probe(path: &Path) -> Vec<String> {
+    let (out, err) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels,nb_read_packets",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(err.is_empty(), "{err}");
+    // ffprobe lists the program's streams, a blank line, then the streams: keep the latter.
+    let streams = out.rsplit("\n\n").next().unwrap_or_default();
+    streams.lines().map(str::to_owned).collect()
+}
+
+/// `size md5` of every decoded video frame, in decode order, one per frame decoded (no
+/// duplicated or dropped frames, whatever the timestamps).
+pub fn video_frame_hashes(path: &Path) -> Vec<String> {
+    let (out, _) = run(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            path.to_str().unwrap(),
+            "-map",
+            "0:v",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "framemd5",
+            "-",
+        ],
+    );
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let cols: Vec<&str> = l.split(',').map(str::trim).collect();
+            format!("{} {}", cols[4], cols[5])
+        })
+        .collect()
+}
+
+/// The built-in clip as shipped (`assets/clip.ts`).
+pub fn clip_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/clip.ts")
+}

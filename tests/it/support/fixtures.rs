@@ -1,0 +1,87 @@
+//! Fixtures that clean up after themselves: a handshake server on loopback and a scratch
+//! folder. Dropping them stops the server and removes the folder, so a failing test leaves
+//! nothing running (a kept folder is named on stderr, for inspection).
+
+use std::path::{Path, PathBuf};
+
+use ninjarec::signaling::server::{Server, ServerConfig};
+use tokio::sync::watch;
+
+/// Our handshake server (`ninjarec serve`) on 127.0.0.1 with a free port.
+pub struct TestServer {
+    /// The server (its address, its `wait`).
+    pub server: Server,
+    /// `ws://127.0.0.1:PORT`.
+    pub url: String,
+    stop: watch::Sender<bool>,
+}
+
+impl TestServer {
+    /// Both dialects, default limits.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(ServerConfig::new("127.0.0.1:0".parse().unwrap())).await
+    }
+
+    /// A server with these settings (e.g. `official_only`, limits).
+    pub async fn start_with(config: ServerConfig) -> TestServer {
+        let (stop, rx) = watch::channel(false);
+        let server = Server::bind(config, rx).await.expect("server binds");
+        let url = format!("ws://{}", server.local_addr());
+        TestServer { server, url, stop }
+    }
+
+    /// Stops the server now (dropping it does the same).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh, empty folder for one test under the system temp folder; removed on drop unless
+/// the test is failing (then kept, and its path printed).
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// `ninjarec-it-<pid>-<name>`, emptied first.
+    pub fn new(name: &str) -> TestDir {
+        let path = std::env::temp_dir().join(format!("ninjarec-it-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp folder");
+        TestDir { path }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
