@@ -385,6 +385,16 @@ impl H264Depacketizer {
 
     /// Records the NAL unit that runs from `start` to the end of the open access unit's data.
     fn finish_nal(&mut self, start: usize, out: &mut impl FnMut(H264Output)) {
+        if let Some(b) = &mut self.current {
+            // Zero bytes at the end of a NAL unit are not part of it (Annex B calls them
+            // trailing_zero_8bits; RBSP data always ends in a 1 bit). Encoders pad with them
+            // (OpenH264 in Chrome does); left in, they would merge into the next start code.
+            let content = b.data[start..]
+                .iter()
+                .rposition(|&x| x != 0)
+                .map_or(1, |i| i + 1);
+            b.data.truncate(start + content);
+        }
         if self
             .current
             .as_ref()

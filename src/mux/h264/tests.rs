@@ -504,7 +504,6 @@ fn nal_units_that_would_forge_start_codes_are_malformed() {
         vec![0x41, 0x88, 0x00, 0x00, 0x01, 0x65, 0x88],
         vec![0x41, 0x88, 0x00, 0x00, 0x00, 0x07],
         vec![0x41, 0x88, 0x00, 0x00, 0x02, 0x07],
-        vec![0x41, 0x88, 0x07, 0x00],
     ] {
         let mut f = Feed::new();
         f.idr(0);
@@ -521,4 +520,19 @@ fn nal_units_that_would_forge_start_codes_are_malformed() {
     let ok = vec![0x41, 0x88, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x01, 0x07];
     f.frame(3000, std::slice::from_ref(&ok));
     assert_eq!(f.datas()[1], annex_b(&[&ok]));
+}
+
+/// Zero bytes after a NAL unit's last 1 bit are padding (Annex B trailing_zero_8bits, which
+/// OpenH264 in Chrome leaves in its RTP payloads): stripped, not taken for damage.
+#[test]
+fn trailing_zero_bytes_are_stripped_not_malformed() {
+    let padded = vec![0x41, 0x88, 0x07, 0x00, 0x00];
+    let stripped = vec![0x41, 0x88, 0x07];
+    let mut f = Feed::new();
+    f.idr(0);
+    f.frame(3000, std::slice::from_ref(&padded));
+    f.frame(6000, &fu_a(&padded, 2));
+    assert_eq!(f.d.stats().malformed_packets, 0);
+    assert_eq!(f.datas()[1], annex_b(&[&stripped]));
+    assert_eq!(f.datas()[2], annex_b(&[&stripped]));
 }
