@@ -536,3 +536,23 @@ fn trailing_zero_bytes_are_stripped_not_malformed() {
     assert_eq!(f.datas()[1], annex_b(&[&stripped]));
     assert_eq!(f.datas()[2], annex_b(&[&stripped]));
 }
+
+/// Chrome's keyframe STAP-A as captured from Chromium 156 (OpenH264, 320x180): libwebrtc's SPS
+/// VUI rewriter pads the rewritten SPS with a whole zero byte after its stop bit. Taking that
+/// for damage threw away every keyframe at such resolutions (issue 9: 161 of 718 frames
+/// written, "keyframe needed reason=Malformed").
+#[test]
+fn chromes_rewritten_sps_with_a_trailing_zero_byte_starts_the_stream() {
+    let sps: Vec<u8> = vec![
+        0x67, 0x42, 0xc0, 0x15, 0x8c, 0x8d, 0x40, 0xa0, 0xcb, 0xcf, 0x35, 0x06, 0x06, 0x06, 0x07,
+        0x84, 0x42, 0x35, 0x00,
+    ];
+    let pps: Vec<u8> = vec![0x68, 0xce, 0x3c, 0x80];
+    let idr = slice(true, true, 200, 0x33);
+    let mut f = Feed::new();
+    f.frame(0, &[stap_a(&[&sps, &pps]), idr.clone()]);
+    assert_eq!(f.d.stats().malformed_packets, 0);
+    assert_eq!(f.aus.len(), 1);
+    assert!(f.aus[0].keyframe);
+    assert_eq!(f.datas()[0], annex_b(&[&sps[..18], &pps, &idr]));
+}

@@ -480,9 +480,10 @@ impl BrowserPublisher {
             "--disable-domain-reliability",
             "--disable-client-side-phishing-detection",
             "--disable-features=MediaRouter,DialMediaRouteProvider,OptimizationHints,Translate,WebRtcHideLocalIpsWithMdns",
-            // Even with all of the above Chromium still resolves accounts.google.com and
-            // clients2.google.com (measured: 42 packets to the DNS server in 15 s); no name
-            // resolves, every DNS query stays unsent. The page only uses IP literals.
+            // Even with all of the above Chromium still looks up accounts.google.com and
+            // clients2.google.com (measured: 42 packets to the DNS server in 15 s). With this
+            // rule every name fails locally and no DNS query is sent; the page only needs
+            // IP literals.
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
             // Without it Chromium gathers no 127.0.0.1 candidate and cannot reach a recorder
             // bound to loopback.
@@ -745,7 +746,13 @@ impl Drop for BrowserPublisher {
             kill(-pgid, SIGKILL);
         }
         let _ = self.child.wait();
-        // Helpers may still be exiting and writing into the profile; retry briefly.
+        // SIGKILL is delivered asynchronously: wait (bounded) until no helper of the group is
+        // still running, so none writes into the profile while it is removed. (Killed helpers
+        // linger as zombies until PID 1 reaps them; they hold no files.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_running(pgid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for _ in 0..20 {
             if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
                 break;
@@ -753,6 +760,31 @@ impl Drop for BrowserPublisher {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// True while a process of group `pgid` is alive and not a zombie (from `/proc/<pid>/stat`:
+/// `pid (comm) state ppid pgrp ...`; `comm` may contain spaces, so parse after the last `)`).
+pub fn group_running(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut f = rest.split_whitespace();
+            let state = f.next();
+            let _ppid = f.next();
+            let pgrp = f.next().and_then(|g| g.parse::<i32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
 }
 
 /// True when `path` looks like a Chromium profile made by [`BrowserPublisher::start`]
