@@ -1,180 +1,98 @@
-//! End to end with a real browser (issue 9): headless Chromium publishes its fake camera and
-//! microphone (H.264 + Opus) into a room through our handshake server, speaking the official
-//! dialect with the default password (hashing and encryption on), the first offer carrying
-//! only the data channel and the media renegotiated over it, like the VDO.Ninja web app. The
-//! recorder runs in this process from real command-line flags for 20 s.
+//! End to end with a real browser (issue 9): headless Chromium publishes flash/beep media from
+//! files (a white frame flashes exactly when a beep starts, at irregular intervals) with H.264
+//! + Opus into a room through our handshake server, speaking the official dialect with the
+//! default password (hashing and encryption on); the first offer carries only the data
+//! channel and the media is renegotiated over it, like the VDO.Ninja web app. The server
+//! speaks only the official dialect (like wss.vdo.ninja), on 127.0.0.1: the recorder runs with
+//! `--dialect auto` and must find that out from the server's replies.
 //!
-//! What the issue wants: the recording holds every frame the browser encoded (Chromium's own
-//! `getStats()` counters at the moment the recorder said bye), nothing dropped on a lossless
-//! loopback, H.264 + Opus that ffmpeg decodes without a single message.
+//! What is checked, from the browser's own `getStats()` and the decoded file: every frame
+//! received after the first keyframe is written (nothing dropped, nothing refused), the file
+//! starts within 1 s of the browser's media start, audio starts no later than 50 ms after
+//! video, ffmpeg decodes it without a message, and every flash/beep pair in the file is as far
+//! apart as in the browser's own capture (Chromium's fake devices drift by themselves, so the
+//! browser's local offsets are the reference; see [`local_sync`]).
+//!
+//! `NINJAREC_BROWSER_SECONDS` sets the recording length (default 60; the 10-minute run of the
+//! issue is `NINJAREC_BROWSER_SECONDS=600`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
-use ninjarec::cli::Cli;
-use ninjarec::record::orchestrator;
 use ninjarec::signaling::Dialect;
-use ninjarec::signaling::server::{Server, ServerConfig};
-use tokio::sync::watch;
+use ninjarec::signaling::server::ServerConfig;
 
 use crate::support::chromium::{BrowserPublisher, BrowserPublisherConfig, BrowserStats};
+use crate::support::ffmpeg::{decode_errors, probe, start_times};
+use crate::support::fixtures::{InProcess, TestDir, TestServer, recorder_args};
+use crate::support::sync::{Schedule, SyncReport, measure, median, write_wav, write_y4m};
 
-/// Seconds the recorder runs (`--duration`).
-const SECONDS: u64 = 20;
-
-async fn start_server() -> (Server, String, watch::Sender<bool>) {
-    let (tx, rx) = watch::channel(false);
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap()), rx)
-        .await
-        .expect("server binds");
-    let url = format!("ws://{}", server.local_addr());
-    (server, url, tx)
+/// How long the recorder runs.
+fn seconds() -> u64 {
+    std::env::var("NINJAREC_BROWSER_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
 }
 
-/// A fresh, empty folder for one test.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ninjarec-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-// Small copies of tests/common/mod.rs helpers (to be unified).
-
-/// Runs a tool that must succeed; returns its stdout and stderr.
-fn run(cmd: &str, args: &[&str]) -> (String, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// `ffmpeg -v error -i f -f null -`: the decode errors (empty when the file is clean).
-fn decode_errors(path: &Path) -> String {
-    run(
-        "ffmpeg",
-        &[
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-f",
-            "null",
-            "-",
-        ],
-    )
-    .1
-}
-
-/// Per-stream facts as ffprobe reads them: `codec[,sample_rate,channels],packets`.
-fn probe(path: &Path) -> Vec<String> {
-    let (out, err) = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-count_packets",
-            "-show_entries",
-            "stream=codec_name,sample_rate,channels,nb_read_packets",
-            "-of",
-            "csv=p=0",
-            path.to_str().unwrap(),
-        ],
-    );
-    assert!(err.is_empty(), "{err}");
-    let streams = out.rsplit("\n\n").next().unwrap_or_default();
-    streams.lines().map(str::to_owned).collect()
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_h264_room_publisher_is_recorded_whole() {
-    let (server, url, server_stop) = start_server().await;
-    let dir = test_dir("browser-h264");
-    let room = "browserroom";
-    let stream = "chromecam";
+async fn chromium_h264_is_recorded_whole_and_in_sync() {
+    let dir = TestDir::new("browser-h264");
+    let mut server_cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    server_cfg.official_only = true;
+    let server = TestServer::start_with(server_cfg).await;
+    let (room, stream) = ("browserroom", "chromecam");
 
-    let mut cfg = BrowserPublisherConfig::new(&url, stream);
+    let schedule = Schedule::irregular(9, 12.0);
+    let (y4m, wav) = (dir.join("media.y4m"), dir.join("media.wav"));
+    write_y4m(&y4m, &schedule, 320, 180, 30).unwrap();
+    write_wav(&wav, &schedule, 48_000, 2).unwrap();
+    let mut cfg = BrowserPublisherConfig::new(&server.url, stream);
     cfg.room = Some(room.to_owned());
     cfg.password = None; // the VDO.Ninja default password: hashed ids, encrypted SDP/ICE
     cfg.dialect = Dialect::Official;
+    cfg.video_file = Some(y4m);
+    cfg.audio_file = Some(wav);
     let browser = BrowserPublisher::start(cfg);
     let selftest = browser
         .expect_event("selftest", Duration::from_secs(60))
         .await;
     assert_eq!(
         selftest.json["ok"], true,
-        "WebCrypto disagrees with the §3 test vector: {}",
+        "WebCrypto vs §3: {}",
         selftest.json
     );
     browser.expect_event("ready", Duration::from_secs(30)).await;
 
-    // The recorder, from real flags. `--dialect official`: auto-detection calls a 127.0.0.1
-    // server a relay, and the page speaks the official dialect here.
-    let dir_s = dir.to_str().unwrap().to_owned();
-    let secs = SECONDS.to_string();
-    let args = [
-        "ninjarec",
-        "--server",
-        &url,
-        "--dialect",
-        "official",
-        "--room",
-        room,
-        "--record-room",
-        "--udp-bind",
-        "127.0.0.1:0",
-        "--stun",
-        "none",
-        "--duration",
-        &secs,
-        "--output-dir",
-        &dir_s,
-    ];
-    let cli = Cli::parse_from(args);
-    assert!(
-        cli.command.is_none(),
-        "recording flags parse as the default action"
-    );
-    let config = ninjarec::app::run_config(&cli.record).expect("flags make a run config");
-    // `--duration` is applied by `app::record` (the binary's path), not by
-    // `orchestrator::run`: stop it the same way, from here.
-    let (stop, stop_rx) = watch::channel(false);
-    let started = Instant::now();
-    let recorder = tokio::spawn(orchestrator::run(config, stop_rx));
-    tokio::time::sleep(Duration::from_secs(cli.record.duration)).await;
-    let _ = stop.send(true);
-    let summaries = tokio::time::timeout(Duration::from_secs(30), recorder)
-        .await
-        .expect("the recorder stops within 30 s")
-        .expect("the recorder task did not panic")
-        .expect("the recorder ran");
-    eprintln!("recorder ran {:.1} s", started.elapsed().as_secs_f64());
+    // The recorder from real flags, `--dialect auto` (the default) on a 127.0.0.1 server.
+    let secs = seconds();
+    let recorder = InProcess::start(&recorder_args(
+        &server.url,
+        &dir,
+        &["--room", room, "--record-room"],
+    ));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let stopped_at_ms = unix_ms();
+    let summaries = recorder.stop().await;
 
     // The recorder said bye: the page writes the peer's last stats line before closing it.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let finals: Vec<BrowserStats> = loop {
-        let f = browser.final_stats();
-        if !f.is_empty() || Instant::now() > deadline {
-            break f;
+    let mut finals: Vec<BrowserStats> = Vec::new();
+    for _ in 0..150 {
+        finals = browser.final_stats();
+        if !finals.is_empty() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let context = format!(
-        "summaries: {summaries:#?}\npage events:\n{}\nlast stats: {:?}",
-        browser.events_text(),
-        browser.stats()
+        "summaries: {summaries:#?}\npage events:\n{}",
+        browser.events_text()
     );
     assert!(browser.errors().is_empty(), "page errors\n{context}");
     assert_eq!(
@@ -182,25 +100,28 @@ async fn chromium_h264_room_publisher_is_recorded_whole() {
         1,
         "one viewer, one final stats line\n{context}"
     );
-    let sent = &finals[0];
-    let video = sent.video.clone().expect("video was sent");
-    let audio = sent.audio.clone().expect("audio was sent");
+    let video = finals[0].video.clone().expect("video was sent");
+    let audio = finals[0].audio.clone().expect("audio was sent");
     assert_eq!(
         video.mime_type, "video/H264",
-        "preferVideoCodec h264 honoured\n{context}"
+        "preferVideoCodec h264\n{context}"
     );
     assert_eq!(audio.mime_type, "audio/opus");
-    for (event, field) in [
-        ("offer-sent", "encrypted"),
-        ("answer", "encrypted"),
-        ("renegotiation-offer", "encrypted"),
-        ("renegotiated", "encrypted"),
+    for event in [
+        "offer-sent",
+        "answer",
+        "renegotiation-offer",
+        "renegotiated",
     ] {
         let e = browser
             .event(event)
             .unwrap_or_else(|| panic!("no `{event}` event\n{context}"));
-        assert_eq!(e.json[field], true, "{event} not encrypted\n{context}");
+        assert_eq!(
+            e.json["encrypted"], true,
+            "{event} not encrypted\n{context}"
+        );
     }
+    let media_start_ms = browser.media_start().expect("media-start event");
 
     let recorded: Vec<_> = summaries.iter().filter(|s| s.path.is_some()).collect();
     assert_eq!(recorded.len(), 1, "{context}");
@@ -209,26 +130,29 @@ async fn chromium_h264_room_publisher_is_recorded_whole() {
     let core = &summary.core;
     let path = summary.path.clone().unwrap();
     eprintln!(
-        "chromium: {} frames encoded ({} keyframes, {}x{} {} {}), {} video packets ({} retransmitted), {} PLIs, {} audio packets; recorder: {summary}",
+        "chromium: {} frames encoded ({} keyframes, {}x{} {}), {} video packets, {} PLIs, {} \
+         audio packets; recorder: {summary}",
         video.frames_encoded,
         video.key_frames_encoded,
         video.frame_width,
         video.frame_height,
         video.encoder_implementation,
-        video.sdp_fmtp_line,
         video.packets_sent,
-        video.retransmitted_packets_sent,
         video.pli_count,
         audio.packets_sent,
     );
 
-    // The file: H.264 + Opus 48 kHz stereo, one TS packet group per recorded frame, clean.
+    // The file: H.264 + Opus 48 kHz stereo, one packet per frame written, decodes clean.
     let streams = probe(&path);
     assert_eq!(streams.len(), 2, "{streams:?}");
-    let v: Vec<&str> = streams[0].split(',').collect();
-    assert_eq!(v[0], "h264", "{streams:?}");
+    assert!(streams[0].starts_with("h264,"), "{streams:?}");
     assert_eq!(
-        v.last().unwrap().parse::<u64>().unwrap(),
+        streams[0]
+            .rsplit(',')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
         core.frames_written,
         "{streams:?}"
     );
@@ -236,46 +160,150 @@ async fn chromium_h264_room_publisher_is_recorded_whole() {
     let errors = decode_errors(&path);
     assert!(errors.is_empty(), "ffmpeg decode errors:\n{errors}");
 
-    // What the issue wants: nothing lost or dropped on loopback, every encoded frame kept.
+    // Every frame received after the first keyframe is written; nothing refused anywhere.
     assert_eq!(core.packets_lost, 0, "{summary}");
     assert_eq!(core.frames_dropped, 0, "frames dropped: {summary}");
+    assert_eq!(core.units_refused, 0, "units refused: {summary}");
     assert_eq!(
-        core.frames_before_keyframe, 0,
-        "the browser starts with an IDR: {summary}"
+        core.frames_written,
+        core.frames_received - core.frames_before_keyframe,
+        "{summary}"
     );
     assert!(
-        core.frames_written * 100 >= video.frames_encoded * 95,
+        core.frames_written * 100 >= video.frames_encoded * 98,
         "recorded {} of {} frames the browser encoded: {summary}",
         core.frames_written,
         video.frames_encoded
     );
     assert!(
-        core.keyframes_written + 1 >= video.key_frames_encoded,
-        "recorded {} of {} keyframes: {summary}",
-        core.keyframes_written,
-        video.key_frames_encoded
-    );
-    assert!(
-        core.audio_written * 100 >= audio.packets_sent * 95,
+        core.audio_written * 100 >= audio.packets_sent * 97,
         "recorded {} of {} audio packets: {summary}",
         core.audio_written,
         audio.packets_sent
     );
+
+    // The start: the file covers the publisher's media from at most 1 s after it started
+    // (what is missing at the start shows as a shorter file), and audio starts with video.
+    let (v0, a0) = start_times(&path);
+    let (v0, a0) = (v0.expect("video start"), a0.expect("audio start"));
+    let late_audio_ms = (a0 - v0) * 1000.0;
     assert!(
-        core.duration_90k >= (SECONDS - 5) * 90_000,
-        "only {:.1} s recorded: {summary}",
-        core.duration_90k as f64 / 90_000.0
+        late_audio_ms <= 50.0,
+        "audio starts {late_audio_ms:.1} ms after video"
+    );
+    let sent_s = stopped_at_ms.saturating_sub(media_start_ms) as f64 / 1000.0;
+    let file_s = core.duration_90k as f64 / 90_000.0;
+    assert!(
+        file_s >= sent_s - 1.0,
+        "the file holds {file_s:.2} s of the {sent_s:.2} s the browser sent: its start is \
+         missing"
     );
 
-    // The DevTools control path works (nothing left to stop: the viewer already left).
-    let stopped = tokio::task::block_in_place(|| browser.stop(Duration::from_secs(10)));
-    assert_eq!(stopped.map(|s| s.len()), Ok(0));
-    browser
-        .expect_event("stopped", Duration::from_secs(5))
-        .await;
+    // Sync: the file's flash/beep offsets against the browser's own.
+    let sync = measure(&path);
+    eprintln!("file sync: {sync}");
+    eprintln!(
+        "file pairs (flash s, offset ms): {:?}",
+        sync.pairs
+            .iter()
+            .zip(&sync.offsets_ms)
+            .map(|(p, o)| (p.0, *o))
+            .collect::<Vec<_>>()
+    );
+    let (stray_flashes, stray_beeps) = sync.strays();
+    assert!(
+        stray_flashes.is_empty() && stray_beeps.is_empty(),
+        "unpaired flashes {stray_flashes:?} / beeps {stray_beeps:?}: {sync}"
+    );
+    let expected_pairs = (file_s / schedule.period * schedule.flashes.len() as f64) as usize;
+    assert!(
+        sync.offsets_ms.len() + 2 >= expected_pairs,
+        "{} flash/beep pairs in {file_s:.1} s, expected about {expected_pairs}: {sync}",
+        sync.offsets_ms.len()
+    );
+    let local = local_sync(&browser, &dir).await;
+    let matched = match_pairs(&sync, &local);
+    assert!(
+        matched.len() + 2 >= sync.offsets_ms.len(),
+        "only {} of the file's {} pairs found in the browser's recording",
+        matched.len(),
+        sync.offsets_ms.len()
+    );
+    let diffs: Vec<f64> = matched.iter().map(|(f, l)| f - l).collect();
+    let med = median(&diffs).unwrap();
+    let spread = diffs.iter().fold(0.0f64, |w, d| w.max((d - med).abs()));
+    eprintln!(
+        "file vs the browser's own recording, pair by pair: median {med:+.1} ms, every pair \
+         within {spread:.1} ms of it ({} pairs)",
+        diffs.len()
+    );
+    // The recording keeps the browser's A/V relation pair for pair: its fake devices' drift
+    // (25 ms steps at every loop of the media) shows identically in both, so every pair's
+    // difference is the same constant.
+    assert!(
+        spread <= 10.0,
+        "pairs differ by up to {spread:.1} ms from the median: {sync}"
+    );
+    // That constant is Chromium's, not ours: its MediaRecorder stamps audio later than its
+    // RTP sender does (measured: 40 ± 1 ms on Chromium 156). The recorder's own A/V
+    // placement is checked against a publisher whose clock is the truth in `gst.rs`.
+    assert!(
+        (-60.0..=0.0).contains(&med),
+        "median {med:+.1} ms against the browser's own recording"
+    );
 
     drop(browser);
-    let _ = server_stop.send(true);
-    let _ = server.wait().await;
-    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The browser's own A/V offsets of its fake capture: its MediaRecorder recording of the local
+/// stream (started with the page), measured with the same checker. Chromium's file-backed
+/// fake devices run on separate clocks, so this reference is what the recording must
+/// reproduce, not zero.
+async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> SyncReport {
+    let value = tokio::task::block_in_place(|| {
+        browser.evaluate("window.ninjarecLocalRecording()", Duration::from_secs(60))
+    })
+    .expect("the page hands over its local recording");
+    let bytes = hex::decode(value.as_str().expect("a hex string")).expect("hex");
+    let path = dir.join("browser-local.webm");
+    std::fs::write(&path, bytes).unwrap();
+    let sync = measure(&path);
+    eprintln!("browser's local recording: {sync}");
+    sync
+}
+
+/// The file's flash/beep pairs matched to the same flashes in the browser's recording (which
+/// started earlier): the time shift that lines up most flashes, then each file pair with the
+/// local pair within 50 ms of it. Returns (file offset, local offset) in ms.
+fn match_pairs(file: &SyncReport, local: &SyncReport) -> Vec<(f64, f64)> {
+    let near = |t: f64| {
+        local
+            .pairs
+            .iter()
+            .zip(&local.offsets_ms)
+            .find(|(p, _)| (p.0 - t).abs() <= 0.05)
+            .map(|(_, o)| *o)
+    };
+    let Some(first) = file.pairs.first() else {
+        return Vec::new();
+    };
+    // The flash pattern repeats every loop, so later loops line up too, but with fewer
+    // pairs (the file would run past the browser's recording): the most pairs wins.
+    let mut best = (0, 0.0);
+    for shift in local.pairs.iter().map(|p| p.0 - first.0) {
+        let count = file
+            .pairs
+            .iter()
+            .filter(|p| near(p.0 + shift).is_some())
+            .count();
+        if count > best.0 {
+            best = (count, shift);
+        }
+    }
+    let best_shift = best.1;
+    file.pairs
+        .iter()
+        .zip(&file.offsets_ms)
+        .filter_map(|(p, o)| near(p.0 + best_shift).map(|l| (*o, l)))
+        .collect()
 }

@@ -14,23 +14,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
-use ninjarec::cli::Cli;
 use ninjarec::clip::{Clip, split_annex_b};
 use ninjarec::mux::ts::check::{CheckOptions, check};
 use ninjarec::peer::publisher::PublisherMode;
 use ninjarec::record::naming::{MAX_COMPONENT, sanitize_component};
-use ninjarec::record::orchestrator::{self, RunError};
 use ninjarec::record::stream::StreamSummary;
 use ninjarec::record::verify::{Verified, verify_file};
 use ninjarec::signaling::crypto::MAX_STREAM_ID_CHARS;
 use ninjarec::signaling::{Dialect, Password};
 use ninjarec::testsrc::{self, TestSource, TestSourceConfig, TestSourceError};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::support::ffmpeg::{decode_errors, probe};
-use crate::support::fixtures::{TestDir, TestServer};
+use crate::support::fixtures::{InProcess, TestDir, TestServer, recorder_args};
 
 /// Seconds of media each recording should hold at least (after the first keyframe).
 const MIN_SECONDS: f64 = 2.5;
@@ -75,60 +71,6 @@ impl Publisher {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.source.join()).await;
-    }
-}
-
-/// The recorder's common flags: this server, loopback only, no STUN, into `dir`.
-fn recorder_args(url: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--server",
-        url,
-        "--udp-bind",
-        "127.0.0.1:0",
-        "--stun",
-        "none",
-        "--ice-timeout",
-        "15",
-        "--output-dir",
-        dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-/// The recorder in this process, configured from real command-line flags.
-struct InProcess {
-    task: JoinHandle<Result<Vec<StreamSummary>, RunError>>,
-    stop: watch::Sender<bool>,
-}
-
-impl InProcess {
-    fn start(args: &[String]) -> Self {
-        let cli =
-            Cli::parse_from(std::iter::once("ninjarec".to_owned()).chain(args.iter().cloned()));
-        assert!(
-            cli.command.is_none(),
-            "recording flags parse as the default action"
-        );
-        let config = ninjarec::app::run_config(&cli.record).expect("flags make a run config");
-        let (stop, rx) = watch::channel(false);
-        InProcess {
-            task: tokio::spawn(orchestrator::run(config, rx)),
-            stop,
-        }
-    }
-
-    /// Stops the recorder like SIGTERM would and returns its summaries.
-    async fn stop(self) -> Vec<StreamSummary> {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("recorder stops within 20 s")
-            .expect("recorder task did not panic")
-            .expect("recorder ran")
     }
 }
 

@@ -101,3 +101,33 @@ pub fn video_frame_hashes(path: &Path) -> Vec<String> {
 pub fn clip_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/clip.ts")
 }
+
+/// Start time (seconds) of the first video and the first audio stream, as ffprobe reads them.
+pub fn start_times(path: &Path) -> (Option<f64>, Option<f64>) {
+    let (out, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,start_time",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    let (mut video, mut audio) = (None, None);
+    for line in out.lines() {
+        let mut fields = line.split(',');
+        let (Some(kind), Some(start)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let start = start.parse::<f64>().ok();
+        match kind {
+            "video" if video.is_none() => video = start,
+            "audio" if audio.is_none() => audio = start,
+            _ => {}
+        }
+    }
+    (video, audio)
+}

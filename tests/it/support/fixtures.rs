@@ -1,11 +1,17 @@
-//! Fixtures that clean up after themselves: a handshake server on loopback and a scratch
-//! folder. Dropping them stops the server and removes the folder, so a failing test leaves
+//! Fixtures that clean up after themselves: a handshake server on loopback, the recorder in
+//! this process (from real command-line flags) and a scratch folder. Dropping them stops the server and removes the folder, so a failing test leaves
 //! nothing running (a kept folder is named on stderr, for inspection).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use clap::Parser;
+use ninjarec::cli::Cli;
+use ninjarec::record::orchestrator::{self, RunError};
+use ninjarec::record::stream::StreamSummary;
 use ninjarec::signaling::server::{Server, ServerConfig};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Our handshake server (`ninjarec serve`) on 127.0.0.1 with a free port.
 pub struct TestServer {
@@ -83,5 +89,59 @@ impl Drop for TestDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+/// The recorder's common flags: this server, loopback only, no STUN, into `dir`.
+pub fn recorder_args(url: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--server",
+        url,
+        "--udp-bind",
+        "127.0.0.1:0",
+        "--stun",
+        "none",
+        "--ice-timeout",
+        "15",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The recorder in this process, configured from real command-line flags.
+pub struct InProcess {
+    task: JoinHandle<Result<Vec<StreamSummary>, RunError>>,
+    stop: watch::Sender<bool>,
+}
+
+impl InProcess {
+    pub fn start(args: &[String]) -> Self {
+        let cli =
+            Cli::parse_from(std::iter::once("ninjarec".to_owned()).chain(args.iter().cloned()));
+        assert!(
+            cli.command.is_none(),
+            "recording flags parse as the default action"
+        );
+        let config = ninjarec::app::run_config(&cli.record).expect("flags make a run config");
+        let (stop, rx) = watch::channel(false);
+        InProcess {
+            task: tokio::spawn(orchestrator::run(config, rx)),
+            stop,
+        }
+    }
+
+    /// Stops the recorder like SIGTERM would and returns its summaries.
+    pub async fn stop(self) -> Vec<StreamSummary> {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("recorder stops within 20 s")
+            .expect("recorder task did not panic")
+            .expect("recorder ran")
     }
 }

@@ -184,7 +184,8 @@
    */
   async function startMedia() {
     media = await navigator.mediaDevices.getUserMedia({
-      audio: true,
+      // No voice processing: the sync check needs the beeps as they are.
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
     });
     const v = media.getVideoTracks()[0];
@@ -199,6 +200,48 @@
       frameRate: settings.frameRate,
     });
   }
+
+  // ---------------------------------------------------------------------------------------
+  // The browser's own recording of its local stream: the reference for A/V sync checks
+  // (Chromium's file-backed fake camera and microphone are not on one clock).
+  // ---------------------------------------------------------------------------------------
+
+  let localRecorder = null;
+  const localChunks = [];
+
+  function startLocalRecording() {
+    if (!media || typeof MediaRecorder === "undefined") return;
+    try {
+      localRecorder = new MediaRecorder(media, {
+        mimeType: "video/webm;codecs=vp8,opus",
+        videoBitsPerSecond: 300000,
+      });
+      localRecorder.ondataavailable = (e) => {
+        if (e.data && e.data.size) localChunks.push(e.data);
+      };
+      localRecorder.start(1000);
+    } catch (e) {
+      emit({ event: "error", what: "local recording", message: String(e) });
+    }
+  }
+
+  /**
+   * Stops the local recording and returns it as hex (WebM, VP8 + Opus), for the test to
+   * measure with the same checker as the recorder's files.
+   */
+  window.ninjarecLocalRecording = async function () {
+    if (!localRecorder) return null;
+    if (localRecorder.state !== "inactive") {
+      await new Promise((resolve) => {
+        localRecorder.onstop = resolve;
+        localRecorder.stop();
+      });
+    }
+    const bytes = new Uint8Array(await new Blob(localChunks).arrayBuffer());
+    const hex = new Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) hex[i] = (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+    return hex.join("");
+  };
 
   // ---------------------------------------------------------------------------------------
   // WebSocket signalling
@@ -751,6 +794,7 @@
     }
     emit({ event: "config", streamID: wireStream, roomid: wireRoom, encrypted: !!cipherKey, from: relay ? selfId : null });
     await startMedia();
+    startLocalRecording();
     connect();
     if (cfg.stopAfter > 0) setTimeout(() => stop().catch((e) => fail("stop", e)), cfg.stopAfter * 1000);
   }
