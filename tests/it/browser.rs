@@ -1,6 +1,6 @@
 //! End to end with a real browser (issue 9): headless Chromium publishes flash/beep media from
-//! files (a white frame flashes exactly when a beep starts, at irregular intervals) with H.264
-//! + Opus into a room through our handshake server, speaking the official dialect with the
+//! files (a white frame flashes exactly when a beep starts, at irregular intervals) as H.264
+//! and Opus into a room through our handshake server, speaking the official dialect with the
 //! default password (hashing and encryption on); the first offer carries only the data
 //! channel and the media is renegotiated over it, like the VDO.Ninja web app. The server
 //! speaks only the official dialect (like wss.vdo.ninja), on 127.0.0.1: the recorder runs with
@@ -9,9 +9,9 @@
 //! What is checked, from the browser's own `getStats()` and the decoded file: every frame
 //! received after the first keyframe is written (nothing dropped, nothing refused), the file
 //! starts within 1 s of the browser's media start, audio starts no later than 50 ms after
-//! video, ffmpeg decodes it without a message, and every flash/beep pair in the file is as far
-//! apart as in the browser's own capture (Chromium's fake devices drift by themselves, so the
-//! browser's local offsets are the reference; see [`local_sync`]).
+//! video, ffmpeg decodes it without a message, and every flash/beep pair in the file keeps the
+//! A/V relation of the same pair in the browser's own recording of its local stream
+//! (Chromium's fake devices drift by themselves, so that recording is the reference).
 //!
 //! `NINJAREC_BROWSER_SECONDS` sets the recording length (default 60; the 10-minute run of the
 //! issue is `NINJAREC_BROWSER_SECONDS=600`).

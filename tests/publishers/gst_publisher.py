@@ -552,11 +552,7 @@ class Peer:
         )
         self.pipe = Gst.parse_launch(desc)
         self.webrtc = self.pipe.get_by_name("webrtc")
-        ice = self.webrtc.get_property("ice-agent")
-        _KEEP_ALIVE.append(ice)
-        # Loopback only: no discovery of other interfaces, no TCP candidates, no STUN.
-        ice.emit("add-local-ip-address", "127.0.0.1")
-        ice.set_property("ice-tcp", False)
+        loopback_only(self.webrtc)
 
         self.frames, self.white = frames_for(a.width, a.height, a.pattern)
         self.vbufs = [Gst.Buffer.new_wrapped(f) for f in self.frames]
@@ -598,9 +594,15 @@ class Peer:
     def _on_bus_message(self, bus, msg):
         # Runs in the posting thread; every message is dropped here (nobody pops the bus).
         if msg.type == Gst.MessageType.ERROR and not self.closed:
-            err, dbg = msg.parse_error()
+            err, _dbg = msg.parse_error()
             src = msg.src.get_name() if msg.src else "?"
-            LOOP.call_soon_threadsafe(self.on_pipeline_error, f"{src}: {err.message}")
+            # Inside webrtcbin (ICE, DTLS, SCTP) an error means the connection is gone, e.g.
+            # the viewer closed it right after its bye: that ends this viewer only. Anywhere
+            # else (sources, encoders, payloaders) it is a bug of this script: fail loudly.
+            transport = isinstance(msg.src, Gst.Object) and msg.src.has_as_ancestor(self.webrtc)
+            LOOP.call_soon_threadsafe(
+                self.on_pipeline_error, f"{src}: {err.message}", transport
+            )
         return Gst.BusSyncReply.DROP
 
     def _on_element_added(self, _bin, _sub, element):
@@ -726,7 +728,7 @@ class Peer:
         reply = promise.get_reply()
         offer = reply.get_value("offer") if reply is not None else None
         if offer is None:
-            LOOP.call_soon_threadsafe(self.on_pipeline_error, "create-offer failed")
+            LOOP.call_soon_threadsafe(self.on_pipeline_error, "create-offer failed", False)
             return
         text = offer.sdp.as_text()
         # Queue the offer before set-local-description starts gathering, so it is sent first.
@@ -755,8 +757,11 @@ class Peer:
 
     # -- asyncio thread ----------------------------------------------------------------------
 
-    def on_pipeline_error(self, text):
+    def on_pipeline_error(self, text, transport=False):
         if self.closed:
+            return
+        if transport:
+            self.pub.drop(self, f"transport error: {text}", bye=False)
             return
         die(f"pipeline error for viewer {self.viewer} of {self.pub.stream}: {text}")
 
@@ -774,7 +779,16 @@ class Peer:
             msg["vector"] = vector
         self.pub.send(msg)
         self.offer_sent = True
-        self.pub.viewer_event(self, "offer")
+        # The msid track ids GStreamer put in the offer ("webrtctransceiverN", N counted over
+        # the whole process): webrtc-rs names tracks (and its routing errors) after them.
+        tracks = {}
+        kind = None
+        for line in sdp.splitlines():
+            if line.startswith("m="):
+                kind = line[2:].split(" ", 1)[0]
+            elif line.startswith("a=ssrc:") and " msid:" in line and kind:
+                tracks.setdefault(kind, line.rsplit(" ", 1)[-1])
+        self.pub.viewer_event(self, "offer", tracks=tracks)
         for mline, cand in self.queued_local:
             self.send_candidate(mline, cand)
         self.queued_local = []
@@ -961,6 +975,7 @@ class Publisher:
         self.await_listing = False
         self.viewer_byes = 0
         self.ignored = 0
+        self.stopping = False
         self.ws = None
 
     # -- WebSocket ---------------------------------------------------------------------------
@@ -1081,6 +1096,8 @@ class Publisher:
             self.ignored += 1
 
     def request(self, viewer):
+        if self.stopping:
+            return  # shutting down: a viewer re-asking after our bye gets nothing new
         if viewer is None:
             self.ignored += 1
             return
@@ -1222,6 +1239,48 @@ def parse_args(argv):
     return args
 
 
+def loopback_only(webrtc):
+    """ICE on 127.0.0.1 only: no other interfaces, no TCP candidates, no STUN (none is set),
+    and no UPnP (libnice would look for an Internet gateway by SSDP multicast)."""
+    ice = webrtc.get_property("ice-agent")
+    _KEEP_ALIVE.append(ice)
+    ice.emit("add-local-ip-address", "127.0.0.1")
+    ice.set_property("ice-tcp", False)
+    agent = ice.get_property("agent")
+    if agent is not None:
+        agent.set_property("upnp", False)
+
+
+def warm_up():
+    """Loads every plugin a viewer's pipeline uses before any runs: webrtcbin creates its
+    transport, DTLS/SRTP and SCTP elements (and looks up RTP header extensions in the registry)
+    on its own threads, and many pipelines doing that at once while plugins are still being
+    loaded made GLib report a hash table changed during iteration."""
+    pipe = Gst.parse_launch(
+        "webrtcbin name=w bundle-policy=max-bundle "
+        "videotestsrc num-buffers=1 ! x264enc ! rtph264pay ! "
+        "application/x-rtp,media=video,encoding-name=H264,payload=96 ! queue ! w. "
+        "audiotestsrc num-buffers=1 ! opusenc ! rtpopuspay ! "
+        "application/x-rtp,media=audio,encoding-name=OPUS,payload=100 ! queue ! w. "
+        "appsrc ! clocksync ! fakesink"
+    )
+    w = pipe.get_by_name("w")
+    loopback_only(w)
+    pipe.set_state(Gst.State.READY)
+    w.emit("create-data-channel", "warmup", None)
+    promise = Gst.Promise.new()
+    w.emit("create-offer", None, promise)
+    promise.wait()
+    reply = promise.get_reply()
+    offer = reply.get_value("offer") if reply is not None else None
+    if offer is not None:
+        done = Gst.Promise.new()
+        w.emit("set-local-description", offer, done)
+        done.wait()
+    pipe.set_state(Gst.State.NULL)
+    _KEEP_ALIVE.append(pipe)
+
+
 def check():
     """--check: bindings, plugins and the crypto test vector; one line on failure."""
     missing = []
@@ -1273,6 +1332,7 @@ async def amain(args):
 
     # Shutdown: bye on every data channel, pipelines down, final counts, WebSockets closed.
     for p in pubs:
+        p.stopping = True
         for peer in list(p.peers.values()):
             p.drop(peer, "publisher stopping", bye=True)
     threads = [peer.teardown_thread for p in pubs for peer in p.history if peer.teardown_thread]
@@ -1309,6 +1369,7 @@ def main():
     for name, pkg in NEEDED_ELEMENTS.items():
         if Gst.ElementFactory.find(name) is None:
             die(f"GStreamer element {name} missing; install {pkg}", 2)
+    warm_up()
     try:
         asyncio.run(amain(args))
     except ValueError as e:
