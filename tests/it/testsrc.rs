@@ -223,16 +223,16 @@ async fn wait_stats(
 async fn one_viewer(dialect: Dialect, password: Password, mode: PublisherMode, viewer_first: bool) {
     let test_server = TestServer::start().await;
     let server = &test_server.server;
-    let cfg = source_config(&server, "cam", dialect, password.clone(), mode);
+    let cfg = source_config(server, "cam", dialect, password.clone(), mode);
     let (mut viewer, source, stop) = if viewer_first {
-        let v = start_viewer(&server, dialect, password);
+        let v = start_viewer(server, dialect, password);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (s, stop) = start_source(cfg);
         (v, s, stop)
     } else {
         let (s, stop) = start_source(cfg);
         wait_stats(&s, "connection", |s| s.ws_connects == 1).await;
-        (start_viewer(&server, dialect, password), s, stop)
+        (start_viewer(server, dialect, password), s, stop)
     };
     let seen = wait_seen(&mut viewer, "H.264 and Opus", Seen::has_media).await;
     assert_eq!(seen.offers, 1, "{seen:?}");
@@ -309,15 +309,15 @@ async fn two_viewers_watch_one_source_and_a_bye_ends_only_that_peer() {
     let test_server = TestServer::start().await;
     let server = &test_server.server;
     let cfg = source_config(
-        &server,
+        server,
         "cam",
         Dialect::Official,
         Password::Default,
         PublisherMode::MediaInFirstOffer,
     );
     let (source, stop) = start_source(cfg);
-    let mut a = start_viewer(&server, Dialect::Official, Password::Default);
-    let mut b = start_viewer(&server, Dialect::Official, Password::Default);
+    let mut a = start_viewer(server, Dialect::Official, Password::Default);
+    let mut b = start_viewer(server, Dialect::Official, Password::Default);
     wait_seen(&mut a, "media (viewer A)", Seen::has_media).await;
     let before_b = wait_seen(&mut b, "media (viewer B)", Seen::has_media).await;
     let stats = wait_stats(&source, "two connected peers", |s| s.peers_connected >= 2).await;
@@ -348,7 +348,7 @@ async fn run_many_publishes_several_streams() {
         .iter()
         .map(|s| {
             source_config(
-                &server,
+                server,
                 s,
                 Dialect::Relay,
                 Password::Default,
@@ -359,7 +359,7 @@ async fn run_many_publishes_several_streams() {
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let all = tokio::spawn(testsrc::run_many(configs, stop_rx));
-    let mut viewer = start_viewer(&server, Dialect::Relay, Password::Default);
+    let mut viewer = start_viewer(server, Dialect::Relay, Password::Default);
     let seen = wait_seen(&mut viewer, "both streams", |s| {
         s.streams.len() == 2 && s.video >= 2 * VIDEO_PACKETS && s.audio >= 2 * AUDIO_PACKETS
     })
