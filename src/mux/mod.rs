@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! RtpPacket ─► ReorderBuffer ─► H264Depacketizer ─► AccessUnit ─┐
-//!                            └► OpusDepacketizer ─► OpusPacket ─┤
-//!                        Sender Reports ─► Timeline (one clock) ─┴► TsWriter ─► bytes
+//!                            └► OpusDepacketizer ─► OpusPacket ─┴► sync hold ─┐
+//!        Sender Reports (by SSRC) ─► Timeline (one clock) ◄──────────────────┘
+//!                                        └► interleaver (PTS order) ─► TsWriter ─► bytes
 //! ```
 //!
 //! Shared vocabulary lives in this file; each stage lives in its own module.
