@@ -9,8 +9,9 @@
 //! Two waits keep the file's tracks in sync from its first second, whatever order the network
 //! delivers them in:
 //!
-//! * **Sync hold.** Until both tracks' first RTCP Sender Reports are known (or
-//!   [`StreamConfig::sync_wait`] has passed), depacketized units are held, not timed. The
+//! * **Sync hold.** Until the tracks' RTCP Sender Reports say how they relate (see
+//!   [`Timeline::sender_reports_sufficient`]) or [`StreamConfig::sync_wait`] has passed,
+//!   depacketized units are held, not timed. The
 //!   timeline then places audio with the sender's own A/V relation at once, instead of placing
 //!   it by arrival and slewing it into place over a minute.
 //! * **Interleaving.** Timed units of both tracks are written in PTS order: a unit waits (at
@@ -608,14 +609,15 @@ impl StreamMuxer {
         if self.sync_hold.is_none() {
             return;
         }
-        let reports = self.timeline.has_sender_report(TrackKind::Video)
-            && self.timeline.has_sender_report(TrackKind::Audio);
+        let reports = self.timeline.sender_reports_sufficient();
         let waited = self
             .sync_hold_since
             .is_some_and(|t| now.saturating_duration_since(t) >= self.config.sync_wait);
         let full = self.sync_hold_bytes > self.config.max_sync_hold_bytes;
         if reports || waited || full {
-            if !reports && self.sync_hold_since.is_some() {
+            let any = self.timeline.has_sender_report(TrackKind::Video)
+                && self.timeline.has_sender_report(TrackKind::Audio);
+            if !any && self.sync_hold_since.is_some() {
                 self.stats.started_unsynced = true;
                 tracing::debug!(
                     full,

@@ -44,6 +44,13 @@ const JUMP_TOLERANCE: i64 = 10 * TICKS_PER_SEC;
 const MAX_HELD: usize = 250;
 /// Most timed audio packets waiting for [`Timeline::pop_audio`].
 const MAX_READY: usize = 1000;
+/// Sender Reports kept per track (for pairing and drift).
+const SR_KEPT: usize = 4;
+/// Two reports of different tracks this close in sender time (0.1 s) describe one instant.
+const SR_PAIR_TICKS: i64 = TICKS_PER_SEC / 10;
+/// A track whose report deltas move less than this (1 %) has reports that can be trusted on
+/// their own (a right sender drifts by parts per million).
+const SR_SANE_DRIFT: f64 = 0.01;
 
 /// Settings of a [`Timeline`].
 #[derive(Debug, Clone)]
@@ -114,8 +121,8 @@ struct Track {
     frozen: bool,
     /// Extended timestamp and arrival of the last packet.
     last: Option<(i64, i64)>,
-    /// Last Sender Report: (NTP 32.32, RTP timestamp).
-    sr: Option<(u64, u32)>,
+    /// Recent Sender Reports, oldest first: (NTP 32.32, RTP timestamp).
+    srs: VecDeque<(u64, u32)>,
 }
 
 impl Track {
@@ -126,7 +133,7 @@ impl Track {
             anchor: None,
             frozen: false,
             last: None,
-            sr: None,
+            srs: VecDeque::with_capacity(SR_KEPT),
         }
     }
 
@@ -160,14 +167,47 @@ impl Track {
         (ext, rebased)
     }
 
-    /// mapping − sender wallclock, in ticks (constant for a given anchor and Sender Report).
-    fn sr_delta(&self) -> Option<i64> {
-        let (ntp, rtp) = self.sr?;
+    /// For one Sender Report: (its NTP time in ticks, mapping − sender wallclock in ticks).
+    /// The difference is constant for a sender whose reports are right.
+    fn sr_delta(&self, (ntp, rtp): (u64, u32)) -> Option<(i64, i64)> {
         let (e, w) = self.anchor?;
         let r = self.unwrap.peek(rtp);
-        let ntp_ticks = ((u128::from(ntp) * TICKS_PER_SEC as u128) >> 32) as i64;
-        Some(w - e * self.mult - (ntp_ticks - r * self.mult))
+        let ntp_ticks = ntp_ticks(ntp);
+        Some((ntp_ticks, w - e * self.mult - (ntp_ticks - r * self.mult)))
     }
+
+    /// How fast the track's delta moves per tick of sender time (about 0 for a sender whose
+    /// reports are right), from its newest report and the newest one at least 0.5 s older.
+    fn slope(&self) -> Option<f64> {
+        let mut recent = self.srs.iter().rev().filter_map(|&sr| self.sr_delta(sr));
+        let (t2, d2) = recent.next()?;
+        let (t1, d1) = recent.find(|(t1, _)| t2 - t1 >= TICKS_PER_SEC / 2)?;
+        Some((d2 - d1) as f64 / (t2 - t1) as f64)
+    }
+
+    /// Sender time (ticks) of the newest report.
+    fn newest_report(&self) -> Option<i64> {
+        self.srs.back().map(|&(ntp, _)| ntp_ticks(ntp))
+    }
+
+    /// The track's delta at sender time `at` (ticks): along the line through its recent
+    /// reports when their slope is known (see [`Timeline::sr_target`]), else the delta of
+    /// its report nearest to `at`.
+    fn delta_at(&self, at: i64) -> Option<i64> {
+        let mut deltas = self.srs.iter().filter_map(|&sr| self.sr_delta(sr));
+        match self.slope() {
+            Some(k) => {
+                let (t2, d2) = deltas.next_back()?;
+                Some(d2 + (k * (at - t2) as f64) as i64)
+            }
+            None => deltas.min_by_key(|(t, _)| (t - at).abs()).map(|(_, d)| d),
+        }
+    }
+}
+
+/// An NTP 32.32 timestamp in wallclock ticks.
+fn ntp_ticks(ntp: u64) -> i64 {
+    ((u128::from(ntp) * TICKS_PER_SEC as u128) >> 32) as i64
 }
 
 /// The A/V timeline of one publisher. `A` is the audio payload type held while waiting for T0
@@ -366,7 +406,10 @@ impl<A> Timeline<A> {
             TrackKind::Video => &mut self.video,
             TrackKind::Audio => &mut self.audio,
         };
-        track.sr = Some((ntp, rtp));
+        if track.srs.len() == SR_KEPT {
+            track.srs.pop_front();
+        }
+        track.srs.push_back((ntp, rtp));
         if let Some(target) = self.sr_target() {
             tracing::debug!(
                 ?kind,
@@ -380,9 +423,38 @@ impl<A> Timeline<A> {
     /// True once a Sender Report of `kind` was given (the start of a file waits for both).
     pub fn has_sender_report(&self, kind: TrackKind) -> bool {
         match kind {
-            TrackKind::Video => self.video.sr.is_some(),
-            TrackKind::Audio => self.audio.sr.is_some(),
+            TrackKind::Video => !self.video.srs.is_empty(),
+            TrackKind::Audio => !self.audio.srs.is_empty(),
         }
+    }
+
+    /// True once the Sender Reports say enough to place the tracks against each other: a
+    /// report of each track for (nearly) the same instant, or reports of a track whose
+    /// mapping does not drift (so pairing reports of different instants is right), or two
+    /// reports of each (so the drift is known). Only raw reports are looked at, so this
+    /// works before anything was timed.
+    pub fn sender_reports_sufficient(&self) -> bool {
+        let (v, a) = (&self.video.srs, &self.audio.srs);
+        if v.is_empty() || a.is_empty() {
+            return false;
+        }
+        let same_instant = v.iter().any(|&(nv, _)| {
+            a.iter()
+                .any(|&(na, _)| (ntp_ticks(nv) - ntp_ticks(na)).abs() <= SR_PAIR_TICKS)
+        });
+        let raw_drift = |srs: &VecDeque<(u64, u32)>, mult: i64| {
+            let (&(n1, r1), &(n2, r2)) = (srs.front()?, srs.back()?);
+            let dt = ntp_ticks(n2) - ntp_ticks(n1);
+            (dt >= TICKS_PER_SEC / 2).then(|| {
+                let media = i64::from(r2.wrapping_sub(r1) as i32) * mult;
+                (media - dt) as f64 / dt as f64
+            })
+        };
+        let sane = |d: Option<f64>| d.is_some_and(|d| d.abs() < SR_SANE_DRIFT);
+        same_instant
+            || (v.len() >= 2 && a.len() >= 2)
+            || sane(raw_drift(v, self.video.mult))
+            || sane(raw_drift(a, self.audio.mult))
     }
 
     /// The PTS the file is at, `now`: the newest PTS handed out, advanced by the time since its
@@ -395,12 +467,27 @@ impl<A> Timeline<A> {
     }
 
     /// The audio correction the Sender Reports ask for (ticks), when both are known and the
-    /// file has both tracks.
+    /// file has both tracks: the difference of the two tracks' deltas at one sender instant,
+    /// chosen below.
+    ///
+    /// Reports of the two tracks are rarely sent together (Chrome: video every second, audio
+    /// every 5 s), and some senders' RTP↔NTP mappings drift: GStreamer 1.22's webrtcbin
+    /// reports an RTP time ahead by the stream's age, so each track's delta moves by a second
+    /// per second and only reports of one instant agree. Each track's delta is therefore
+    /// extrapolated along its own recent reports to the common instant.
     fn sr_target(&self) -> Option<i64> {
         if !(self.cfg.video && self.cfg.audio) {
             return None;
         }
-        Some(self.video.sr_delta()? - self.audio.sr_delta()?)
+        // The common instant: a report of a track whose slope is unknown cannot be moved, so
+        // the other track comes to it; otherwise the newest report.
+        let (v, a) = (self.video.newest_report()?, self.audio.newest_report()?);
+        let at = match (self.video.slope(), self.audio.slope()) {
+            (Some(_), None) => a,
+            (None, Some(_)) => v,
+            _ => v.max(a),
+        };
+        Some(self.video.delta_at(at)? - self.audio.delta_at(at)?)
     }
 
     /// Maps held audio now that T0 is known.
@@ -734,5 +821,104 @@ mod tests {
             tl.now_pts(t + Duration::from_millis(500)),
             Some(90_000 + 45_000)
         );
+    }
+
+    /// Sender Reports as two kinds of real senders send them, for 8 s of media whose video
+    /// arrives 300 ms later than the audio captured with it (so audio must move +300 ms).
+    /// `gst`: GStreamer 1.22's webrtcbin, whose reported RTP time runs ahead by the stream's
+    /// age (a second per second) and whose first report (video only) comes alone; `chrome`:
+    /// right reports, video every second, audio every 5 s. Returns the correction (ms) seen
+    /// after each report, once both tracks have one.
+    fn corrections(gst: bool) -> (Vec<f64>, Timeline<u32>) {
+        const NTP0: f64 = 3_900_000_000.0;
+        const V0: u32 = 0x1234_5678;
+        const A0: u32 = 0x9ABC_DEF0;
+        let epoch = Instant::now();
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+        let ntp = |s: f64| ((NTP0 + s) * 4_294_967_296.0) as u64;
+        let rtp = |kind: TrackKind, s: f64| {
+            let (base, rate) = match kind {
+                TrackKind::Video => (V0, 90_000.0),
+                TrackKind::Audio => (A0, 48_000.0),
+            };
+            let ahead = if gst { s } else { 0.0 };
+            base.wrapping_add(((s + ahead) * rate) as u32)
+        };
+        let reports: Vec<(f64, TrackKind)> = if gst {
+            let mut r = vec![(0.28, TrackKind::Video)];
+            for s in [0.66, 3.2, 5.7] {
+                r.push((s, TrackKind::Video));
+                r.push((s, TrackKind::Audio));
+            }
+            r
+        } else {
+            let mut r: Vec<_> = (0..8).map(|k| (0.5 + k as f64, TrackKind::Video)).collect();
+            r.push((2.3, TrackKind::Audio));
+            r.push((7.3, TrackKind::Audio));
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            r
+        };
+        let mut next_report = reports.iter().peekable();
+        let mut out = Vec::new();
+        for ms in 0..8000u64 {
+            let s = ms as f64 / 1000.0;
+            let at = |delay: f64| epoch + Duration::from_secs_f64(s + delay);
+            if ms % 20 == 0 {
+                tl.push_audio(
+                    rtp(TrackKind::Audio, s) - if gst { (s * 48_000.0) as u32 } else { 0 },
+                    at(0.05),
+                    ms as u32,
+                );
+            }
+            if (ms * 3) % 100 == 0 {
+                let v = rtp(TrackKind::Video, s) - if gst { (s * 90_000.0) as u32 } else { 0 };
+                tl.video_pts(v, at(0.35), ms == 0);
+            }
+            while let Some(&&(t, kind)) = next_report.peek() {
+                if t > s {
+                    break;
+                }
+                next_report.next();
+                tl.sender_report(kind, ntp(t), rtp(kind, t));
+                if let Some(c) = tl.av_sync().sr_correction_ms {
+                    out.push(c);
+                }
+            }
+            while tl.pop_audio().is_some() {}
+        }
+        (out, tl)
+    }
+
+    #[test]
+    fn reports_of_one_instant_place_audio_even_when_a_sender_drifts() {
+        for gst in [true, false] {
+            let (seen, tl) = corrections(gst);
+            assert!(seen.len() >= 3, "gst {gst}: {seen:?}");
+            for c in &seen {
+                assert!((c - 300.0).abs() < 2.0, "gst {gst}: {seen:?}");
+            }
+            assert!(tl.sender_reports_sufficient());
+        }
+    }
+
+    #[test]
+    fn sufficiency_needs_one_instant_or_a_sane_track() {
+        let ntp = |s: f64| ((3_900_000_000.0 + s) * 4_294_967_296.0) as u64;
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+        assert!(!tl.sender_reports_sufficient());
+        // GStreamer's lone first video report and an audio report of another instant.
+        tl.sender_report(TrackKind::Video, ntp(0.28), 50_400);
+        tl.sender_report(TrackKind::Audio, ntp(1.5), 144_000);
+        assert!(!tl.sender_reports_sufficient());
+        // A video report of the audio report's instant.
+        tl.sender_report(TrackKind::Video, ntp(1.52), 273_600);
+        assert!(tl.sender_reports_sufficient());
+        // Chrome: video reports 1 s apart whose RTP time advances as the NTP time does.
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+        tl.sender_report(TrackKind::Video, ntp(0.5), 45_000);
+        tl.sender_report(TrackKind::Audio, ntp(2.3), 110_400);
+        assert!(!tl.sender_reports_sufficient());
+        tl.sender_report(TrackKind::Video, ntp(1.5), 135_000);
+        assert!(tl.sender_reports_sufficient());
     }
 }

@@ -25,8 +25,9 @@ Reports go to stdout, one JSON object per line prefixed `NINJAREC `:
               wire counters (SRTP/SRTCP handed to nicesink): wire_video_packets,
               wire_audio_packets, wire_other_rtp (RTX, RED...), wire_rtcp; audio_ssrc/video_ssrc
   sr          (--report-sr) {"event":"sr","stream","viewer","kind","ssrc","ntp_unix_ms","rtp",
-              "packets","pts_ms","implied_epoch_ms"}: each Sender Report webrtcbin sends, with the
-              media time its RTP timestamp stands for and the wall time of PTS 0 it implies
+              "packets","t","pts_ms","implied_epoch_ms"}: each Sender Report webrtcbin sends (t =
+              unix ms when it reached SRTP encryption), with the media time its RTP timestamp
+              stands for and the wall time of PTS 0 it implies
   exit        {"event":"exit","code"}
 Errors: one line on stderr and a non-zero exit status.
 """
@@ -39,7 +40,6 @@ import math
 import os
 import random
 import signal
-import string
 import sys
 import threading
 import time
@@ -292,7 +292,8 @@ _FRAME_CACHE = {}
 
 
 def frames_for(width, height, pattern):
-    """Raw I420 frames (bytes), shared by all pipelines: (list of normal frames, white frame)."""
+    """Raw I420 frames as GstBuffers shared (read-only) by all pipelines of the process:
+    (list of normal frames, white frame)."""
     key = (width, height, pattern)
     if key not in _FRAME_CACHE:
         y_size = width * height
@@ -306,7 +307,10 @@ def frames_for(width, height, pattern):
             # so the encoder spends its bitrate and packet rates look like a camera's.
             table = bytes(16 + (b & 0x7F) for b in range(256))
             normal = [os.urandom(y_size).translate(table) + chroma for _ in range(8)]
-        _FRAME_CACHE[key] = (normal, white)
+        _FRAME_CACHE[key] = (
+            [Gst.Buffer.new_wrapped(f) for f in normal],
+            Gst.Buffer.new_wrapped(white),
+        )
     return _FRAME_CACHE[key]
 
 
@@ -499,10 +503,7 @@ class Peer:
     the whole pipeline per viewer unless --multiviewer). Lives on the asyncio thread; GStreamer
     callbacks hand their work over with call_soon_threadsafe."""
 
-    serial = 0
-
     def __init__(self, pub, viewer):
-        Peer.serial += 1
         self.pub = pub
         self.args = pub.args
         self.viewer = viewer
@@ -554,9 +555,7 @@ class Peer:
         self.webrtc = self.pipe.get_by_name("webrtc")
         loopback_only(self.webrtc)
 
-        self.frames, self.white = frames_for(a.width, a.height, a.pattern)
-        self.vbufs = [Gst.Buffer.new_wrapped(f) for f in self.frames]
-        self.wbuf = Gst.Buffer.new_wrapped(self.white)
+        self.vbufs, self.wbuf = frames_for(a.width, a.height, a.pattern)
         self.vn = 0
         self.ak = 0
         self.vsrc = self.pipe.get_by_name("vsrc")
@@ -655,11 +654,13 @@ class Peer:
                     rtp = int.from_bytes(data[i + 16 : i + 20], "big")
                     count = int.from_bytes(data[i + 20 : i + 24], "big")
                     ntp_ms = (ntp_s - 2208988800) * 1000 + (ntp_f * 1000 >> 32)
-                    LOOP.call_soon_threadsafe(self.on_sender_report, ssrc, ntp_ms, rtp, count)
+                    LOOP.call_soon_threadsafe(
+                        self.on_sender_report, ssrc, ntp_ms, rtp, count, unix_ms()
+                    )
                 i += length
         return Gst.PadProbeReturn.OK
 
-    def on_sender_report(self, ssrc, ntp_ms, rtp, count):
+    def on_sender_report(self, ssrc, ntp_ms, rtp, count, seen_ms):
         c = self.counters
         kind, base, rate = "?", None, None
         if ssrc == c.audio_ssrc:
@@ -675,7 +676,7 @@ class Peer:
             "ntp_unix_ms": ntp_ms,
             "rtp": rtp,
             "packets": count,
-            "t": unix_ms(),
+            "t": seen_ms,
         }
         if base is not None:
             # The media time (PTS) this RTP timestamp stands for, and the wall time of PTS 0 that
@@ -689,7 +690,10 @@ class Peer:
         n = self.vn
         self.vn += 1
         base = self.wbuf if self.pub.schedule.video_white(n) else self.vbufs[n % len(self.vbufs)]
-        buf = base.copy()  # shares the memory, own timestamps
+        # A new buffer sharing the frame's memory, with its own timestamps. (Not `copy()`: in
+        # PyGObject that returns the same GstBuffer, so queued frames had their PTS rewritten
+        # and consecutive identical frames went out with one RTP timestamp.)
+        buf = base.copy_region(Gst.BufferCopyFlags.MEMORY, 0, base.get_size())
         fps = self.args.fps
         buf.pts = n * Gst.SECOND // fps
         buf.duration = (n + 1) * Gst.SECOND // fps - buf.pts
@@ -1197,8 +1201,13 @@ class Publisher:
 # ------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        die(f"{message} (see --help)", 2)  # one line, like every other error
+
+
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 0 if every dependency is there")
     ap.add_argument("--server", help="handshake server, ws://127.0.0.1:PORT")
     ap.add_argument("--room", help="room to publish in")
