@@ -479,8 +479,29 @@ impl<A> Timeline<A> {
         if !(self.cfg.video && self.cfg.audio) {
             return None;
         }
-        // The common instant: a report of a track whose slope is unknown cannot be moved, so
-        // the other track comes to it; otherwise the newest report.
+        // Reports of one instant (a sender that puts both in one compound packet, as
+        // GStreamer does) need no extrapolation: the median over the recent ones, which also
+        // evens out such a sender's jitter (±25 ms per report seen from GStreamer 1.22).
+        let mut same_instant: Vec<i64> = Vec::with_capacity(SR_KEPT);
+        for &vr in self.video.srs.iter().rev() {
+            let Some((tv, dv)) = self.video.sr_delta(vr) else {
+                continue;
+            };
+            let pair = self.audio.srs.iter().rev().find_map(|&ar| {
+                let (ta, da) = self.audio.sr_delta(ar)?;
+                ((tv - ta).abs() <= SR_PAIR_TICKS).then_some(da)
+            });
+            if let Some(da) = pair {
+                same_instant.push(dv - da);
+            }
+        }
+        if !same_instant.is_empty() {
+            same_instant.sort_unstable();
+            let n = same_instant.len();
+            return Some((same_instant[(n - 1) / 2] + same_instant[n / 2]) / 2);
+        }
+        // Otherwise one common instant: a report of a track whose slope is unknown cannot be
+        // moved, so the other track comes to it; else the newest report.
         let (v, a) = (self.video.newest_report()?, self.audio.newest_report()?);
         let at = match (self.video.slope(), self.audio.slope()) {
             (Some(_), None) => a,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -337,7 +338,15 @@ async fn build_pc(
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let (media_engine, registry) = media_setup()?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
-    let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+    // DTLS server when answering: the publisher (the DTLS client) then completes the
+    // handshake only after our last flight, so our SRTP keys exist before its first media
+    // packet. As the client we finished the handshake after the publisher had; webrtcbin
+    // sends the media it queued during the handshake at once, and webrtc-rs dropped the
+    // packets that beat its SRTP set-up ("remote_srtp_context is not set yet"): up to 16
+    // packets, the first keyframe of the recording, in 1 of 4 GStreamer sessions.
+    let mut se = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(loopback)
+        .with_answering_dtls_role(RTCDtlsRole::Server);
     if let Some((disc, failed)) = config.ice_timeouts {
         // Keepalives must come well inside the disconnect timeout, or an idle but healthy
         // path is declared disconnected.

@@ -23,7 +23,7 @@ use ninjarec::signaling::server::ServerConfig;
 
 use crate::support::chromium::{BrowserPublisher, BrowserPublisherConfig, BrowserStats};
 use crate::support::ffmpeg::{decode_errors, probe, start_times};
-use crate::support::fixtures::{InProcess, TestDir, TestServer, recorder_args};
+use crate::support::fixtures::{InProcess, TestDir, TestServer, heavy, recorder_args};
 use crate::support::sync::{Schedule, SyncReport, measure, median, write_wav, write_y4m};
 
 /// How long the recorder runs.
@@ -43,6 +43,7 @@ fn unix_ms() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_h264_is_recorded_whole_and_in_sync() {
+    let _heavy = heavy().await;
     let dir = TestDir::new("browser-h264");
     let mut server_cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     server_cfg.official_only = true;

@@ -81,6 +81,9 @@ pub struct H264Stats {
     pub keyframes_out: u64,
     /// Access units dropped because they were damaged or waited for an IDR.
     pub frames_dropped: u64,
+    /// An access unit still incomplete when the stream ended ([`H264Depacketizer::flush`]):
+    /// cut by the end of the recording, not lost.
+    pub frames_unfinished: u64,
     /// Packets that were malformed (bad STAP-A, FU-A out of order, forbidden bit, ...).
     pub malformed_packets: u64,
     /// Packets of interleaved mode (STAP-B, MTAP, FU-B), which WebRTC does not use.
@@ -199,12 +202,13 @@ impl H264Depacketizer {
         }
     }
 
-    /// Drops a partly received access unit (no marker yet) at the end of the stream.
+    /// Drops a partly received access unit (no marker yet) at the end of the stream; counted
+    /// as unfinished, not as dropped (the recording ended inside it).
     pub fn flush(&mut self) {
         if let Some(b) = self.current.take()
             && (!b.data.is_empty() || b.damaged)
         {
-            self.stats.frames_dropped += 1;
+            self.stats.frames_unfinished += 1;
         }
     }
 

@@ -489,12 +489,13 @@ fn keyframe_request_is_reported_again_after_recovery() {
 }
 
 #[test]
-fn flush_drops_an_unfinished_frame() {
+fn flush_drops_an_unfinished_frame_without_calling_it_loss() {
     let mut f = Feed::new();
     f.idr(0);
     f.send(3000, false, &slice(false, true, 10, 1));
     f.d.flush();
-    assert_eq!(f.d.stats().frames_dropped, 1);
+    assert_eq!(f.d.stats().frames_unfinished, 1);
+    assert_eq!(f.d.stats().frames_dropped, 0);
     assert_eq!(f.aus.len(), 1);
 }
 

@@ -121,6 +121,7 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(args: &[String]) -> Self {
+        init_test_logging();
         let cli =
             Cli::parse_from(std::iter::once("ninjarec".to_owned()).chain(args.iter().cloned()));
         assert!(
@@ -144,4 +145,26 @@ impl InProcess {
             .expect("recorder task did not panic")
             .expect("recorder ran")
     }
+}
+
+/// Serializes the tests that run real publishers (Chromium, GStreamer): each of them loads
+/// the machine's cores with encoders, and two at once on a small machine would test the
+/// machine, not the recorder.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
+/// With `NINJAREC_TEST_LOG` set (a `RUST_LOG`-style filter, e.g. `ninjarec=debug`), the
+/// in-process recorder's log goes to stderr, for debugging a failing test.
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("NINJAREC_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
 }
