@@ -581,24 +581,24 @@ impl Publisher {
             }
             Internal::State(state) => {
                 self.emit(PublisherEvent::State(state.into())).await;
-                match state {
-                    RTCPeerConnectionState::Connected
-                        if self.config.mode == PublisherMode::MediaInFirstOffer
-                            && !self.second_channel_opened =>
-                    {
-                        // Raspberry Ninja opens a second `sendChannel` once connected.
-                        self.second_channel_opened = true;
-                        if let Err(e) = self.open_channel().await {
-                            warn!("test publisher: second data channel: {e}");
-                        }
-                    }
-                    RTCPeerConnectionState::Failed => return Some(PublisherCloseReason::Failed),
-                    _ => {}
+                if state == RTCPeerConnectionState::Failed {
+                    return Some(PublisherCloseReason::Failed);
                 }
             }
             Internal::DcOpen(i) => {
                 if let Some(ch) = self.channels.get_mut(i) {
                     ch.1 = true;
+                }
+                if self.config.mode == PublisherMode::MediaInFirstOffer
+                    && !self.second_channel_opened
+                {
+                    // Raspberry Ninja opens a second `sendChannel` once connected. Opened when
+                    // the first one is, so the SCTP association is up (at "connected" it may
+                    // not be yet, and webrtc-rs then drops the channel's open message).
+                    self.second_channel_opened = true;
+                    if let Err(e) = self.open_channel().await {
+                        warn!("test publisher: second data channel: {e}");
+                    }
                 }
             }
             Internal::DcClosed(i) => {

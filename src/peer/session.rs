@@ -73,6 +73,14 @@ pub struct SessionConfig {
     pub cipher: SharedCipher,
     /// Capacity of the event channel (media events included).
     pub event_capacity: usize,
+    /// Answer as DTLS server instead of client. For publishers whose first offer carries
+    /// media (Raspberry Ninja, GStreamer): they send what they queued during the handshake
+    /// the instant it completes on their side, and as the client we complete after them, so
+    /// webrtc-rs dropped those first packets ("remote_srtp_context is not set yet"): the
+    /// first keyframe of 1 in 4 GStreamer recordings. As the server our SRTP keys exist
+    /// before the publisher can send. Publishers that offer a data channel first (the web
+    /// app) add media only later and keep the default.
+    pub dtls_server: bool,
 }
 
 impl Default for SessionConfig {
@@ -89,6 +97,7 @@ impl Default for SessionConfig {
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             cipher: None,
             event_capacity: 1024,
+            dtls_server: false,
         }
     }
 }
@@ -338,15 +347,11 @@ async fn build_pc(
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let (media_engine, registry) = media_setup()?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
-    // DTLS server when answering: the publisher (the DTLS client) then completes the
-    // handshake only after our last flight, so our SRTP keys exist before its first media
-    // packet. As the client we finished the handshake after the publisher had; webrtcbin
-    // sends the media it queued during the handshake at once, and webrtc-rs dropped the
-    // packets that beat its SRTP set-up ("remote_srtp_context is not set yet"): up to 16
-    // packets, the first keyframe of the recording, in 1 of 4 GStreamer sessions.
-    let mut se = SettingEngineBuilder::new()
-        .with_include_loopback_candidate(loopback)
-        .with_answering_dtls_role(RTCDtlsRole::Server);
+    let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+    if config.dtls_server {
+        // See `SessionConfig::dtls_server`.
+        se = se.with_answering_dtls_role(RTCDtlsRole::Server);
+    }
     if let Some((disc, failed)) = config.ice_timeouts {
         // Keepalives must come well inside the disconnect timeout, or an idle but healthy
         // path is declared disconnected.

@@ -236,6 +236,7 @@ async fn run(
 ) {
     let mut session_cfg = settings.session.clone();
     session_cfg.label = id.stream_id.clone();
+    session_cfg.dtls_server = offers_media(&offer_sdp);
     let (session, mut events) = session::spawn(session_cfg);
     let mut rec = Recorder {
         file: RecordingFile::new(&settings.output_dir, &settings.prefix, &id.stream_id),
@@ -494,4 +495,11 @@ fn explain_close(stream_id: &str, reason: &CloseReason) {
             info!(stream = %stream_id, ?reason, "connection closed")
         }
     }
+}
+
+/// True when an offer carries audio or video (Raspberry Ninja, GStreamer), not only a data
+/// channel (the web app, which adds media by renegotiation).
+fn offers_media(sdp: &str) -> bool {
+    sdp.lines()
+        .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
 }

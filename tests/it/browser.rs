@@ -274,37 +274,52 @@ async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> SyncRe
 }
 
 /// The file's flash/beep pairs matched to the same flashes in the browser's recording (which
-/// started earlier): the time shift that lines up most flashes, then each file pair with the
-/// local pair within 50 ms of it. Returns (file offset, local offset) in ms.
+/// started earlier and runs on the capture clock, which drifts against the RTP clock by a few
+/// ms per minute): the time shift that lines up the file's first flashes, then, flash by flash,
+/// the local flash within 50 ms of where the last matched pair's shift puts it. Returns (file
+/// offset, local offset) in ms.
 fn match_pairs(file: &SyncReport, local: &SyncReport) -> Vec<(f64, f64)> {
+    let local_pairs: Vec<(f64, f64)> = local
+        .pairs
+        .iter()
+        .zip(&local.offsets_ms)
+        .map(|(p, o)| (p.0, *o))
+        .collect();
     let near = |t: f64| {
-        local
-            .pairs
+        local_pairs
             .iter()
-            .zip(&local.offsets_ms)
-            .find(|(p, _)| (p.0 - t).abs() <= 0.05)
-            .map(|(_, o)| *o)
+            .find(|(lt, _)| (lt - t).abs() <= 0.05)
+            .copied()
     };
-    let Some(first) = file.pairs.first() else {
-        return Vec::new();
-    };
-    // The flash pattern repeats every loop, so later loops line up too, but with fewer
-    // pairs (the file would run past the browser's recording): the most pairs wins.
-    let mut best = (0, 0.0);
-    for shift in local.pairs.iter().map(|p| p.0 - first.0) {
-        let count = file
-            .pairs
-            .iter()
-            .filter(|p| near(p.0 + shift).is_some())
-            .count();
-        if count > best.0 {
-            best = (count, shift);
-        }
-    }
-    let best_shift = best.1;
-    file.pairs
+    let file_pairs: Vec<(f64, f64)> = file
+        .pairs
         .iter()
         .zip(&file.offsets_ms)
-        .filter_map(|(p, o)| near(p.0 + best_shift).map(|l| (*o, l)))
-        .collect()
+        .map(|(p, o)| (p.0, *o))
+        .collect();
+    let Some(&(first, _)) = file_pairs.first() else {
+        return Vec::new();
+    };
+    // The flash pattern repeats every loop, so later loops line the first flashes up too, but
+    // with fewer pairs (the file would run past the browser's recording): the most wins.
+    let lined_up = |shift: f64| {
+        file_pairs
+            .iter()
+            .take(8)
+            .filter(|(t, _)| near(t + shift).is_some())
+            .count()
+    };
+    let mut shift = local_pairs
+        .iter()
+        .map(|(lt, _)| lt - first)
+        .max_by_key(|s| (lined_up(*s), -(s * 1000.0) as i64))
+        .unwrap_or(0.0);
+    let mut out = Vec::new();
+    for (t, offset) in file_pairs {
+        if let Some((lt, local_offset)) = near(t + shift) {
+            shift = lt - t;
+            out.push((offset, local_offset));
+        }
+    }
+    out
 }

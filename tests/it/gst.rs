@@ -198,3 +198,13 @@ async fn gst_room_of_four_started_five_times_is_complete_and_in_sync() {
     );
 }
 
+/// The 10-minute sync run (not in CI: `cargo test --test it gst_ten_minutes --
+/// --ignored --nocapture`): the same checks over 600 s of a room of four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "10 minutes; run by hand and report"]
+async fn gst_ten_minutes_in_sync() {
+    require_gstreamer();
+    let _heavy = heavy().await;
+    let problems = round(9, 600, Dialect::Relay, None, &Schedule::irregular(6, 12.0)).await;
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -187,6 +187,7 @@ async fn wait_publisher(
 /// `close()` says bye and the publisher stops with `Bye`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_in_first_offer_records_and_viewer_bye_closes_publisher() {
+    crate::support::fixtures::init_test_logging();
     let mut pcfg = PublisherConfig::new(PublisherMode::MediaInFirstOffer);
     pcfg.ping_interval = Some(Duration::from_millis(700));
     let (ph, prx) = publisher::spawn(pcfg);
