@@ -62,8 +62,8 @@ pub struct StreamConfig {
     pub keyframe_request_interval: Duration,
     /// While no keyframe has been written, ask again this often (a PLI can be lost).
     pub keyframe_retry: Duration,
-    /// Longest the start of a file with both tracks waits for both tracks' first Sender
-    /// Report (6 s: Chrome sends audio reports every 5 s, GStreamer every 1-4 s). Without
+    /// Longest the start of a file with both tracks waits for Sender Reports that relate the
+    /// tracks (6 s: Chrome sends audio reports every 5 s, GStreamer every 1-4 s). Without
     /// them the tracks are placed by arrival and corrected later.
     pub sync_wait: Duration,
     /// Most bytes of media held during [`Self::sync_wait`]; past it the file starts at once.
