@@ -21,7 +21,7 @@ use ninjarec::signaling::server::ServerConfig;
 use crate::support::ffmpeg::{decode_errors, probe, start_times};
 use crate::support::fixtures::{InProcess, TestDir, TestServer, heavy, recorder_args};
 use crate::support::gst::{GstPublisher, GstPublisherConfig, StreamStats, require_gstreamer};
-use crate::support::sync::{Schedule, measure};
+use crate::support::sync::{Schedule, SyncReport, measure};
 
 /// Share of the Opus packets and H.264 frames sent that must be in the file.
 const MIN_SHARE: f64 = 0.99;
@@ -145,20 +145,21 @@ fn check_file(
     if late_audio_ms > 50.0 {
         return fail(format!("audio starts {late_audio_ms:.1} ms after video"));
     }
-    sync_ok(&path, check_median).map_err(|e| format!("{label}: {e}\n  recorder: {summary}"))?;
+    let sync =
+        sync_ok(&path, check_median).map_err(|e| format!("{label}: {e}\n  recorder: {summary}"))?;
     Ok(format!(
         "{label}: {frames}/{} frames, {audio}/{} audio ({:.2} %), audio starts {late_audio_ms:+.1} ms \
          from video, {}",
         wire.video_frames,
         wire.wire_audio_packets,
         audio_share * 100.0,
-        measure(&path)
+        sync
     ))
 }
 
 /// Every flash/beep pair within 40 ms (and, with `check_median`, their median within 20 ms),
-/// nothing unpaired.
-fn sync_ok(path: &Path, check_median: bool) -> Result<(), String> {
+/// nothing unpaired; returns the measurement (decoding a file once is enough).
+fn sync_ok(path: &Path, check_median: bool) -> Result<SyncReport, String> {
     let sync = measure(path);
     let (flashes, beeps) = sync.strays();
     if !flashes.is_empty() || !beeps.is_empty() || sync.offsets_ms.len() < 3 {
@@ -171,7 +172,7 @@ fn sync_ok(path: &Path, check_median: bool) -> Result<(), String> {
     if worst.abs() > 40.0 || (check_median && median.abs() > 20.0) {
         return Err(format!("out of sync: {sync}"));
     }
-    Ok(())
+    Ok(sync)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
