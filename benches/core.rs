@@ -11,9 +11,9 @@ mod sim;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ninjarec::clip::Clip;
-use ninjarec::mux::stream::{StreamConfig, StreamMuxer};
-use ninjarec::mux::{RtpPacket, TrackKind};
+use ninjarec::media::stream::{StreamConfig, StreamMuxer};
+use ninjarec::media::{RtpPacket, TrackKind, VideoCodec};
+use ninjarec::testkit::clip::Clip;
 use sim::{Event, Network, Rng, Sender, arrive, send_clip};
 
 /// How often (in packets) the simulated recorder polls the muxer.
@@ -45,7 +45,8 @@ fn input() -> Vec<(Instant, Event)> {
 /// One recording of the whole input; returns the TS bytes written (so nothing is optimized
 /// away).
 fn record(events: Vec<(Instant, Event)>) -> usize {
-    let mut m = StreamMuxer::new(StreamConfig::default(), true, true).expect("tracks");
+    let mut m =
+        StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).expect("tracks");
     let mut written = 0;
     let mut last = None;
     for (i, (now, event)) in events.into_iter().enumerate() {

@@ -87,11 +87,11 @@ async fn main() -> ExitCode {
         Mode::DcFirst => PublisherMode::DataChannelFirst,
     };
     let clip = match &args.clip {
-        None => ninjarec::clip::Clip::builtin(),
+        None => ninjarec::testkit::clip::Clip::builtin(),
         Some(path) => {
             let read = std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| ninjarec::clip::Clip::from_ts(&b).map_err(|e| e.to_string()));
+                .and_then(|b| ninjarec::testkit::clip::Clip::from_ts(&b).map_err(|e| e.to_string()));
             match read {
                 Ok(c) => c,
                 Err(e) => {

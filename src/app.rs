@@ -116,6 +116,11 @@ pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
     rec.stream.video = !args.novideo;
     rec.session.want_audio = !args.noaudio;
     rec.session.want_video = !args.novideo;
+    rec.session.prefer_video_codec = args.codec.preferred();
+    rec.stream.container = match args.container {
+        crate::cli::ContainerArg::Auto => crate::mux::ContainerChoice::Auto,
+        crate::cli::ContainerArg::Mkv => crate::mux::ContainerChoice::Matroska,
+    };
     rec.session.ice_connect_timeout = Duration::from_secs(args.ice_timeout.max(1));
     rec.session.keyframe_interval = args.keyframe_interval();
     rec.session.udp_addrs = args.udp_bind.clone();

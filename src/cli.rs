@@ -61,6 +61,44 @@ pub enum DialectArg {
     Relay,
 }
 
+/// `--codec`: the video codec asked of publishers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CodecArg {
+    /// H.264, recorded into MPEG-TS (`.ts`).
+    H264,
+    /// VP8, recorded into WebM.
+    Vp8,
+    /// VP9, recorded into WebM.
+    Vp9,
+    /// AV1, recorded into Matroska (`.mkv`).
+    Av1,
+    /// Ask for nothing: take what the publisher offers first.
+    Any,
+}
+
+impl CodecArg {
+    /// The codec to put in `preferVideoCodec`, if any.
+    pub fn preferred(self) -> Option<crate::media::VideoCodec> {
+        use crate::media::VideoCodec;
+        match self {
+            CodecArg::H264 => Some(VideoCodec::H264),
+            CodecArg::Vp8 => Some(VideoCodec::Vp8),
+            CodecArg::Vp9 => Some(VideoCodec::Vp9),
+            CodecArg::Av1 => Some(VideoCodec::Av1),
+            CodecArg::Any => None,
+        }
+    }
+}
+
+/// `--container`: the file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainerArg {
+    /// `.ts` for H.264 (and audio only), `.webm` for VP8/VP9, `.mkv` for AV1.
+    Auto,
+    /// Matroska (`.mkv`) for every codec.
+    Mkv,
+}
+
 /// Options for recording (the default action).
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -92,6 +130,12 @@ pub struct RecordArgs {
     /// Accept a self-signed or otherwise invalid TLS certificate from the handshake server.
     #[arg(long)]
     pub insecure_signaling: bool,
+    /// Video codec to ask publishers for; whatever they really send is recorded.
+    #[arg(long, value_enum, default_value_t = CodecArg::H264)]
+    pub codec: CodecArg,
+    /// File format: `auto` picks by codec (.ts for H.264, .webm for VP8/VP9, .mkv for AV1).
+    #[arg(long, value_enum, default_value_t = ContainerArg::Auto)]
+    pub container: ContainerArg,
     /// Do not record audio.
     #[arg(long)]
     pub noaudio: bool,

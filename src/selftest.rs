@@ -5,7 +5,7 @@
 //! Raspberry Ninja — media in the first offer — and one like the VDO.Ninja web app — data
 //! channel first, media by renegotiation) in one room with the default password, and the real
 //! recorder recording that room. Each file is then verified without a decoder
-//! ([`crate::record::verify`]): a conformant transport stream whose every frame and audio packet
+//! ([`crate::testkit::verify`]): a conformant transport stream whose every frame and audio packet
 //! is bit-exact with what was sent.
 
 use std::path::PathBuf;
@@ -17,13 +17,13 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::cli::SelftestArgs;
-use crate::clip::Clip;
 use crate::peer::publisher::PublisherMode;
 use crate::record::orchestrator::{self, RunConfig};
 use crate::record::stream::RecorderSettings;
-use crate::record::verify::verify_file;
 use crate::signaling::server::{Server, ServerConfig};
 use crate::signaling::{Password, SignalingConfig};
+use crate::testkit::clip::Clip;
+use crate::testkit::verify::verify_file;
 use crate::testsrc::{self, TestSourceConfig};
 
 /// Room the self-test publishes and records in.

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use ninjarec::mux::RtpPacket;
-use ninjarec::mux::reorder::{Ordered, ReorderBuffer, ReorderConfig};
+use ninjarec::media::RtpPacket;
+use ninjarec::media::reorder::{Ordered, ReorderBuffer, ReorderConfig};
 
 /// Feeds every packet described by `data` through a small reorder buffer into `sink`.
 pub fn drive(data: &[u8], frame_ticks: u32, mut sink: impl FnMut(Ordered)) {

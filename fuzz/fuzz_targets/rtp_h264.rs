@@ -3,23 +3,24 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ninjarec::mux::h264::{H264Config, H264Depacketizer, H264Output};
+use ninjarec::media::depacketize::h264::H264Depacketizer;
+use ninjarec::media::depacketize::{DepacketizerLimits, VideoDepacketizer, VideoOutput};
 
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let config = H264Config {
-        max_au_bytes: 64 * 1024,
-        ..H264Config::default()
+    let config = DepacketizerLimits {
+        max_frame_bytes: 64 * 1024,
+        ..DepacketizerLimits::default()
     };
     let mut depack = H264Depacketizer::new(config);
     let mut frames = 0u64;
     common::drive(data, 3000, |item| {
         depack.push(item, &mut |o| {
-            if let H264Output::AccessUnit(au) = o {
+            if let VideoOutput::Frame(au) = o {
                 frames += 1;
                 assert!(au.data.starts_with(&[0, 0, 0, 1]), "no start code");
-                assert!(au.data.len() <= config.max_au_bytes + 2 * 1024 + 8);
+                assert!(au.data.len() <= config.max_frame_bytes + 2 * 1024 + 8);
                 // Split at start codes; the depacketizer guarantees none is forged inside a NAL.
                 let mut types = Vec::new();
                 let mut i = 0;
@@ -31,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!types.contains(&9), "AUD passed through");
                 assert!(types.iter().any(|t| (1..=5).contains(t)), "no slice");
                 if au.keyframe {
+                    assert!(au.format.is_some(), "keyframe without its format");
                     assert_eq!(types[..2], [7, 8], "keyframe without SPS, PPS first");
                     assert!(types.contains(&5));
                 }

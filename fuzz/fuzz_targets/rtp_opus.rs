@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ninjarec::mux::opus::OpusDepacketizer;
-use ninjarec::mux::opus_toc::packet_samples;
+use ninjarec::media::depacketize::opus::OpusDepacketizer;
+use ninjarec::media::depacketize::opus_toc::packet_samples;
 
 mod common;
 

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ninjarec::clip::Clip;
-use ninjarec::mux::stream::{StreamConfig, StreamMuxer};
-use ninjarec::mux::ts::check::{CheckOptions, check};
-use ninjarec::mux::{RtpPacket, TrackKind};
+use ninjarec::testkit::clip::Clip;
+use ninjarec::media::stream::{StreamConfig, StreamMuxer};
+use ninjarec::testkit::ts_check::{CheckOptions, check};
+use ninjarec::media::{RtpPacket, TrackKind, VideoCodec};
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 
@@ -88,7 +88,7 @@ fn be32(b: &[u8]) -> u32 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(mut m) = StreamMuxer::new(StreamConfig::default(), true, true) else {
+    let Some(mut m) = StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true) else {
         return;
     };
     let start = Instant::now();

@@ -180,12 +180,17 @@ pub fn parse(data: &[u8], cipher: Option<&dyn PayloadCipher>) -> Result<DcMessag
 }
 
 /// The viewer request a recorder sends when a data channel opens (§4): ask for the wanted
-/// tracks, prefer H.264, and decline every extra (drawing, MIDI, previews, ...).
-pub fn viewer_request(audio: bool, video: bool, label: &str) -> String {
-    json!({
+/// tracks, in the video codec the user chose (`preferVideoCodec`, left out for `--codec
+/// any`), and decline every extra (drawing, MIDI, previews, ...).
+pub fn viewer_request(
+    audio: bool,
+    video: bool,
+    codec: Option<crate::media::VideoCodec>,
+    label: &str,
+) -> String {
+    let mut req = json!({
         "audio": audio,
         "video": video,
-        "preferVideoCodec": "h264",
         "downloads": false,
         "allowmidi": false,
         "allowdrawing": false,
@@ -200,8 +205,11 @@ pub fn viewer_request(audio: bool, video: bool, label: &str) -> String {
         "scene": false,
         "director": false,
         "info": { "label": label },
-    })
-    .to_string()
+    });
+    if let Some(codec) = codec {
+        req["preferVideoCodec"] = json!(codec.name());
+    }
+    req.to_string()
 }
 
 /// `{"pong":x}` for a received `{"ping":x}`.
@@ -356,7 +364,7 @@ mod tests {
 
     #[test]
     fn viewer_request_round_trips() {
-        let wire = viewer_request(true, false, "rec");
+        let wire = viewer_request(true, false, Some(crate::media::VideoCodec::H264), "rec");
         let m = parse(wire.as_bytes(), None).unwrap();
         assert_eq!(
             m,

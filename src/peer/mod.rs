@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MediaEngine,
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MediaEngine,
 };
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use webrtc::data_channel::DataChannel;
@@ -135,21 +136,39 @@ pub const H264_PROFILES: [(&str, u8); 4] = [
 /// Opus payload type we register (the browsers' usual 111).
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 
+/// The other video codecs registered beside H.264, with the payload types our own offers use
+/// (an answer takes the publisher's numbers) and their `a=fmtp` line: VP8, VP9 profile 0 (8-bit
+/// 4:2:0, what browsers send; other profiles still match by MIME fallback) and AV1. Each also
+/// gets RTX at the next payload type.
+pub const OTHER_VIDEO_CODECS: [(&str, &str, u8); 3] = [
+    (MIME_TYPE_VP8, "", 96),
+    (MIME_TYPE_VP9, "profile-id=0", 98),
+    (MIME_TYPE_AV1, "", 41),
+];
+
 /// Builds the media engine and interceptor chain shared by both sides: H.264 (pm=1, several
-/// profiles, each with RTX) + Opus, default interceptors (NACK, RTCP reports, TWCC) and the
-/// Sender-Report tap that lets SRs reach the application.
+/// profiles), VP8, VP9 and AV1, each with RTX, + Opus, default interceptors (NACK, RTCP
+/// reports, TWCC) and the Sender-Report tap that lets SRs reach the application. Which video
+/// codec a publisher sends follows its offer's order, which the viewer request's
+/// `preferVideoCodec` (`--codec`) asks the web app to set.
 pub(crate) fn media_setup() -> Result<(MediaEngine, Registry), webrtc::error::Error> {
     let mut me = MediaEngine::default();
-    for (plid, pt) in H264_PROFILES {
+    let h264 = H264_PROFILES.map(|(plid, pt)| {
+        (
+            MIME_TYPE_H264,
+            format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={plid}"),
+            pt,
+        )
+    });
+    let others = OTHER_VIDEO_CODECS.map(|(mime, fmtp, pt)| (mime, fmtp.to_owned(), pt));
+    for (mime, fmtp, pt) in h264.into_iter().chain(others) {
         me.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_H264.to_owned(),
+                    mime_type: mime.to_owned(),
                     clock_rate: 90_000,
                     channels: 0,
-                    sdp_fmtp_line: format!(
-                        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={plid}"
-                    ),
+                    sdp_fmtp_line: fmtp,
                     rtcp_feedback: vec![],
                 },
                 payload_type: pt,
@@ -222,6 +241,27 @@ pub fn offered_media(sdp: &str) -> (bool, bool) {
         }
     }
     (video, audio)
+}
+
+/// The video codec an answer (ours) settles on: the first payload type of its first video
+/// section that is not rejected, looked up in the section's `a=rtpmap` lines. Browsers send
+/// with the first codec of the answer, so this is what the publisher will send (the track
+/// confirms it when it starts). `None` without such a section or for a codec not recorded.
+pub fn answer_video_codec(sdp: &str) -> Option<crate::media::VideoCodec> {
+    let text = format!("\n{sdp}");
+    let section = text.split("\nm=").skip(1).find(|s| {
+        let mut f = s.split_whitespace();
+        f.next() == Some("video") && f.next().is_some_and(|port| port != "0")
+    })?;
+    let first_pt = section.lines().next()?.split_whitespace().nth(3)?;
+    section.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("a=rtpmap:")?;
+        let (pt, codec) = rest.split_once(' ')?;
+        if pt != first_pt {
+            return None;
+        }
+        crate::media::VideoCodec::from_mime(codec.split('/').next()?)
+    })
 }
 
 /// Events from webrtc-rs callbacks and helper tasks to the task that drives a connection (the

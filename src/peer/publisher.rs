@@ -36,7 +36,7 @@ use super::{
     ConnectionState, IceCandidate, IceServer, OPUS_PAYLOAD_TYPE, first_bundle_mid, media_setup,
     rtc_ice_servers,
 };
-use crate::clip::Clip;
+use crate::testkit::clip::Clip;
 
 /// Which VDO.Ninja publisher to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

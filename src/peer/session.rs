@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
@@ -32,14 +32,12 @@ use super::{
     ConnectionState, IceCandidate, IceServer, SharedCipher, first_bundle_mid, media_setup,
     rtc_ice_servers,
 };
-use crate::mux::{RtpPacket, TrackKind};
+use crate::media::{RtpPacket, TrackKind, VideoCodec};
 
 /// Remote candidates kept while no remote description is set; more are dropped and counted.
 const MAX_PENDING_CANDIDATES: usize = 256;
 /// Data channels tracked per connection (Raspberry Ninja opens two); more are ignored.
 const MAX_DATA_CHANNELS: usize = 8;
-/// Minimum spacing of on-request PLIs.
-const PLI_MIN_SPACING: Duration = Duration::from_secs(1);
 /// Longest wait for the track readers to drain after `close()`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The label VDO.Ninja publishers use for their signalling data channel.
@@ -66,6 +64,9 @@ pub struct SessionConfig {
     pub keyframe_interval: Option<Duration>,
     /// Our label, sent in the viewer request and used in logs.
     pub label: String,
+    /// The video codec the viewer request asks the publisher for (`preferVideoCodec`);
+    /// `None` asks for nothing and takes what the publisher offers first (`--codec any`).
+    pub prefer_video_codec: Option<VideoCodec>,
     /// Local UDP sockets to bind (`"0.0.0.0:0"` = one per non-loopback interface; tests use
     /// `"127.0.0.1:0"`, which also enables loopback candidates).
     pub udp_addrs: Vec<String>,
@@ -94,6 +95,7 @@ impl Default for SessionConfig {
             ice_timeouts: None,
             keyframe_interval: None,
             label: "ninjarec".to_owned(),
+            prefer_video_codec: Some(VideoCodec::H264),
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             cipher: None,
             event_capacity: 1024,
@@ -197,13 +199,15 @@ pub enum SessionEvent {
     },
     /// A local ICE candidate (with `sdpMid` = first BUNDLE mid of the offer) for signalling.
     LocalCandidate(IceCandidate),
-    /// A remote track started. `supported` is false for non-H.264 video / non-Opus audio, whose
-    /// packets are then not forwarded.
+    /// A remote track started. `supported` is false for video in a codec the recorder does not
+    /// know and for non-Opus audio, whose packets are then not forwarded.
     TrackStarted {
         /// Which track.
         kind: TrackKind,
         /// Codec MIME type, e.g. `video/H264`.
         mime: String,
+        /// For video, the codec (when it is one the recorder records).
+        codec: Option<VideoCodec>,
         /// Media SSRC.
         ssrc: u32,
         /// Whether its packets will be forwarded.
@@ -216,11 +220,13 @@ pub enum SessionEvent {
     },
     /// A renegotiation offer from the data channel was answered there.
     Renegotiated,
-    /// A remote offer was applied; it sends these media (see [`super::offered_media`]). Comes
-    /// before any packet of the offered tracks, so the recorder knows which tracks to expect.
+    /// A remote offer was applied and answered; it sends these media (see
+    /// [`super::offered_media`]). Comes before any packet of the offered tracks, so the
+    /// recorder knows which tracks to expect.
     MediaOffered {
-        /// The offer sends video.
-        video: bool,
+        /// The offer sends video, in this codec as far as the answer tells
+        /// ([`super::answer_video_codec`]); `None` also when the codec is not one we record.
+        video: Option<VideoCodec>,
         /// The offer sends audio.
         audio: bool,
     },
@@ -273,7 +279,7 @@ impl SessionHandle {
             .map_err(|_| SessionGone)
     }
 
-    /// Ask for a keyframe (PLI), rate-limited to one per second. Never blocks; a request that
+    /// Ask for a keyframe (PLI) now; the caller rate-limits (the core does). Never blocks; a request that
     /// finds the queue full is dropped (one is already pending).
     pub fn request_keyframe(&self) -> Result<(), SessionGone> {
         match self.tx.try_send(Command::Keyframe) {
@@ -334,7 +340,6 @@ struct Session {
     bundle_mid: Option<String>,
     channels: Vec<Channel>,
     video: Option<(Arc<dyn TrackRemote>, u32)>,
-    last_pli: Option<Instant>,
     readers: Vec<JoinHandle<()>>,
     connected_once: bool,
     ice_deadline: Option<tokio::time::Instant>,
@@ -411,7 +416,6 @@ async fn run(
         bundle_mid: None,
         channels: Vec::new(),
         video: None,
-        last_pli: None,
         readers: Vec::new(),
         connected_once: false,
         ice_deadline: None,
@@ -438,7 +442,7 @@ async fn run(
                     }
                 }
                 Some(Command::Candidate(c)) => s.remote_candidate(c).await,
-                Some(Command::Keyframe) => s.send_pli(false).await,
+                Some(Command::Keyframe) => s.send_pli().await,
             },
             Some(ev) = internal_rx.recv() => {
                 if let Some(reason) = s.internal(ev).await {
@@ -454,7 +458,7 @@ async fn run(
                 break CloseReason::PublisherVanished;
             }
             _ = tokio::time::sleep_until(pli_deadline) => {
-                s.send_pli(true).await;
+                s.send_pli().await;
                 next_pli = s.config.keyframe_interval.map(|d| tokio::time::Instant::now() + d);
             }
         }
@@ -477,7 +481,6 @@ impl Session {
         let (video, audio) = super::offered_media(&sdp);
         let offer = RTCSessionDescription::offer(sdp)?;
         self.pc.set_remote_description(offer).await?;
-        self.emit(SessionEvent::MediaOffered { video, audio }).await;
         if !self.remote_set {
             self.remote_set = true;
             for c in std::mem::take(&mut self.pending) {
@@ -489,6 +492,20 @@ impl Session {
         }
         let answer = self.pc.create_answer(None).await?;
         let answer_sdp = answer.sdp.clone();
+        let video = if video {
+            let codec = super::answer_video_codec(&answer_sdp);
+            if codec.is_none() {
+                warn!(
+                    label = %self.config.label,
+                    "the publisher offers video in no codec we record (H.264, VP8, VP9, AV1): \
+                     its video is NOT recorded"
+                );
+            }
+            codec
+        } else {
+            None
+        };
+        self.emit(SessionEvent::MediaOffered { video, audio }).await;
         self.pc.set_local_description(answer).await?;
         match reply {
             Reply::WebSocket => {
@@ -533,15 +550,13 @@ impl Session {
         }
     }
 
-    async fn send_pli(&mut self, force: bool) {
+    /// Sends a PLI for the video track now. Not rate-limited here: the one limiter is the
+    /// recording core's (`StreamMuxer::take_keyframe_request`), and `--keyframe-interval`
+    /// is periodic by itself.
+    async fn send_pli(&mut self) {
         let Some((track, ssrc)) = &self.video else {
             return;
         };
-        let now = Instant::now();
-        if !force && self.last_pli.is_some_and(|t| now - t < PLI_MIN_SPACING) {
-            return;
-        }
-        self.last_pli = Some(now);
         let pli = PictureLossIndication {
             sender_ssrc: 0,
             media_ssrc: *ssrc,
@@ -637,15 +652,19 @@ impl Session {
                 .unwrap_or_default(),
             None => String::new(),
         };
+        let codec = match kind {
+            TrackKind::Video => VideoCodec::from_mime(&mime),
+            TrackKind::Audio => None,
+        };
         let supported = match kind {
-            TrackKind::Video => mime.eq_ignore_ascii_case(MIME_TYPE_H264),
+            TrackKind::Video => codec.is_some(),
             TrackKind::Audio => mime.eq_ignore_ascii_case(MIME_TYPE_OPUS),
         };
         if !supported {
             warn!(
                 label = %self.config.label,
                 "publisher sends {kind:?} as {mime:?}, not {}: this track is NOT recorded",
-                if kind == TrackKind::Video { "H.264" } else { "Opus" }
+                if kind == TrackKind::Video { "H.264, VP8, VP9 or AV1" } else { "Opus" }
             );
         } else {
             info!(label = %self.config.label, "{kind:?} track started: {mime}");
@@ -653,6 +672,7 @@ impl Session {
         self.emit(SessionEvent::TrackStarted {
             kind,
             mime,
+            codec,
             ssrc: ssrc.unwrap_or_default(),
             supported,
         })
@@ -670,7 +690,7 @@ impl Session {
             && let Some(ssrc) = ssrc
         {
             self.video = Some((track, ssrc));
-            self.send_pli(true).await;
+            self.send_pli().await;
         }
     }
 
@@ -709,6 +729,7 @@ impl Session {
         let req = dc::viewer_request(
             self.config.want_audio,
             self.config.want_video,
+            self.config.prefer_video_codec,
             &self.config.label,
         );
         self.send_dc(index, &req).await;

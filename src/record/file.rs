@@ -42,17 +42,21 @@ pub struct RecordingFile {
     dir: PathBuf,
     prefix: String,
     stream_id: String,
+    /// The file name extension (the container's), used when the file is created.
+    extension: &'static str,
     file: Option<(File, PathBuf)>,
     bytes_written: u64,
 }
 
 impl RecordingFile {
-    /// A recording of `stream_id` into `dir`, named `PREFIX_STREAMID_UNIX.ts` when first written.
+    /// A recording of `stream_id` into `dir`, named `PREFIX_STREAMID_UNIX.EXT` when first
+    /// written (`ts` unless [`Self::set_extension`] says otherwise).
     pub fn new(dir: &Path, prefix: &str, stream_id: &str) -> Self {
         Self {
             dir: dir.to_path_buf(),
             prefix: prefix.to_owned(),
             stream_id: stream_id.to_owned(),
+            extension: "ts",
             file: None,
             bytes_written: 0,
         }
@@ -66,6 +70,44 @@ impl RecordingFile {
     /// Bytes appended so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+
+    /// Sets the extension the file gets when it is created (no effect once it exists).
+    pub fn set_extension(&mut self, extension: &'static str) {
+        if self.file.is_none() {
+            self.extension = extension;
+        }
+    }
+
+    /// Writes each patch over bytes already appended (Matroska sizes and duration at the end
+    /// of a recording). Patches that reach past what was written are refused as a write error
+    /// (the container and the file disagree), and nothing after them is applied.
+    pub fn patch(&mut self, patches: &[crate::mux::Patch]) -> Result<(), FileError> {
+        use std::os::unix::fs::FileExt;
+        let Some((file, path)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        for p in patches {
+            let end = p.offset.saturating_add(p.bytes.len() as u64);
+            if end > self.bytes_written {
+                return Err(FileError::Write {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "patch at {} past the end ({})",
+                            p.offset, self.bytes_written
+                        ),
+                    ),
+                });
+            }
+            file.write_all_at(&p.bytes, p.offset)
+                .map_err(|source| FileError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Appends `bytes` (whole TS packets), creating the file first if needed.
@@ -104,7 +146,14 @@ impl RecordingFile {
             .map_or(0, |d| d.as_secs());
         let mut last_err = None;
         for attempt in 0..MAX_NAME_ATTEMPTS {
-            let path = recording_path(&self.dir, &self.prefix, &self.stream_id, now, attempt);
+            let path = recording_path(
+                &self.dir,
+                &self.prefix,
+                &self.stream_id,
+                now,
+                attempt,
+                self.extension,
+            );
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => return Ok((file, path)),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some((path, e)),

@@ -3,4 +3,3 @@ pub mod file;
 pub mod naming;
 pub mod orchestrator;
 pub mod stream;
-pub mod verify;

@@ -34,22 +34,24 @@ pub fn sanitize_component(raw: &str) -> String {
     out
 }
 
-/// The path of a new recording: `DIR/PREFIX_STREAMID_UNIXSECONDS.ts`, with both prefix and stream
-/// ID sanitized. `attempt` > 0 adds `_N` before the extension, for when a publisher comes back
-/// within the same second and the first name is taken.
+/// The path of a new recording: `DIR/PREFIX_STREAMID_UNIXSECONDS.EXT` (`EXT` is the
+/// container's: `ts`, `webm`, `mkv`), with both prefix and stream ID sanitized. `attempt` > 0
+/// adds `_N` before the extension, for when a publisher comes back (or changes codec) within
+/// the same second and the first name is taken.
 pub fn recording_path(
     dir: &Path,
     prefix: &str,
     stream_id: &str,
     unix_seconds: u64,
     attempt: u32,
+    extension: &str,
 ) -> PathBuf {
     let prefix = sanitize_component(prefix);
     let id = sanitize_component(stream_id);
     let name = if attempt == 0 {
-        format!("{prefix}_{id}_{unix_seconds}.ts")
+        format!("{prefix}_{id}_{unix_seconds}.{extension}")
     } else {
-        format!("{prefix}_{id}_{unix_seconds}_{attempt}.ts")
+        format!("{prefix}_{id}_{unix_seconds}_{attempt}.{extension}")
     };
     dir.join(name)
 }
@@ -81,17 +83,17 @@ mod tests {
             "é漢字",
             "a\\b",
         ] {
-            let p = recording_path(dir, "room", id, 1_700_000_000, 0);
+            let p = recording_path(dir, "room", id, 1_700_000_000, 0, "ts");
             assert_inside(dir, &p);
         }
     }
 
     #[test]
     fn names_follow_the_raspberry_ninja_pattern() {
-        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 0);
+        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 0, "ts");
         assert_eq!(p, Path::new("out/myroom_cam1_1700000000.ts"));
-        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 2);
-        assert_eq!(p, Path::new("out/myroom_cam1_1700000000_2.ts"));
+        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 2, "webm");
+        assert_eq!(p, Path::new("out/myroom_cam1_1700000000_2.webm"));
     }
 
     #[test]

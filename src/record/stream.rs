@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::file::{FileError, RecordingFile};
-use crate::mux::stream::{StreamConfig, StreamMuxer, StreamStats};
+use crate::media::VideoCodec;
+use crate::media::stream::{StreamConfig, StreamMuxer, StreamStats};
 use crate::peer::IceCandidate;
 use crate::peer::session::{self, CloseReason, MediaEvent, SessionConfig, SessionEvent};
 use crate::signaling::PeerId;
@@ -297,6 +298,7 @@ async fn run(
                         })).await;
                     }
                     SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
+                    SessionEvent::TrackStarted { codec: Some(codec), .. } => rec.video_codec(codec),
                     SessionEvent::State(state) => {
                         debug!(stream = %rec.id.stream_id, ?state, "connection state");
                         rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
@@ -307,7 +309,7 @@ async fn run(
                         media_dropped = stats.media_dropped;
                         break;
                     }
-                    SessionEvent::TrackStarted { .. }
+                    SessionEvent::TrackStarted { codec: None, .. }
                     | SessionEvent::DataChannelOpen { .. }
                     | SessionEvent::Renegotiated => {}
                 }
@@ -330,23 +332,9 @@ async fn run(
             let _ = session.close().await;
         }
     }
-    if let Some(m) = rec.muxer.as_mut() {
-        m.finish(Instant::now());
-    }
-    rec.flush();
-    if let Err(e) = rec.file.sync() {
-        rec.disk_failed(e);
-    }
+    rec.finish_file();
     rec.publish_live();
-    let summary = StreamSummary {
-        stream_id: rec.id.stream_id.clone(),
-        path: rec.file.path().map(|p| p.to_path_buf()),
-        bytes: rec.file.bytes_written(),
-        core: rec.muxer.as_ref().map(|m| m.stats()).unwrap_or_default(),
-        close_reason,
-        media_dropped,
-        disk_error: rec.disk_error.clone(),
-    };
+    let summary = rec.summary(close_reason, media_dropped);
     info!(stream = %summary.stream_id, "recording finished: {summary}");
     let _ = reports
         .send(StreamReport::Finished {
@@ -360,7 +348,7 @@ async fn run(
 impl Recorder {
     /// A (re)negotiation said which media the publisher sends. The file's tracks are fixed by
     /// the first offer that carries media; later offers (renegotiations) keep them.
-    fn media_offered(&mut self, video: bool, audio: bool) {
+    fn media_offered(&mut self, video: Option<VideoCodec>, audio: bool) {
         if self.muxer.is_some() {
             return;
         }
@@ -368,9 +356,74 @@ impl Recorder {
         self.tracks_since = Some(Instant::now());
         if let Some(m) = &self.muxer {
             let t = m.tracks();
-            info!(stream = %self.id.stream_id, video = t.video, audio = t.audio, "recording tracks");
-        } else if video || audio {
+            let video = t.video.map_or_else(|| "none".to_owned(), |c| c.to_string());
+            info!(stream = %self.id.stream_id, %video, audio = t.audio, "recording tracks");
+        } else if video.is_some() || audio {
             warn!(stream = %self.id.stream_id, "nothing to record: the publisher's media are all turned off by --noaudio/--novideo");
+        }
+    }
+
+    /// The summary of the current file.
+    fn summary(&self, close_reason: Option<CloseReason>, media_dropped: u64) -> StreamSummary {
+        StreamSummary {
+            stream_id: self.id.stream_id.clone(),
+            path: self.file.path().map(|p| p.to_path_buf()),
+            bytes: self.file.bytes_written(),
+            core: self.muxer.as_ref().map(|m| m.stats()).unwrap_or_default(),
+            close_reason,
+            media_dropped,
+            disk_error: self.disk_error.clone(),
+        }
+    }
+
+    /// A video track started and says which codec the publisher really sends. If the file has
+    /// started in another codec (or without video), it is finished and a new one begins: a
+    /// codec cannot change inside a file.
+    fn video_codec(&mut self, codec: VideoCodec) {
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        if m.set_video_codec(codec) {
+            return;
+        }
+        let before = m.tracks().video;
+        let audio = m.tracks().audio;
+        info!(
+            stream = %self.id.stream_id,
+            "the publisher now sends {codec} video (was {}): starting a new file",
+            before.map_or_else(|| "no".to_owned(), |c| c.to_string())
+        );
+        self.finish_file();
+        let done = self.summary(None, 0);
+        info!(stream = %done.stream_id, "file finished: {done}");
+        self.file = RecordingFile::new(
+            &self.settings.output_dir,
+            &self.settings.prefix,
+            &self.id.stream_id,
+        );
+        self.muxer = StreamMuxer::new(self.settings.stream.clone(), Some(codec), audio);
+    }
+
+    /// Ends the current file: the core hands on what it holds, the rest is written, the
+    /// container's end patches are applied, and the file is synced.
+    fn finish_file(&mut self) {
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        m.finish(Instant::now());
+        self.flush();
+        let patches = self
+            .muxer
+            .as_mut()
+            .map(|m| m.take_patches())
+            .unwrap_or_default();
+        if self.disk_error.is_none()
+            && let Err(e) = self.file.patch(&patches)
+        {
+            self.disk_failed(e);
+        }
+        if let Err(e) = self.file.sync() {
+            self.disk_failed(e);
         }
     }
 
@@ -410,6 +463,7 @@ impl Recorder {
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
+        self.file.set_extension(m.container().extension());
         let out = m.output();
         if out.is_empty() {
             return;
@@ -439,7 +493,7 @@ impl Recorder {
         }
         let (tracks, s) = (m.tracks(), m.stats());
         let silent: Vec<&str> = [
-            (tracks.video && s.frames_received == 0, "video"),
+            (tracks.video.is_some() && s.frames_received == 0, "video"),
             (tracks.audio && s.audio_received == 0, "audio"),
         ]
         .into_iter()

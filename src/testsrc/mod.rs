@@ -32,7 +32,6 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
-use crate::clip::Clip;
 use crate::peer::publisher::{
     self, PublisherCloseReason, PublisherConfig, PublisherEvent, PublisherHandle, PublisherMode,
 };
@@ -41,6 +40,7 @@ use crate::signaling::client::{SignalingConfig, Ws};
 use crate::signaling::crypto::{DEFAULT_SALT, Password, Security};
 use crate::signaling::message::{self, MAX_ID_CHARS, parse_inbound};
 use crate::signaling::room::{Dialect, PeerId};
+use crate::testkit::clip::Clip;
 use state::{SourceAction, SourceEvent, SourceState, SourceStateConfig, SourceStats};
 
 /// Most server error texts kept in [`TestSourceStats::server_errors`].

@@ -12,10 +12,10 @@ use crate::support::ffmpeg::{clip_path, decode_errors, probe, temp_file, video_f
 use crate::support::sim::{
     Event, Network, Rng, Sender, arrive, feed, loop_period_90k, send_clip, test_seed,
 };
-use ninjarec::clip::Clip;
-use ninjarec::mux::TrackKind;
-use ninjarec::mux::stream::{StreamConfig, StreamMuxer};
-use ninjarec::mux::ts::check::{CheckOptions, check};
+use ninjarec::media::stream::{StreamConfig, StreamMuxer};
+use ninjarec::media::{TrackKind, VideoCodec};
+use ninjarec::testkit::clip::Clip;
+use ninjarec::testkit::ts_check::{CheckOptions, check};
 
 /// Records the clip sent by `sender` over `net`; returns the TS bytes and the muxer.
 fn record(
@@ -26,7 +26,7 @@ fn record(
 ) -> (Vec<u8>, StreamMuxer, u64) {
     let sent = send_clip(clip, sender);
     let events = arrive(&sent, Instant::now(), net, rng);
-    let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+    let mut m = StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
     let fed = feed(&mut m, &events);
     (fed.ts, m, fed.keyframe_requests)
 }
@@ -176,7 +176,7 @@ fn loss_and_reordering_lose_only_whole_gop_tails() {
     };
     let sent = send_clip(&clip, &sender);
     let events = arrive(&sent, Instant::now(), net, &mut rng);
-    let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+    let mut m = StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
     let fed = feed(&mut m, &events);
     let s = m.stats();
     assert!(s.packets_lost > 0 && s.frames_dropped > 0, "{s:?}");

@@ -4,8 +4,10 @@
 //! test source), the flash/beep sync media and its checker, and fixtures that clean up on drop.
 
 mod browser;
+mod codec_clip;
 mod core_clip;
 mod gst;
+mod mkv_writer;
 mod peer_loopback;
 mod record_e2e;
 mod rtp_clip;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ninjarec::mux::TrackKind;
+use ninjarec::media::TrackKind;
 use ninjarec::peer::publisher::{
     self, PublisherCloseReason, PublisherConfig, PublisherEvent, PublisherHandle, PublisherMode,
 };

@@ -6,11 +6,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ninjarec::clip::Clip;
-use ninjarec::mux::h264::{H264Depacketizer, H264Output};
-use ninjarec::mux::opus::OpusDepacketizer;
-use ninjarec::mux::reorder::{Ordered, ReorderBuffer};
-use ninjarec::mux::{AccessUnit, OpusPacket, RtpPacket};
+use ninjarec::media::depacketize::h264::H264Depacketizer;
+use ninjarec::media::depacketize::opus::OpusDepacketizer;
+use ninjarec::media::depacketize::{VideoDepacketizer, VideoOutput};
+use ninjarec::media::reorder::{Ordered, ReorderBuffer};
+use ninjarec::media::{Frame, OpusPacket, RtpPacket};
+use ninjarec::testkit::clip::Clip;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 
@@ -78,12 +79,12 @@ fn the_whole_clip_survives_packetization_and_reordering() {
 
     let mut reorder = ReorderBuffer::default();
     let mut depack = H264Depacketizer::default();
-    let mut aus: Vec<AccessUnit> = Vec::new();
+    let mut aus: Vec<Frame> = Vec::new();
     let mut other = Vec::new();
     let t0 = Instant::now();
     let mut sink = |item: Ordered, depack: &mut H264Depacketizer| {
         depack.push(item, &mut |o| match o {
-            H264Output::AccessUnit(au) => aus.push(au),
+            VideoOutput::Frame(au) => aus.push(au),
             o => other.push(o),
         });
     };
@@ -106,11 +107,12 @@ fn the_whole_clip_survives_packetization_and_reordering() {
     assert!(stats.duplicates > 0 && stats.reordered > 0, "{stats:?}");
     assert_eq!((stats.lost, stats.late), (0, 0));
 
-    // No keyframe request, one stream info (the clip has one SPS).
-    assert!(
-        matches!(&other[..], [H264Output::StreamInfo(i)] if i.width == 320 && !i.may_reorder),
-        "{other:?}"
-    );
+    // No keyframe request; every keyframe says what the (one) SPS says.
+    assert!(other.is_empty(), "{other:?}");
+    for au in aus.iter().filter(|a| a.keyframe) {
+        let f = au.format.as_ref().expect("keyframes carry their format");
+        assert!(f.width == 320 && f.height == 240 && !f.may_reorder, "{f:?}");
+    }
     assert_eq!(aus.len(), clip.video.len());
     for (au, frame) in aus.iter().zip(&clip.video) {
         assert_eq!(au.keyframe, frame.keyframe);

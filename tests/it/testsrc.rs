@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ninjarec::mux::TrackKind;
+use ninjarec::media::TrackKind;
 use ninjarec::peer::publisher::PublisherMode;
 use ninjarec::peer::session::{self, CloseReason, MediaEvent, SessionConfig, SessionEvent};
 use ninjarec::signaling::client::{SignalingConfig, SignalingEvent};

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
 use mpeg2ts::ts::TsPacketReader;
-use ninjarec::clip::Clip;
-use ninjarec::mux::ts::check::{CheckOptions, check};
 use ninjarec::mux::ts::{AUD, TsConfig, TsWriter};
+use ninjarec::testkit::clip::Clip;
+use ninjarec::testkit::ts_check::{CheckOptions, check};
 
 use crate::support::ffmpeg::{decode_errors, probe, temp_file, video_frame_hashes};
 
@@ -250,7 +250,7 @@ fn throughput() {
 /// ffmpeg decodes cleanly.
 #[test]
 fn timeline_feeds_the_writer_into_a_conforming_file() {
-    use ninjarec::mux::timeline::{Timeline, TimelineConfig};
+    use ninjarec::media::timeline::{Timeline, TimelineConfig};
     use std::time::{Duration, Instant};
 
     let clip = Clip::builtin();

@@ -4,16 +4,74 @@
 //! (TS packets, adaptation fields, PCR, PAT/PMT with CRC-32/MPEG-2, PES headers, the Opus
 //! control header) because the layout is small, fixed and must follow the choices in
 //! `ts-muxing.md` exactly; a general serializer would add allocations and two known nits (PCR
-//! reserved bits, PSI padding). [`TsWriter`] is the muxer; [`check`] is a conformance checker
-//! used by the tests (unit, integration and end-to-end) to prove the output is well formed.
+//! reserved bits, PSI padding). [`TsWriter`] is the muxer; `crate::testkit::ts_check` is the conformance
+//! checker the tests use to prove the output is well formed.
 
-pub mod check;
 pub mod packet;
 pub mod pes;
 pub mod psi;
 pub mod writer;
 
 pub use writer::{TsConfig, TsError, TsStats, TsWriter};
+
+use super::{Container, ContainerKind, MuxError, Patch, Tracks};
+use crate::media::{Frame, VideoCodec};
+
+impl TsWriter {
+    /// A writer for `tracks`; refuses video that is not H.264 (the only video codec the
+    /// recorder puts in MPEG-TS).
+    pub fn for_tracks(tracks: Tracks) -> Result<TsWriter, MuxError> {
+        if let Some(codec) = tracks.video.filter(|&c| c != VideoCodec::H264) {
+            return Err(MuxError::UnsupportedCodec("MPEG-TS", codec));
+        }
+        Ok(TsWriter::new(TsConfig {
+            video: tracks.video.is_some(),
+            audio: tracks.audio,
+        })?)
+    }
+}
+
+impl Container for TsWriter {
+    fn kind(&self) -> ContainerKind {
+        ContainerKind::Ts
+    }
+
+    fn write_video(
+        &mut self,
+        pts_90k: u64,
+        frame: &Frame,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MuxError> {
+        if frame.codec != VideoCodec::H264 {
+            return Err(MuxError::UnsupportedCodec("MPEG-TS", frame.codec));
+        }
+        Ok(TsWriter::write_video(
+            self,
+            pts_90k,
+            &frame.data,
+            frame.keyframe,
+            out,
+        )?)
+    }
+
+    fn write_audio(
+        &mut self,
+        pts_90k: u64,
+        packet: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), MuxError> {
+        Ok(TsWriter::write_audio(self, pts_90k, packet, out)?)
+    }
+
+    fn tick(&mut self, now_pts_90k: u64, out: &mut Vec<u8>) {
+        TsWriter::tick(self, now_pts_90k, out);
+    }
+
+    /// MPEG-TS needs nothing at its end: every packet is final when written.
+    fn finish(&mut self, _out: &mut Vec<u8>) -> Vec<Patch> {
+        Vec::new()
+    }
+}
 
 /// Size of every transport stream packet.
 pub const PACKET_SIZE: usize = 188;

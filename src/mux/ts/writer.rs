@@ -369,7 +369,7 @@ impl TsWriter {
 mod tests {
     use super::*;
     use crate::mux::ts::PTS_MASK;
-    use crate::mux::ts::check::{CheckOptions, check};
+    use crate::testkit::ts_check::{CheckOptions, check};
 
     /// A fake IDR access unit: SPS, PPS, IDR slice of `len` bytes.
     fn idr(len: usize) -> Vec<u8> {

@@ -6,5 +6,6 @@ pub mod chromium;
 pub mod ffmpeg;
 pub mod fixtures;
 pub mod gst;
+pub mod ivf;
 pub mod sim;
 pub mod sync;

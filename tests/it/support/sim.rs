@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ninjarec::clip::Clip;
-use ninjarec::mux::stream::StreamMuxer;
-use ninjarec::mux::{RtpPacket, TrackKind};
+use ninjarec::media::stream::StreamMuxer;
+use ninjarec::media::{RtpPacket, TrackKind};
+use ninjarec::testkit::clip::Clip;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 

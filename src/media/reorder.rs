@@ -17,8 +17,9 @@ use super::unwrap::SequenceUnwrapper;
 /// What the reorder buffer hands on, in sequence order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ordered {
-    /// The next packet in sequence order.
-    Packet(RtpPacket),
+    /// The next packet in sequence order, with the time it arrived (carried forward so the
+    /// timeline anchors on arrival, not on when the packet's turn came).
+    Packet(RtpPacket, Instant),
     /// `lost` packets are missing between the previous item and the next one, for good.
     Gap {
         /// Number of sequence numbers that were skipped.
@@ -157,7 +158,7 @@ impl ReorderBuffer {
                 self.held.insert(ext, (pkt, now));
             } else {
                 self.next = Some(ext + 1);
-                self.release(pkt, out);
+                self.release(pkt, now, out);
             }
             return;
         };
@@ -203,7 +204,7 @@ impl ReorderBuffer {
                 self.stats.reordered += 1;
             }
             self.next = Some(next + 1);
-            self.release(pkt, out);
+            self.release(pkt, now, out);
             self.release_in_order(out);
         } else {
             if self.held.contains_key(&ext) {
@@ -216,7 +217,7 @@ impl ReorderBuffer {
             }
             if ext == self.next.unwrap_or(ext) {
                 self.next = Some(ext + 1);
-                self.release(pkt, out);
+                self.release(pkt, now, out);
                 self.release_in_order(out);
             } else {
                 self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
@@ -270,17 +271,17 @@ impl ReorderBuffer {
             if *entry.key() != next {
                 break;
             }
-            let (pkt, _) = entry.remove();
+            let (pkt, arrival) = entry.remove();
             self.next = Some(next + 1);
-            self.release(pkt, out);
+            self.release(pkt, arrival, out);
         }
         self.oldest = self.held.values().map(|&(_, t)| t).min();
     }
 
-    fn release(&mut self, pkt: RtpPacket, out: &mut impl FnMut(Ordered)) {
+    fn release(&mut self, pkt: RtpPacket, arrival: Instant, out: &mut impl FnMut(Ordered)) {
         self.starting = false;
         self.stats.released += 1;
-        out(Ordered::Packet(pkt));
+        out(Ordered::Packet(pkt, arrival));
     }
 
     /// A packet far outside the window: garbage, or the first packet after a restart. It is
@@ -296,7 +297,7 @@ impl ReorderBuffer {
             }
             return;
         }
-        let Some((first, _)) = self.probation.take() else {
+        let Some((first, first_arrival)) = self.probation.take() else {
             return;
         };
         tracing::debug!(
@@ -311,8 +312,8 @@ impl ReorderBuffer {
         self.unwrapper = SequenceUnwrapper::new();
         let ext = self.unwrapper.unwrap(u32::from(pkt.sequence));
         self.next = Some(ext + 1);
-        self.release(first, out);
-        self.release(pkt, out);
+        self.release(first, first_arrival, out);
+        self.release(pkt, now, out);
     }
 }
 
@@ -361,7 +362,7 @@ mod tests {
             self.out
                 .drain(..)
                 .map(|o| match o {
-                    Ordered::Packet(p) => p.sequence.to_string(),
+                    Ordered::Packet(p, _) => p.sequence.to_string(),
                     Ordered::Gap { lost } => format!("gap{lost}"),
                     Ordered::Resync => "resync".into(),
                 })

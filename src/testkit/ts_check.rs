@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 
-use super::packet::parse_pcr_base;
-use super::pes::parse_pts;
-use super::psi::{OPUS_ES_INFO, crc32_mpeg2};
-use super::{
+use crate::mux::ts::packet::parse_pcr_base;
+use crate::mux::ts::pes::parse_pts;
+use crate::mux::ts::psi::{OPUS_ES_INFO, crc32_mpeg2};
+use crate::mux::ts::{
     AUD, AUDIO_STREAM_ID, PACKET_SIZE, PTS_MASK, STREAM_TYPE_H264, STREAM_TYPE_OPUS,
     VIDEO_STREAM_ID,
 };
-use crate::clip::split_annex_b;
+use crate::testkit::clip::split_annex_b;
 
 /// Limits and leniencies of a check.
 #[derive(Debug, Clone)]

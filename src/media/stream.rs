@@ -1,7 +1,8 @@
-//! One publisher's whole recording core: RTP packets and Sender Reports in, TS bytes out.
+//! One publisher's whole recording core: RTP packets and Sender Reports in, file bytes out.
 //!
 //! [`StreamMuxer`] strings the stages together — per track a [`ReorderBuffer`] and a
-//! depacketizer, then the shared [`Timeline`], an interleaver and the [`TsWriter`] — and keeps
+//! depacketizer (the one for the codec the publisher sends), then the shared [`Timeline`], an
+//! interleaver and the file's [`Container`] (MPEG-TS or Matroska) — and keeps
 //! the bookkeeping that sits between them: which tracks the file has, when a keyframe must be
 //! asked for, and the counters a user sees in the summary. It is synchronous and does no I/O:
 //! the recorder task feeds it events and writes out whatever [`StreamMuxer::output`] holds.
@@ -28,12 +29,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::h264::{H264Config, H264Depacketizer, H264Output, SpsInfo};
-use super::opus::OpusDepacketizer;
+use super::depacketize::opus::OpusDepacketizer;
+use super::depacketize::{DepacketizerLimits, VideoDepacketizer, VideoOutput, video_depacketizer};
 use super::reorder::{Ordered, ReorderBuffer, ReorderConfig};
 use super::timeline::{AvSync, Timeline, TimelineConfig};
-use super::ts::{TsConfig, TsWriter};
-use super::{AccessUnit, OpusPacket, RtpPacket, TrackKind};
+use super::{Frame, OpusPacket, RtpPacket, TrackKind, VideoCodec, VideoFormat};
+use crate::mux::{Container, ContainerChoice, ContainerKind, Patch, Tracks, new_container};
 
 /// How far past the newest PTS written the PCR keep-alive of [`StreamMuxer::poll`] may take
 /// the writer's clock (400 ms). The writer keeps its PCR 500 ms behind that clock, so the PCR
@@ -56,8 +57,10 @@ pub struct StreamConfig {
     /// Reorder buffer limits (both tracks). The default holds the first packets of a track
     /// for `max_delay` so a reordered start does not cost the first GOP.
     pub reorder: ReorderConfig,
-    /// H.264 depacketizer limits.
-    pub h264: H264Config,
+    /// Video depacketizer limits (every codec).
+    pub depacketizer: DepacketizerLimits,
+    /// Which file format to write (`--container`).
+    pub container: ContainerChoice,
     /// Shortest time between two keyframe requests: a PLI storm helps no one.
     pub keyframe_request_interval: Duration,
     /// While no keyframe has been written, ask again this often (a PLI can be lost).
@@ -82,7 +85,8 @@ impl Default for StreamConfig {
                 hold_start: true,
                 ..ReorderConfig::default()
             },
-            h264: H264Config::default(),
+            depacketizer: DepacketizerLimits::default(),
+            container: ContainerChoice::default(),
             keyframe_request_interval: Duration::from_secs(1),
             keyframe_retry: Duration::from_secs(2),
             sync_wait: Duration::from_secs(6),
@@ -139,54 +143,11 @@ pub struct StreamStats {
     pub started_unsynced: bool,
 }
 
-/// When the first packet of each recent RTP timestamp of a track arrived.
-///
-/// The reorder buffer hands packets on when their turn comes, which can be up to its
-/// `max_delay` after they arrived (a hole before them, or the start hold). The timeline anchors
-/// a track on arrival times, so it must get the time a unit's first packet really arrived, not
-/// the time it was released; this bounded log remembers it.
-#[derive(Debug)]
-struct ArrivalLog {
-    entries: VecDeque<(u32, Instant)>,
-}
-
-impl ArrivalLog {
-    /// Timestamps remembered: far more than a reorder window holds units (150 ms of 20 ms
-    /// audio or 30 fps video is under 10).
-    const CAPACITY: usize = 64;
-
-    fn new() -> Self {
-        Self {
-            entries: VecDeque::with_capacity(Self::CAPACITY),
-        }
-    }
-
-    /// Notes that a packet with `timestamp` arrived at `now`.
-    fn note(&mut self, timestamp: u32, now: Instant) {
-        if self.entries.back().is_some_and(|&(ts, _)| ts == timestamp) {
-            return;
-        }
-        if self.entries.len() == Self::CAPACITY {
-            self.entries.pop_front();
-        }
-        self.entries.push_back((timestamp, now));
-    }
-
-    /// When the first packet of `timestamp` arrived, or `now` if that is not known.
-    fn arrival(&self, timestamp: u32, now: Instant) -> Instant {
-        self.entries
-            .iter()
-            .rev()
-            .find(|&&(ts, _)| ts == timestamp)
-            .map_or(now, |&(_, t)| t.min(now))
-    }
-}
-
-/// A depacketized unit held by the sync hold, with the arrival of its first packet.
+/// A depacketized unit held by the sync hold (each knows when its first packet arrived).
 #[derive(Debug)]
 enum Held {
-    Video(AccessUnit, Instant),
-    Audio(OpusPacket, Instant),
+    Video(Frame),
+    Audio(OpusPacket),
 }
 
 /// A timed unit waiting in the interleaver: PTS, payload, when it was queued.
@@ -201,19 +162,23 @@ struct Queued<T> {
 pub struct StreamMuxer {
     config: StreamConfig,
     /// Tracks the file has (offered by the publisher and wanted by the user).
-    tracks: TsConfig,
+    tracks: Tracks,
+    /// The file format, chosen from the tracks and the user's choice.
+    kind: ContainerKind,
     video_in: ReorderBuffer,
     audio_in: ReorderBuffer,
-    video_arrivals: ArrivalLog,
-    audio_arrivals: ArrivalLog,
-    h264: H264Depacketizer,
+    /// The video track's depacketizer (`None` without video).
+    video: Option<Box<dyn VideoDepacketizer>>,
     opus: OpusDepacketizer,
     timeline: Timeline<Bytes>,
-    writer: Option<TsWriter>,
+    /// The file writer, made when the first unit is written.
+    writer: Option<Box<dyn Container>>,
     out: Vec<u8>,
+    /// Patches for bytes already output (Matroska sizes), from [`Self::finish`].
+    patches: Vec<Patch>,
     first_pts: Option<u64>,
     last_pts: u64,
-    stream_info: Option<SpsInfo>,
+    video_format: Option<VideoFormat>,
     /// SSRC of each track's RTP packets, to match Sender Reports to tracks.
     video_ssrc: Option<u32>,
     audio_ssrc: Option<u32>,
@@ -226,7 +191,7 @@ pub struct StreamMuxer {
     /// Arrival of the first held unit (the hold's clock starts there).
     sync_hold_since: Option<Instant>,
     /// Timed units waiting to be written in PTS order.
-    video_queue: VecDeque<Queued<AccessUnit>>,
+    video_queue: VecDeque<Queued<Frame>>,
     audio_queue: VecDeque<Queued<Bytes>>,
     /// A keyframe is needed (loss, start) and not yet asked for.
     want_keyframe: bool,
@@ -243,38 +208,46 @@ pub struct StreamMuxer {
     audio_lost_at_finish: u64,
     /// Scratch lists, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
-    h264_out: Vec<H264Output>,
+    video_out: Vec<VideoOutput>,
     opus_out: Vec<OpusPacket>,
     stats: StreamStats,
 }
 
 impl StreamMuxer {
-    /// A muxer for a publisher that sends `video`/`audio` (what its offer said), of which the
-    /// config's flags choose what is recorded. Returns `None` when nothing would be recorded.
-    pub fn new(config: StreamConfig, offered_video: bool, offered_audio: bool) -> Option<Self> {
-        let tracks = TsConfig {
-            video: config.video && offered_video,
+    /// A muxer for a publisher that sends video in `offered_video` (if any) and Opus if
+    /// `offered_audio` (what it negotiated), of which the config's flags choose what is
+    /// recorded. Returns `None` when nothing would be recorded.
+    pub fn new(
+        config: StreamConfig,
+        offered_video: Option<VideoCodec>,
+        offered_audio: bool,
+    ) -> Option<Self> {
+        let tracks = Tracks {
+            video: offered_video.filter(|_| config.video),
             audio: config.audio && offered_audio,
         };
-        if !tracks.video && !tracks.audio {
+        let has_video = tracks.video.is_some();
+        if !has_video && !tracks.audio {
             return None;
         }
         // Only a file with both tracks has anything to synchronise.
         let sync_hold =
-            (tracks.video && tracks.audio && !config.sync_wait.is_zero()).then(VecDeque::new);
+            (has_video && tracks.audio && !config.sync_wait.is_zero()).then(VecDeque::new);
         Some(Self {
+            kind: ContainerKind::for_tracks(tracks, config.container),
             video_in: ReorderBuffer::new(config.reorder),
             audio_in: ReorderBuffer::new(config.reorder),
-            video_arrivals: ArrivalLog::new(),
-            audio_arrivals: ArrivalLog::new(),
-            h264: H264Depacketizer::new(config.h264),
+            video: tracks
+                .video
+                .map(|codec| video_depacketizer(codec, config.depacketizer)),
             opus: OpusDepacketizer::new(),
-            timeline: Timeline::new(TimelineConfig::new(tracks.video, tracks.audio)),
+            timeline: Timeline::new(TimelineConfig::new(has_video, tracks.audio)),
             writer: None,
             out: Vec::with_capacity(64 * 1024),
+            patches: Vec::new(),
             first_pts: None,
             last_pts: 0,
-            stream_info: None,
+            video_format: None,
             video_ssrc: None,
             audio_ssrc: None,
             orphan_reports: VecDeque::new(),
@@ -283,14 +256,14 @@ impl StreamMuxer {
             sync_hold_since: None,
             video_queue: VecDeque::new(),
             audio_queue: VecDeque::new(),
-            want_keyframe: tracks.video,
+            want_keyframe: has_video,
             dropped_before_start: None,
             last_keyframe_request: None,
             video_broken: false,
             last_now: None,
             audio_lost_at_finish: 0,
             items: Vec::with_capacity(16),
-            h264_out: Vec::with_capacity(4),
+            video_out: Vec::with_capacity(4),
             opus_out: Vec::with_capacity(4),
             stats: StreamStats::default(),
             tracks,
@@ -299,13 +272,39 @@ impl StreamMuxer {
     }
 
     /// The tracks this file has.
-    pub fn tracks(&self) -> TsConfig {
+    pub fn tracks(&self) -> Tracks {
         self.tracks
     }
 
-    /// What the last SPS said (resolution, frame reordering), once one was seen.
-    pub fn stream_info(&self) -> Option<&SpsInfo> {
-        self.stream_info.as_ref()
+    /// Settles the video codec when the track says what the publisher really sends (the muxer
+    /// was made with what the answer promised). Possible until the file's first byte: returns
+    /// false when the file has started with another codec, and the caller must end this file
+    /// and start a new one (a codec cannot change inside a file).
+    pub fn set_video_codec(&mut self, codec: VideoCodec) -> bool {
+        if self.tracks.video == Some(codec) || !self.config.video {
+            return true;
+        }
+        if self.writer.is_some() || self.tracks.video.is_none() {
+            // Written already, or made without video (its timeline has one track): a new
+            // muxer is needed.
+            return false;
+        }
+        self.tracks.video = Some(codec);
+        self.kind = ContainerKind::for_tracks(self.tracks, self.config.container);
+        self.video = Some(video_depacketizer(codec, self.config.depacketizer));
+        self.video_in = ReorderBuffer::new(self.config.reorder);
+        self.video_queue.clear();
+        true
+    }
+
+    /// The file format this stream is written in (its extension names the file).
+    pub fn container(&self) -> ContainerKind {
+        self.kind
+    }
+
+    /// What the last keyframe said of the video (resolution, frame reordering).
+    pub fn video_format(&self) -> Option<&VideoFormat> {
+        self.video_format.as_ref()
     }
 
     /// Feeds one RTP packet of `kind` that arrived at `now`. Packets of a track the file does
@@ -314,7 +313,7 @@ impl StreamMuxer {
         self.saw(now);
         let tracks = self.tracks();
         let wanted = match kind {
-            TrackKind::Video => tracks.video,
+            TrackKind::Video => tracks.video.is_some(),
             TrackKind::Audio => tracks.audio,
         };
         if !wanted {
@@ -325,13 +324,11 @@ impl StreamMuxer {
         let mut items = std::mem::take(&mut self.items);
         match kind {
             TrackKind::Video => {
-                self.video_arrivals.note(packet.timestamp, now);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
             }
             TrackKind::Audio => {
                 self.stats.audio_received += 1;
-                self.audio_arrivals.note(packet.timestamp, now);
                 self.audio_in.push(packet, now, &mut |o| items.push(o));
                 self.audio_items(&mut items, now);
             }
@@ -397,10 +394,9 @@ impl StreamMuxer {
     /// True while video is recorded but no keyframe can be written yet: none came so far, or
     /// frames were lost or refused since the last one.
     pub fn waiting_for_keyframe(&self) -> bool {
-        self.tracks.video
-            && (self.h264.stats().keyframes_out == 0
-                || self.video_broken
-                || self.h264.waiting_for_keyframe())
+        self.video.as_ref().is_some_and(|v| {
+            v.stats().keyframes_out == 0 || self.video_broken || v.waiting_for_keyframe()
+        })
     }
 
     /// The earliest time [`Self::poll`] or [`Self::take_keyframe_request`] has work to do: a
@@ -459,10 +455,16 @@ impl StreamMuxer {
         true
     }
 
-    /// TS bytes (whole 188-byte packets) ready for the file. The caller writes them and clears
-    /// the buffer; what stays in it is written later, never lost.
+    /// File bytes ready to be appended (for TS, whole 188-byte packets). The caller writes
+    /// them and clears the buffer; what stays in it is written later, never lost.
     pub fn output(&mut self) -> &mut Vec<u8> {
         &mut self.out
+    }
+
+    /// After [`Self::finish`] (and once the output is written): the bytes to write over ones
+    /// already written (Matroska sizes, duration, cues position). Empty for TS.
+    pub fn take_patches(&mut self) -> Vec<Patch> {
+        std::mem::take(&mut self.patches)
     }
 
     /// Ends the stream: hands on what the reorder buffers, the sync hold and the interleaver
@@ -474,7 +476,9 @@ impl StreamMuxer {
         let mut items = std::mem::take(&mut self.items);
         self.video_in.flush(&mut |o| items.push(o));
         self.video_items(&mut items, now);
-        self.h264.flush();
+        if let Some(v) = self.video.as_mut() {
+            v.flush();
+        }
         self.audio_in.flush(&mut |o| items.push(o));
         self.audio_items(&mut items, now);
         self.items = items;
@@ -482,11 +486,15 @@ impl StreamMuxer {
         self.interleave(now, true);
         self.audio_lost_at_finish = self.timeline.held_audio() as u64;
         self.want_keyframe = false;
+        if let Some(w) = self.writer.as_mut() {
+            let patches = w.finish(&mut self.out);
+            self.patches.extend(patches);
+        }
     }
 
     /// Counters so far.
     pub fn stats(&self) -> StreamStats {
-        let h = self.h264.stats();
+        let h = self.video.as_ref().map(|v| v.stats()).unwrap_or_default();
         let t = self.timeline.stats();
         let v = self.video_in.stats();
         let a = self.audio_in.stats();
@@ -512,6 +520,27 @@ impl StreamMuxer {
         self.timeline.av_sync()
     }
 
+    /// The file writer, made on first use. `None` (counted as a refused unit) only if the
+    /// container cannot hold the tracks, which [`ContainerKind::for_tracks`] rules out.
+    fn writer<'a>(
+        slot: &'a mut Option<Box<dyn Container>>,
+        kind: ContainerKind,
+        tracks: Tracks,
+        stats: &mut StreamStats,
+    ) -> Option<&'a mut Box<dyn Container>> {
+        if slot.is_none() {
+            match new_container(kind, tracks) {
+                Ok(w) => *slot = Some(w),
+                Err(e) => {
+                    stats.units_refused += 1;
+                    tracing::warn!("cannot write the file: {e}");
+                    return None;
+                }
+            }
+        }
+        slot.as_mut()
+    }
+
     fn saw(&mut self, now: Instant) {
         self.last_now = Some(self.last_now.map_or(now, |t| t.max(now)));
     }
@@ -535,42 +564,54 @@ impl StreamMuxer {
     /// Runs ordered video items through the depacketizer and hands on what it completes;
     /// leaves `items` empty (its capacity is reused for the next packet).
     fn video_items(&mut self, items: &mut Vec<Ordered>, now: Instant) {
-        let mut outputs = std::mem::take(&mut self.h264_out);
+        let Some(mut video) = self.video.take() else {
+            items.clear();
+            return;
+        };
+        let mut outputs = std::mem::take(&mut self.video_out);
         for item in items.drain(..) {
-            self.h264.push(item, &mut |o| outputs.push(o));
+            video.push(item, &mut |o| outputs.push(o));
             for o in outputs.drain(..) {
                 match o {
-                    H264Output::AccessUnit(au) => {
-                        if au.keyframe && self.dropped_before_start.is_none() {
+                    VideoOutput::Frame(frame) => {
+                        if frame.keyframe && self.dropped_before_start.is_none() {
                             // The file can start here: what was dropped until now (a drop in
                             // the same packet's processing precedes the keyframe it made way
                             // for) was skipped, not lost.
                             self.dropped_before_start = Some(
-                                self.h264.stats().frames_dropped
+                                video.stats().frames_dropped
                                     + self.timeline.stats().dropped_video
                                     + self.stats.frames_skipped,
                             );
                         }
-                        let arrival = self.video_arrivals.arrival(au.rtp_timestamp, now);
-                        self.hold_or_time(Held::Video(au, arrival), now);
+                        if let Some(format) = &frame.format {
+                            self.note_format(format);
+                        }
+                        self.hold_or_time(Held::Video(frame), now);
                     }
-                    H264Output::KeyframeNeeded(reason) => {
+                    VideoOutput::KeyframeNeeded(reason) => {
                         tracing::debug!(?reason, "keyframe needed");
                         self.want_keyframe = true;
-                    }
-                    H264Output::StreamInfo(info) => {
-                        if info.may_reorder {
-                            tracing::warn!(
-                                "the publisher's H.264 stream may reorder frames (B-frames); \
-                                 timestamps in the file assume it does not"
-                            );
-                        }
-                        self.stream_info = Some(info);
                     }
                 }
             }
         }
-        self.h264_out = outputs;
+        self.video_out = outputs;
+        self.video = Some(video);
+    }
+
+    /// Remembers what a keyframe said of the video; warns once if frames may be reordered.
+    fn note_format(&mut self, format: &VideoFormat) {
+        if self.video_format.as_ref() == Some(format) {
+            return;
+        }
+        if format.may_reorder && !self.video_format.as_ref().is_some_and(|f| f.may_reorder) {
+            tracing::warn!(
+                "the publisher's video may reorder frames (B-frames); timestamps in the file \
+                 assume it does not"
+            );
+        }
+        self.video_format = Some(format.clone());
     }
 
     /// Runs ordered audio items through the depacketizer and hands on its packets; leaves
@@ -580,8 +621,7 @@ impl StreamMuxer {
         for item in items.drain(..) {
             self.opus.push(item, &mut |p| packets.push(p));
             for p in packets.drain(..) {
-                let arrival = self.audio_arrivals.arrival(p.rtp_timestamp, now);
-                self.hold_or_time(Held::Audio(p, arrival), now);
+                self.hold_or_time(Held::Audio(p), now);
             }
         }
         self.opus_out = packets;
@@ -592,8 +632,8 @@ impl StreamMuxer {
         match self.sync_hold.as_mut() {
             Some(hold) => {
                 self.sync_hold_bytes += match &unit {
-                    Held::Video(au, _) => au.data.len(),
-                    Held::Audio(p, _) => p.data.len(),
+                    Held::Video(f) => f.data.len(),
+                    Held::Audio(p) => p.data.len(),
                 };
                 hold.push_back(unit);
                 self.sync_hold_since.get_or_insert(now);
@@ -642,22 +682,22 @@ impl StreamMuxer {
     /// Gives a unit to the timeline and queues what it times for the interleaver.
     fn time(&mut self, unit: Held, now: Instant) {
         match unit {
-            Held::Video(au, arrival) => {
-                if self.video_broken && !au.keyframe {
+            Held::Video(frame) => {
+                if self.video_broken && !frame.keyframe {
                     self.stats.frames_skipped += 1;
                     return;
                 }
                 match self
                     .timeline
-                    .video_pts(au.rtp_timestamp, arrival, au.keyframe)
+                    .video_pts(frame.rtp_timestamp, frame.arrival, frame.keyframe)
                 {
                     Some(pts) => {
-                        if au.keyframe {
+                        if frame.keyframe {
                             self.video_broken = false;
                         }
                         self.video_queue.push_back(Queued {
                             pts,
-                            unit: au,
+                            unit: frame,
                             queued: now,
                         });
                     }
@@ -668,8 +708,8 @@ impl StreamMuxer {
                     }
                 }
             }
-            Held::Audio(p, arrival) => {
-                self.timeline.push_audio(p.rtp_timestamp, arrival, p.data);
+            Held::Audio(p) => {
+                self.timeline.push_audio(p.rtp_timestamp, p.arrival, p.data);
             }
         }
         while let Some((pts, unit)) = self.timeline.pop_audio() {
@@ -685,7 +725,7 @@ impl StreamMuxer {
     /// goes first; a unit alone waits for the other track up to `interleave_wait` (unless the
     /// file has one track, or `flush`).
     fn interleave(&mut self, now: Instant, flush: bool) {
-        let both = self.tracks.video && self.tracks.audio;
+        let both = self.tracks.video.is_some() && self.tracks.audio;
         let wait = self.config.interleave_wait;
         let due = |queued: Instant| flush || !both || now.saturating_duration_since(queued) >= wait;
         loop {
@@ -705,18 +745,20 @@ impl StreamMuxer {
         }
     }
 
-    fn write_video(&mut self, pts: u64, au: AccessUnit) {
-        if self.video_broken && !au.keyframe {
+    fn write_video(&mut self, pts: u64, frame: Frame) {
+        if self.video_broken && !frame.keyframe {
             // A frame before it was refused by the writer after this one was queued.
             self.stats.frames_skipped += 1;
             return;
         }
-        let tracks = self.tracks;
-        let w = self.writer.get_or_insert_with(|| new_writer(tracks));
-        match w.write_video(pts, &au.data, au.keyframe, &mut self.out) {
+        let Some(w) = Self::writer(&mut self.writer, self.kind, self.tracks, &mut self.stats)
+        else {
+            return;
+        };
+        match w.write_video(pts, &frame, &mut self.out) {
             Ok(()) => {
                 self.stats.frames_written += 1;
-                if au.keyframe {
+                if frame.keyframe {
                     self.stats.keyframes_written += 1;
                 }
                 self.first_pts.get_or_insert(pts);
@@ -732,8 +774,10 @@ impl StreamMuxer {
     }
 
     fn write_audio(&mut self, pts: u64, data: Bytes) {
-        let tracks = self.tracks;
-        let w = self.writer.get_or_insert_with(|| new_writer(tracks));
+        let Some(w) = Self::writer(&mut self.writer, self.kind, self.tracks, &mut self.stats)
+        else {
+            return;
+        };
         match w.write_audio(pts, &data, &mut self.out) {
             Ok(()) => {
                 self.stats.audio_written += 1;
@@ -748,17 +792,11 @@ impl StreamMuxer {
     }
 }
 
-/// A TS writer for the file's tracks. The tracks are never both off (checked in
-/// [`StreamMuxer::new`]), which is all `TsWriter::new` can refuse.
-fn new_writer(tracks: TsConfig) -> TsWriter {
-    TsWriter::new(tracks).expect("a muxer always has at least one track")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip::Clip;
-    use crate::mux::ts::check::{CheckOptions, check};
+    use crate::testkit::clip::Clip;
+    use crate::testkit::ts_check::{CheckOptions, check};
     use rtc::rtp::codec::h264::H264Payloader;
     use rtc::rtp::packetizer::Payloader;
 
@@ -840,7 +878,7 @@ mod tests {
         granted
     }
 
-    fn checked(m: &mut StreamMuxer) -> crate::mux::ts::check::CheckReport {
+    fn checked(m: &mut StreamMuxer) -> crate::testkit::ts_check::CheckReport {
         let out = std::mem::take(m.output());
         assert_eq!(out.len() % 188, 0);
         let r = check(&out, &CheckOptions::default());
@@ -851,7 +889,7 @@ mod tests {
     #[test]
     fn keyframe_requests_are_rate_limited_and_retried_until_the_first_keyframe() {
         let cfg = StreamConfig::default();
-        let mut m = StreamMuxer::new(cfg.clone(), true, true).unwrap();
+        let mut m = StreamMuxer::new(cfg.clone(), Some(VideoCodec::H264), true).unwrap();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Asked for at once (the stream starts), then not again within the interval.
@@ -895,7 +933,8 @@ mod tests {
 
     #[test]
     fn a_pending_request_waits_for_the_rate_limit_and_is_dropped_once_answered() {
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         let t0 = Instant::now();
         let clip = Clip::builtin();
         let sent = clip_packets(&clip);
@@ -923,7 +962,8 @@ mod tests {
         checked(&mut m);
 
         // A request raised and answered within the rate limit is never granted.
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         assert!(m.take_keyframe_request(t0));
         // Two GOPs sent at four times the speed, frame 31 lost: the loss raises a request at
         // about 110 ms, the keyframe at 350 ms answers it.
@@ -955,8 +995,15 @@ mod tests {
             audio: false,
             ..all.clone()
         };
-        let both = |c: &StreamConfig, v, a| StreamMuxer::new(c.clone(), v, a).map(|m| m.tracks());
-        let t = |video, audio| Some(TsConfig { video, audio });
+        let both = |c: &StreamConfig, v: bool, a| {
+            StreamMuxer::new(c.clone(), v.then_some(VideoCodec::H264), a).map(|m| m.tracks())
+        };
+        let t = |video: bool, audio| {
+            Some(Tracks {
+                video: video.then_some(VideoCodec::H264),
+                audio,
+            })
+        };
         assert_eq!(both(&all, true, true), t(true, true));
         assert_eq!(both(&all, true, false), t(true, false));
         assert_eq!(both(&all, false, true), t(false, true));
@@ -966,7 +1013,7 @@ mod tests {
         assert_eq!(both(&noaudio, true, true), t(true, false));
         assert_eq!(both(&noaudio, false, true), None);
         // No video in the file: never a keyframe request.
-        let mut m = StreamMuxer::new(novideo, true, true).unwrap();
+        let mut m = StreamMuxer::new(novideo, Some(VideoCodec::H264), true).unwrap();
         assert!(!m.waiting_for_keyframe());
         let now = Instant::now();
         m.poll(now + Duration::from_secs(5));
@@ -981,7 +1028,7 @@ mod tests {
             video: false,
             ..StreamConfig::default()
         };
-        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let mut m = StreamMuxer::new(cfg, Some(VideoCodec::H264), true).unwrap();
         let start = Instant::now();
         assert_eq!(feed(&mut m, start, &sent), 0);
         m.finish(start + Duration::from_secs(5));
@@ -1011,7 +1058,7 @@ mod tests {
             audio: false,
             ..StreamConfig::default()
         };
-        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let mut m = StreamMuxer::new(cfg, Some(VideoCodec::H264), true).unwrap();
         let start = Instant::now();
         // The first request is granted at once; the clip starts with a keyframe.
         assert_eq!(feed(&mut m, start, &sent), 1);
@@ -1021,7 +1068,7 @@ mod tests {
         assert_eq!(s.frames_written as usize, clip.video.len());
         assert_eq!((s.keyframes_written, s.frames_dropped), (4, 0));
         assert_eq!(s.audio_written, 0);
-        let info = m.stream_info().unwrap();
+        let info = m.video_format().unwrap();
         assert_eq!((info.width, info.height), (320, 240));
         let r = checked(&mut m);
         assert!(r.has_video && !r.has_audio);
@@ -1040,7 +1087,7 @@ mod tests {
             sync_wait: Duration::ZERO,
             ..StreamConfig::default()
         };
-        let mut m = StreamMuxer::new(cfg, true, true).unwrap();
+        let mut m = StreamMuxer::new(cfg, Some(VideoCodec::H264), true).unwrap();
         let start = Instant::now();
         // One second of media, then the network stalls for two seconds: nothing but polls
         // every 100 ms; then everything sent meanwhile arrives in one burst.
@@ -1078,7 +1125,8 @@ mod tests {
         let start = Instant::now();
         // Audio packet 10 never comes; finish well before the hole's deadline: the packets
         // behind it are still written.
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
         let mut last = start;
         for s in sent.iter().filter(|s| s.ms < 400) {
             if s.kind == TrackKind::Audio && s.unit == 10 {
@@ -1098,7 +1146,8 @@ mod tests {
         checked(&mut m);
 
         // Video that never starts with a keyframe: the audio waiting for it is dropped.
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, true).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
         feed(
             &mut m,
             start,
@@ -1128,7 +1177,8 @@ mod tests {
                 s.packet.timestamp = ts39;
             }
         }
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         let start = Instant::now();
         let granted = feed(&mut m, start, &sent);
         let s = m.stats();
@@ -1145,7 +1195,7 @@ mod tests {
 #[cfg(test)]
 mod start_tests {
     use super::*;
-    use crate::clip::Clip;
+    use crate::testkit::clip::Clip;
     use rtc::rtp::codec::h264::H264Payloader;
     use rtc::rtp::packetizer::Payloader;
 
@@ -1198,7 +1248,8 @@ mod start_tests {
         let first_key_after_6 = (6..clip.video.len())
             .find(|&i| clip.video[i].keyframe)
             .expect("the clip has a keyframe after frame 6");
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         let t0 = Instant::now();
         feed(&mut m, video_packets(&clip, 6, first_key_after_6 + 10), t0);
         let s = m.stats();
@@ -1209,7 +1260,8 @@ mod start_tests {
         assert_eq!(s.frames_received, (first_key_after_6 + 10 - 6) as u64);
 
         // Before any keyframe, everything is "before the keyframe".
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         feed(&mut m, video_packets(&clip, 6, 12), t0);
         let s = m.stats();
         assert_eq!((s.frames_before_keyframe, s.frames_dropped), (6, 0));
@@ -1220,7 +1272,8 @@ mod start_tests {
         let mut packets = video_packets(&clip, 6, k + 5);
         let lost_at = packets.len() - 3;
         packets.remove(lost_at);
-        let mut m = StreamMuxer::new(StreamConfig::default(), true, false).unwrap();
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), false).unwrap();
         feed(&mut m, packets, t0);
         m.poll(t0 + Duration::from_secs(5));
         m.finish(t0 + Duration::from_secs(5));

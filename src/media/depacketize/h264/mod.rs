@@ -4,7 +4,7 @@
 mod depacketizer;
 pub mod sps;
 
-pub use depacketizer::{H264Config, H264Depacketizer, H264Output, H264Stats, KeyframeReason};
+pub use depacketizer::H264Depacketizer;
 pub use sps::{SpsError, SpsInfo, parse_sps};
 
 #[cfg(test)]

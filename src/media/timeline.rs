@@ -31,8 +31,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::mux::TrackKind;
-use crate::mux::unwrap::TimestampUnwrapper;
+use crate::media::TrackKind;
+use crate::media::unwrap::TimestampUnwrapper;
 
 /// Wallclock ticks per second: the least common multiple of 90 000 and 48 000.
 const TICKS_PER_SEC: i64 = 720_000;
@@ -211,7 +211,7 @@ fn ntp_ticks(ntp: u64) -> i64 {
 }
 
 /// The A/V timeline of one publisher. `A` is the audio payload type held while waiting for T0
-/// (usually [`crate::mux::OpusPacket`]).
+/// (usually [`crate::media::OpusPacket`]).
 #[derive(Debug)]
 pub struct Timeline<A> {
     cfg: TimelineConfig,

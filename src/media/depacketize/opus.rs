@@ -6,10 +6,10 @@
 //! while sequence numbers stay continuous (§3.1.3); the jump is kept as a gap in time and never
 //! filled, because each TS PES carries its own PTS.
 
-use super::OpusPacket;
 use super::opus_toc;
-use super::reorder::Ordered;
-use super::unwrap::TimestampUnwrapper;
+use crate::media::OpusPacket;
+use crate::media::reorder::Ordered;
+use crate::media::unwrap::TimestampUnwrapper;
 
 /// Counters of an [`OpusDepacketizer`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,8 +48,8 @@ impl OpusDepacketizer {
 
     /// Takes one item from the reorder buffer; hands on the Opus packet it carries, if valid.
     pub fn push(&mut self, item: Ordered, out: &mut impl FnMut(OpusPacket)) {
-        let pkt = match item {
-            Ordered::Packet(pkt) => pkt,
+        let (pkt, arrival) = match item {
+            Ordered::Packet(pkt, arrival) => (pkt, arrival),
             Ordered::Gap { lost } => {
                 self.stats.lost += lost;
                 self.expected_next = None;
@@ -78,6 +78,7 @@ impl OpusDepacketizer {
         self.stats.packets_out += 1;
         out(OpusPacket {
             rtp_timestamp: pkt.timestamp,
+            arrival,
             data: pkt.payload,
             samples,
         });
@@ -87,18 +88,21 @@ impl OpusDepacketizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mux::RtpPacket;
+    use crate::media::RtpPacket;
     use bytes::Bytes;
 
     fn pkt(seq: u16, ts: u32, payload: &[u8]) -> Ordered {
-        Ordered::Packet(RtpPacket {
-            sequence: seq,
-            timestamp: ts,
-            marker: false,
-            ssrc: u32::MAX,
-            payload_type: 111,
-            payload: Bytes::copy_from_slice(payload),
-        })
+        Ordered::Packet(
+            RtpPacket {
+                sequence: seq,
+                timestamp: ts,
+                marker: false,
+                ssrc: u32::MAX,
+                payload_type: 111,
+                payload: Bytes::copy_from_slice(payload),
+            },
+            std::time::Instant::now(),
+        )
     }
 
     fn run(items: Vec<Ordered>) -> (Vec<OpusPacket>, OpusStats) {

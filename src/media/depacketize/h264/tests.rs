@@ -3,9 +3,14 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::clip::Clip;
-use crate::mux::reorder::Ordered;
-use crate::mux::{AccessUnit, RtpPacket};
+use crate::testkit::clip::Clip;
+use std::time::Instant;
+
+use crate::media::depacketize::{
+    DepacketizerLimits as H264Config, KeyframeReason, VideoDepacketizer, VideoOutput,
+};
+use crate::media::reorder::Ordered;
+use crate::media::{Frame as AccessUnit, RtpPacket, VideoFormat};
 
 /// The real SPS and PPS of the test clip, so SPS parsing sees a valid stream.
 fn params() -> (Vec<u8>, Vec<u8>) {
@@ -74,7 +79,7 @@ struct Feed {
     seq: u16,
     aus: Vec<AccessUnit>,
     requests: Vec<KeyframeReason>,
-    infos: Vec<SpsInfo>,
+    infos: Vec<VideoFormat>,
 }
 
 impl Feed {
@@ -93,21 +98,30 @@ impl Feed {
     fn item(&mut self, item: Ordered) {
         let (aus, requests, infos) = (&mut self.aus, &mut self.requests, &mut self.infos);
         self.d.push(item, &mut |o| match o {
-            H264Output::AccessUnit(au) => aus.push(au),
-            H264Output::KeyframeNeeded(r) => requests.push(r),
-            H264Output::StreamInfo(i) => infos.push(i),
+            VideoOutput::Frame(au) => {
+                if let Some(format) = &au.format
+                    && infos.last() != Some(format)
+                {
+                    infos.push(format.clone());
+                }
+                aus.push(au)
+            }
+            VideoOutput::KeyframeNeeded(r) => requests.push(r),
         });
     }
     fn send(&mut self, ts: u32, marker: bool, payload: &[u8]) {
         self.seq = self.seq.wrapping_add(1);
-        self.item(Ordered::Packet(RtpPacket {
-            sequence: self.seq,
-            timestamp: ts,
-            marker,
-            ssrc: u32::MAX,
-            payload_type: 102,
-            payload: Bytes::copy_from_slice(payload),
-        }));
+        self.item(Ordered::Packet(
+            RtpPacket {
+                sequence: self.seq,
+                timestamp: ts,
+                marker,
+                ssrc: u32::MAX,
+                payload_type: 102,
+                payload: Bytes::copy_from_slice(payload),
+            },
+            Instant::now(),
+        ));
     }
     /// Sends payloads of one access unit, the marker on the last.
     fn frame(&mut self, ts: u32, payloads: &[Vec<u8>]) {
@@ -413,7 +427,7 @@ fn forbidden_bit_marks_the_frame_damaged() {
 #[test]
 fn oversized_access_units_are_dropped() {
     let mut f = Feed::with(H264Config {
-        max_au_bytes: 1000,
+        max_frame_bytes: 1000,
         ..H264Config::default()
     });
     f.idr(0);
@@ -424,7 +438,7 @@ fn oversized_access_units_are_dropped() {
     assert_eq!(f.requests, [KeyframeReason::Oversized]);
     // NAL count bound.
     let mut f = Feed::with(H264Config {
-        max_nals_per_au: 8,
+        max_parts_per_frame: 8,
         ..H264Config::default()
     });
     f.idr(0);

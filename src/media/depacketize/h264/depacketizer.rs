@@ -8,9 +8,16 @@
 //! to the next IDR, and reports that a keyframe is needed, so the TS file only ever holds
 //! decodable pictures.
 
+use std::time::Instant;
+
+use bytes::Bytes;
+
 use super::sps::{SpsInfo, parse_sps};
-use crate::mux::AccessUnit;
-use crate::mux::reorder::Ordered;
+use crate::media::depacketize::{
+    DepacketizerLimits, DepacketizerStats, KeyframeReason, VideoDepacketizer, VideoOutput,
+};
+use crate::media::reorder::Ordered;
+use crate::media::{Frame, VideoCodec, VideoFormat};
 
 /// The Annex B start code written before every NAL unit.
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
@@ -24,84 +31,12 @@ const STAP_A: u8 = 24;
 const MAX_SIZE_HINT: usize = 1 << 20;
 const FU_A: u8 = 28;
 
-/// Limits of an [`H264Depacketizer`]; untrusted input must not grow memory without bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct H264Config {
-    /// Largest access unit in bytes (Annex B); a larger one is dropped.
-    pub max_au_bytes: usize,
-    /// Most NAL units in one access unit; more drop it.
-    pub max_nals_per_au: usize,
-    /// Largest SPS or PPS kept; a larger one damages its access unit.
-    pub max_parameter_set_bytes: usize,
-}
-
-impl Default for H264Config {
-    fn default() -> Self {
-        Self {
-            max_au_bytes: 8 << 20,
-            max_nals_per_au: 1024,
-            max_parameter_set_bytes: 1024,
-        }
-    }
-}
-
-/// Why decoding cannot continue until the next IDR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyframeReason {
-    /// The stream did not start with a usable IDR.
-    Start,
-    /// Packets were lost (or the sequence restarted).
-    Loss,
-    /// A packet could not be parsed, or the marker bit was missing.
-    Malformed,
-    /// An access unit exceeded the size or NAL count bound.
-    Oversized,
-    /// An IDR arrived before any SPS and PPS were known.
-    MissingParameterSets,
-}
-
-/// What the depacketizer hands on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum H264Output {
-    /// A complete, decodable access unit.
-    AccessUnit(AccessUnit),
-    /// Output stopped until the next IDR: the caller should send a PLI (and rate-limit it).
-    /// Reported once each time output stops, not for every dropped frame.
-    KeyframeNeeded(KeyframeReason),
-    /// A new SPS was parsed (resolution, reordering); reported when the SPS changes.
-    StreamInfo(SpsInfo),
-}
-
-/// Counters of an [`H264Depacketizer`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct H264Stats {
-    /// Access units handed on.
-    pub frames_out: u64,
-    /// Of those, keyframes (IDR).
-    pub keyframes_out: u64,
-    /// Access units dropped because they were damaged or waited for an IDR.
-    pub frames_dropped: u64,
-    /// An access unit still incomplete when the stream ended ([`H264Depacketizer::flush`]):
-    /// cut by the end of the recording, not lost.
-    pub frames_unfinished: u64,
-    /// Packets that were malformed (bad STAP-A, FU-A out of order, forbidden bit, ...).
-    pub malformed_packets: u64,
-    /// Packets of interleaved mode (STAP-B, MTAP, FU-B), which WebRTC does not use.
-    pub unsupported_packets: u64,
-    /// Packets without content (padding only) or of reserved types 0, 30, 31.
-    pub ignored_packets: u64,
-    /// Packets the reorder buffer reported lost.
-    pub lost_packets: u64,
-    /// Times a keyframe became needed.
-    pub keyframe_requests: u64,
-    /// SPS NAL units `h264-reader` could not parse (still passed to the decoder).
-    pub unparsed_sps: u64,
-}
-
 /// The access unit being assembled.
 #[derive(Debug)]
 struct Builder {
     timestamp: u32,
+    /// Arrival of the access unit's first packet.
+    arrival: Instant,
     /// Annex B bytes of the NAL units so far (AUDs already removed).
     data: Vec<u8>,
     /// `(start, end, type)` of each complete NAL unit in `data`, start after the start code.
@@ -116,9 +51,10 @@ struct Builder {
 impl Builder {
     /// A builder whose buffer starts at `capacity` bytes (the size of the previous access
     /// unit), so a frame is assembled without reallocating as it grows.
-    fn new(timestamp: u32, capacity: usize) -> Self {
+    fn new(timestamp: u32, arrival: Instant, capacity: usize) -> Self {
         Self {
             timestamp,
+            arrival,
             data: Vec::with_capacity(capacity),
             nals: Vec::with_capacity(8),
             fu_start: None,
@@ -133,7 +69,7 @@ impl Builder {
 /// docs for the policy.
 #[derive(Debug)]
 pub struct H264Depacketizer {
-    config: H264Config,
+    limits: DepacketizerLimits,
     current: Option<Builder>,
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
@@ -148,20 +84,20 @@ pub struct H264Depacketizer {
     ever_output: bool,
     /// Capacity for the next access unit's buffer: a little more than the last one's size.
     size_hint: usize,
-    stats: H264Stats,
+    stats: DepacketizerStats,
 }
 
 impl Default for H264Depacketizer {
     fn default() -> Self {
-        Self::new(H264Config::default())
+        Self::new(DepacketizerLimits::default())
     }
 }
 
 impl H264Depacketizer {
     /// A depacketizer waiting for its first IDR.
-    pub fn new(config: H264Config) -> Self {
+    pub fn new(limits: DepacketizerLimits) -> Self {
         Self {
-            config,
+            limits,
             current: None,
             sps: None,
             pps: None,
@@ -171,13 +107,8 @@ impl H264Depacketizer {
             after_gap: true,
             ever_output: false,
             size_hint: 0,
-            stats: H264Stats::default(),
+            stats: DepacketizerStats::default(),
         }
-    }
-
-    /// The counters so far.
-    pub fn stats(&self) -> H264Stats {
-        self.stats
     }
 
     /// What the last parsed SPS says, if any.
@@ -185,40 +116,13 @@ impl H264Depacketizer {
         self.info.as_ref()
     }
 
-    /// True while output is stopped until the next IDR; the caller can use it to retry PLIs.
-    pub fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_idr
-    }
-
-    /// Takes one item from the reorder buffer.
-    pub fn push(&mut self, item: Ordered, out: &mut impl FnMut(H264Output)) {
-        match item {
-            Ordered::Packet(pkt) => self.packet(pkt.timestamp, pkt.marker, &pkt.payload, out),
-            Ordered::Gap { lost } => {
-                self.stats.lost_packets += lost;
-                self.loss(out);
-            }
-            Ordered::Resync => self.loss(out),
-        }
-    }
-
-    /// Drops a partly received access unit (no marker yet) at the end of the stream; counted
-    /// as unfinished, not as dropped (the recording ended inside it).
-    pub fn flush(&mut self) {
-        if let Some(b) = self.current.take()
-            && (!b.data.is_empty() || b.damaged)
-        {
-            self.stats.frames_unfinished += 1;
-        }
-    }
-
-    fn loss(&mut self, out: &mut impl FnMut(H264Output)) {
+    fn loss(&mut self, out: &mut dyn FnMut(VideoOutput)) {
         self.after_gap = true;
         self.damage(KeyframeReason::Loss, out);
     }
 
     /// Marks the open access unit (if any) as damaged and stops output until the next IDR.
-    fn damage(&mut self, reason: KeyframeReason, out: &mut impl FnMut(H264Output)) {
+    fn damage(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
         if let Some(b) = &mut self.current {
             b.damaged = true;
             b.data = Vec::new();
@@ -229,15 +133,15 @@ impl H264Depacketizer {
         self.request_keyframe(reason, out);
     }
 
-    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut impl FnMut(H264Output)) {
+    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
         if !self.requested {
             self.requested = true;
             self.stats.keyframe_requests += 1;
-            out(H264Output::KeyframeNeeded(reason));
+            out(VideoOutput::KeyframeNeeded(reason));
         }
     }
 
-    fn malformed(&mut self, out: &mut impl FnMut(H264Output)) {
+    fn malformed(&mut self, out: &mut dyn FnMut(VideoOutput)) {
         self.stats.malformed_packets += 1;
         self.damage(KeyframeReason::Malformed, out);
     }
@@ -247,7 +151,8 @@ impl H264Depacketizer {
         timestamp: u32,
         marker: bool,
         payload: &[u8],
-        out: &mut impl FnMut(H264Output),
+        arrival: Instant,
+        out: &mut dyn FnMut(VideoOutput),
     ) {
         let Some(&header) = payload.first() else {
             self.stats.ignored_packets += 1;
@@ -263,7 +168,7 @@ impl H264Depacketizer {
             self.close(out);
         }
         if self.current.is_none() {
-            let mut b = Builder::new(timestamp, self.size_hint);
+            let mut b = Builder::new(timestamp, arrival, self.size_hint);
             if self.after_gap && !starts_picture(payload) {
                 b.damaged = true;
             }
@@ -291,7 +196,7 @@ impl H264Depacketizer {
     }
 
     /// Parses one RTP payload into NAL units of the open access unit.
-    fn payload(&mut self, header: u8, payload: &[u8], out: &mut impl FnMut(H264Output)) {
+    fn payload(&mut self, header: u8, payload: &[u8], out: &mut dyn FnMut(VideoOutput)) {
         if header & 0x80 != 0 {
             // forbidden_zero_bit: the payload is known to be corrupt (RFC 6184 §5.3).
             return self.malformed(out);
@@ -327,7 +232,7 @@ impl H264Depacketizer {
         self.current.as_ref().is_some_and(|b| b.fu_start.is_some())
     }
 
-    fn fu_a(&mut self, indicator: u8, rest: &[u8], out: &mut impl FnMut(H264Output)) {
+    fn fu_a(&mut self, indicator: u8, rest: &[u8], out: &mut dyn FnMut(VideoOutput)) {
         let Some((&fu_header, fragment)) = rest.split_first() else {
             return self.malformed(out);
         };
@@ -355,10 +260,10 @@ impl H264Depacketizer {
     }
 
     /// Checks that `extra` more bytes keep the access unit within bounds; damages it if not.
-    fn fits(&mut self, extra: usize, out: &mut impl FnMut(H264Output)) -> bool {
+    fn fits(&mut self, extra: usize, out: &mut dyn FnMut(VideoOutput)) -> bool {
         let Some(b) = &self.current else { return false };
-        if b.data.len() + extra > self.config.max_au_bytes
-            || b.nals.len() >= self.config.max_nals_per_au
+        if b.data.len() + extra > self.limits.max_frame_bytes
+            || b.nals.len() >= self.limits.max_parts_per_frame
         {
             self.damage(KeyframeReason::Oversized, out);
             return false;
@@ -367,7 +272,7 @@ impl H264Depacketizer {
     }
 
     /// Appends one complete NAL unit (header byte first) to the open access unit.
-    fn add_nal(&mut self, nal: &[u8], out: &mut impl FnMut(H264Output)) {
+    fn add_nal(&mut self, nal: &[u8], out: &mut dyn FnMut(VideoOutput)) {
         if self.current.as_ref().is_none_or(|b| b.damaged) {
             return;
         }
@@ -388,7 +293,7 @@ impl H264Depacketizer {
     }
 
     /// Records the NAL unit that runs from `start` to the end of the open access unit's data.
-    fn finish_nal(&mut self, start: usize, out: &mut impl FnMut(H264Output)) {
+    fn finish_nal(&mut self, start: usize, out: &mut dyn FnMut(VideoOutput)) {
         if let Some(b) = &mut self.current {
             // Zero bytes at the end of a NAL unit are not part of it (Annex B calls them
             // trailing_zero_8bits; RBSP data always ends in a 1 bit). Encoders pad with them
@@ -429,8 +334,8 @@ impl H264Depacketizer {
     }
 
     /// Keeps the latest SPS / PPS for IDRs that arrive without them.
-    fn parameter_set(&mut self, nal_type: u8, nal: Vec<u8>, out: &mut impl FnMut(H264Output)) {
-        if nal.len() > self.config.max_parameter_set_bytes {
+    fn parameter_set(&mut self, nal_type: u8, nal: Vec<u8>, out: &mut dyn FnMut(VideoOutput)) {
+        if nal.len() > self.limits.max_config_bytes {
             return self.malformed(out);
         }
         if nal_type == NAL_PPS {
@@ -442,13 +347,10 @@ impl H264Depacketizer {
         }
         match parse_sps(&nal) {
             Ok(info) => {
-                if self.info.as_ref() != Some(&info) {
-                    self.info = Some(info.clone());
-                    out(H264Output::StreamInfo(info));
-                }
+                self.info = Some(info);
             }
             Err(e) => {
-                self.stats.unparsed_sps += 1;
+                self.stats.unparsed_config += 1;
                 tracing::debug!(error = %e, "cannot parse H.264 SPS");
             }
         }
@@ -456,7 +358,7 @@ impl H264Depacketizer {
     }
 
     /// Ends the open access unit: hands it on if it is complete and decodable.
-    fn close(&mut self, out: &mut impl FnMut(H264Output)) {
+    fn close(&mut self, out: &mut dyn FnMut(VideoOutput)) {
         let Some(b) = self.current.take() else { return };
         self.size_hint = (b.data.len() + b.data.len() / 4 + 64).min(MAX_SIZE_HINT);
         if b.damaged || b.fu_start.is_some() {
@@ -477,6 +379,7 @@ impl H264Depacketizer {
             self.request_keyframe(reason, out);
             return;
         }
+        let mut format = None;
         let data = if b.has_idr {
             let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
                 self.stats.frames_dropped += 1;
@@ -489,6 +392,13 @@ impl H264Depacketizer {
                 data.extend_from_slice(&START_CODE);
                 data.extend_from_slice(ps);
             }
+            let info = self.info.as_ref();
+            format = Some(VideoFormat {
+                width: info.map_or(0, |i| i.width),
+                height: info.map_or(0, |i| i.height),
+                may_reorder: info.is_some_and(|i| i.may_reorder),
+                config: Some(Bytes::copy_from_slice(&data)),
+            });
             for &(start, end, nal_type) in &b.nals {
                 if nal_type != NAL_SPS && nal_type != NAL_PPS {
                     data.extend_from_slice(&START_CODE);
@@ -504,11 +414,51 @@ impl H264Depacketizer {
         };
         self.ever_output = true;
         self.stats.frames_out += 1;
-        out(H264Output::AccessUnit(AccessUnit {
+        out(VideoOutput::Frame(Frame {
+            codec: VideoCodec::H264,
             rtp_timestamp: b.timestamp,
-            data,
+            arrival: b.arrival,
             keyframe: b.has_idr,
+            data,
+            format,
         }));
+    }
+}
+
+impl VideoDepacketizer for H264Depacketizer {
+    fn codec(&self) -> VideoCodec {
+        VideoCodec::H264
+    }
+
+    fn push(&mut self, item: Ordered, out: &mut dyn FnMut(VideoOutput)) {
+        match item {
+            Ordered::Packet(pkt, arrival) => {
+                self.packet(pkt.timestamp, pkt.marker, &pkt.payload, arrival, out)
+            }
+            Ordered::Gap { lost } => {
+                self.stats.lost_packets += lost;
+                self.loss(out);
+            }
+            Ordered::Resync => self.loss(out),
+        }
+    }
+
+    /// Drops a partly received access unit (no marker yet) at the end of the stream; counted
+    /// as unfinished, not as dropped (the recording ended inside it).
+    fn flush(&mut self) {
+        if let Some(b) = self.current.take()
+            && (!b.data.is_empty() || b.damaged)
+        {
+            self.stats.frames_unfinished += 1;
+        }
+    }
+
+    fn waiting_for_keyframe(&self) -> bool {
+        self.waiting_for_idr
+    }
+
+    fn stats(&self) -> DepacketizerStats {
+        self.stats
     }
 }
 

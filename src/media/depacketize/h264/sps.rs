@@ -78,7 +78,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip::Clip;
+    use crate::testkit::clip::Clip;
 
     #[test]
     fn the_clip_sps_is_320x240_without_reordering() {

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
 use mpeg2ts::ts::TsPacketReader;
 
-use crate::mux::opus_toc;
+use crate::media::depacketize::opus_toc;
 
 /// The clip shipped in the binary.
-static BUILTIN: &[u8] = include_bytes!("../assets/clip.ts");
+static BUILTIN: &[u8] = include_bytes!("../../assets/clip.ts");
 
 /// Why a clip could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -3,14 +3,14 @@
 //! `ninjarec selftest` runs on boards that have no ffmpeg, and the end-to-end tests want a
 //! check that is stricter than "it decodes": every recorded frame must be, bit for bit, a frame
 //! the test publisher sent. Because the publisher streams the known clip, that is checkable
-//! from the TS bytes alone: the file's structure is checked with [`crate::mux::ts::check`], then
+//! from the TS bytes alone: the file's structure is checked with [`crate::testkit::ts_check`], then
 //! every access unit's slices and every Opus packet are looked up among the clip's.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::clip::{Clip, split_annex_b};
-use crate::mux::ts::check::{CheckOptions, check};
+use crate::testkit::clip::{Clip, split_annex_b};
+use crate::testkit::ts_check::{CheckOptions, check};
 
 /// What a verified recording holds.
 #[derive(Debug, Clone, PartialEq)]
