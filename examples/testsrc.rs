@@ -91,7 +91,9 @@ async fn main() -> ExitCode {
         Some(path) => {
             let read = std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| ninjarec::testkit::clip::Clip::from_ts(&b).map_err(|e| e.to_string()));
+                .and_then(|b| {
+                    ninjarec::testkit::clip::Clip::from_ts(&b).map_err(|e| e.to_string())
+                });
             match read {
                 Ok(c) => c,
                 Err(e) => {

@@ -6,7 +6,6 @@
 //! decodes without a message), never damaged ones.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,92 +18,37 @@ use rtc::rtp::packetizer::Payloader;
 
 use crate::support::ffmpeg::{decode_errors, probe, run, video_frame_hashes};
 use crate::support::fixtures::TestDir;
+use crate::support::ivf::{self, Encoder, Ivf, encode, read_ivf};
 use crate::support::sim::Rng;
 
-/// Frames per second of the clip (IVF time base 1/30).
+/// Frames per second of the clip (`support::ivf::encode`).
 const FPS: u64 = 30;
-
-/// One compressed frame of an IVF file.
-struct IvfFrame {
-    pts: u64,
-    data: Bytes,
-}
-
-/// Encodes `seconds` of a test pattern with libvpx (`libvpx` or `libvpx-vp9`), real-time
-/// settings as a WebRTC sender uses them (no alt-ref frames, a keyframe every second), into
-/// `path` as IVF.
-fn encode(encoder: &str, seconds: u32, path: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size=320x240:rate={FPS}"))
-        .args(["-t", &seconds.to_string(), "-c:v", encoder])
-        .args([
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-lag-in-frames",
-            "0",
-        ])
-        .args([
-            "-auto-alt-ref",
-            "0",
-            "-g",
-            "30",
-            "-b:v",
-            "600k",
-            "-f",
-            "ivf",
-        ])
-        .arg(path)
-        .status()
-        .expect("ffmpeg runs (apt-get install ffmpeg)");
-    assert!(status.success(), "ffmpeg could not encode with {encoder}");
-}
-
-/// The frames of an IVF file (32-byte file header, then 12-byte frame headers: size, pts).
-fn read_ivf(path: &Path) -> Vec<IvfFrame> {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..4], b"DKIF", "not IVF");
-    let header_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
-    let mut at = header_len;
-    let mut frames = Vec::new();
-    while at + 12 <= bytes.len() {
-        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let pts = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap());
-        at += 12;
-        frames.push(IvfFrame {
-            pts,
-            data: Bytes::copy_from_slice(&bytes[at..at + size]),
-        });
-        at += size;
-    }
-    frames
-}
 
 /// The clip as RTP packets: sequence numbers start 40 before the 16-bit wrap and the RTP
 /// timestamps 1.5 s before the 32-bit wrap, so both wrap inside the clip.
-fn packetize(codec: VideoCodec, frames: &[IvfFrame]) -> Vec<(u64, RtpPacket)> {
+fn packetize(codec: VideoCodec, ivf: &Ivf) -> Vec<(u64, RtpPacket)> {
     let mut vp8 = Vp8Payloader::default();
     vp8.enable_picture_id = true;
     let mut vp9 = Vp9Payloader::default();
     let ts0 = u32::MAX - 135_000;
     let mut seq = u16::MAX - 40;
     let mut out = Vec::new();
-    for f in frames {
+    for f in &ivf.frames {
+        let data = Bytes::copy_from_slice(&f.data);
         let payloads = match codec {
-            VideoCodec::Vp8 => vp8.payload(1200, &f.data).unwrap(),
-            VideoCodec::Vp9 => vp9.payload(1200, &f.data).unwrap(),
+            VideoCodec::Vp8 => vp8.payload(1200, &data).unwrap(),
+            VideoCodec::Vp9 => vp9.payload(1200, &data).unwrap(),
             other => panic!("no payloader for {other}"),
         };
         let n = payloads.len();
-        let send_ms = f.pts * 1000 / FPS;
+        let pts_90k = ivf.pts_90k(f);
+        let send_ms = pts_90k / 90;
         for (i, payload) in payloads.into_iter().enumerate() {
             out.push((
                 send_ms,
                 RtpPacket {
                     sequence: seq,
-                    timestamp: ts0.wrapping_add((f.pts * 90_000 / FPS) as u32),
+                    timestamp: ts0.wrapping_add(pts_90k as u32),
                     marker: i + 1 == n,
                     ssrc: 0x5EED,
                     payload_type: 96,
@@ -170,13 +114,13 @@ fn packet_hashes(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn bit_exact(codec: VideoCodec, encoder: &str) {
+fn bit_exact(codec: VideoCodec, encoder: Encoder) {
     let dir = TestDir::new(&format!("codec-clip-{}", codec.name()));
-    let ivf = dir.join("clip.ivf");
-    encode(encoder, 4, &ivf);
-    let frames = read_ivf(&ivf);
+    let (ivf, _) = encode(encoder, 4, &format!("clip-{}", codec.name()));
+    let clip = read_ivf(&ivf);
+    let frames = &clip.frames;
     assert_eq!(frames.len(), 4 * FPS as usize);
-    let packets = packetize(codec, &frames);
+    let packets = packetize(codec, &clip);
     let webm = dir.join("clip.webm");
     let m = record(codec, &packets, &webm);
     let s = m.stats();
@@ -190,12 +134,12 @@ fn bit_exact(codec: VideoCodec, encoder: &str) {
     assert_eq!(video_frame_hashes(&webm), video_frame_hashes(&ivf));
 }
 
-fn lossy(codec: VideoCodec, encoder: &str) {
+fn lossy(codec: VideoCodec, encoder: Encoder) {
     let dir = TestDir::new(&format!("codec-loss-{}", codec.name()));
-    let ivf = dir.join("clip.ivf");
-    encode(encoder, 6, &ivf);
-    let frames = read_ivf(&ivf);
-    let sent = packetize(codec, &frames);
+    let (ivf, _) = encode(encoder, 6, &format!("loss-{}", codec.name()));
+    let clip = read_ivf(&ivf);
+    let frames = &clip.frames;
+    let sent = packetize(codec, &clip);
     // 5 % of the packets lost, a third of neighbours swapped (arriving 1 ms apart).
     let mut rng = Rng::new(0x10_55 + codec as u64);
     let mut packets: Vec<(u64, RtpPacket)> =
@@ -237,20 +181,20 @@ fn lossy(codec: VideoCodec, encoder: &str) {
 
 #[test]
 fn vp8_clip_comes_out_bit_exact_across_wraps() {
-    bit_exact(VideoCodec::Vp8, "libvpx");
+    bit_exact(VideoCodec::Vp8, ivf::VP8);
 }
 
 #[test]
 fn vp9_clip_comes_out_bit_exact_across_wraps() {
-    bit_exact(VideoCodec::Vp9, "libvpx-vp9");
+    bit_exact(VideoCodec::Vp9, ivf::VP9);
 }
 
 #[test]
 fn vp8_with_loss_and_reordering_loses_only_whole_frames() {
-    lossy(VideoCodec::Vp8, "libvpx");
+    lossy(VideoCodec::Vp8, ivf::VP8);
 }
 
 #[test]
 fn vp9_with_loss_and_reordering_loses_only_whole_frames() {
-    lossy(VideoCodec::Vp9, "libvpx-vp9");
+    lossy(VideoCodec::Vp9, ivf::VP9);
 }
