@@ -887,6 +887,41 @@ mod tests {
     }
 
     #[test]
+    fn the_video_codec_can_change_until_the_file_starts() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::Vp8), true).expect("tracks");
+        assert_eq!(m.container(), ContainerKind::WebM);
+        // The track says H.264 before anything was written: the same muxer switches.
+        assert!(m.set_video_codec(VideoCodec::H264));
+        assert_eq!(m.container(), ContainerKind::Ts);
+        assert!(
+            m.set_video_codec(VideoCodec::H264),
+            "no change is no change"
+        );
+        let t0 = Instant::now();
+        feed(&mut m, t0, &sent);
+        m.finish(t0 + Duration::from_secs(10));
+        assert!(m.stats().frames_written > 0);
+        checked(&mut m);
+        // The file has started in H.264: another codec needs a new muxer (and file).
+        assert!(!m.set_video_codec(VideoCodec::Vp9));
+        assert_eq!(m.tracks().video, Some(VideoCodec::H264));
+        // A muxer made without video cannot take video either.
+        let mut audio_only = StreamMuxer::new(StreamConfig::default(), None, true).expect("audio");
+        assert!(!audio_only.set_video_codec(VideoCodec::Vp8));
+        // With --novideo the video codec does not matter.
+        let novideo = StreamConfig {
+            video: false,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(novideo, Some(VideoCodec::H264), true).expect("audio");
+        assert!(m.set_video_codec(VideoCodec::Vp8));
+        assert_eq!(m.tracks().video, None);
+    }
+
+    #[test]
     fn keyframe_requests_are_rate_limited_and_retried_until_the_first_keyframe() {
         let cfg = StreamConfig::default();
         let mut m = StreamMuxer::new(cfg.clone(), Some(VideoCodec::H264), true).unwrap();

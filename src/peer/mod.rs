@@ -353,6 +353,33 @@ pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::VideoCodec;
+
+    #[test]
+    fn answer_video_codec_is_the_first_payload_type_of_the_video_section() {
+        let answer = "v=0\r\ns=-\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 98 99 96 97\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtpmap:98 VP9/90000\r\na=rtpmap:99 rtx/90000\r\n";
+        assert_eq!(answer_video_codec(answer), Some(VideoCodec::Vp9));
+        let h264 = answer
+            .replace("98 99 96 97", "102 103")
+            .replace("a=rtpmap:96 VP8/90000", "a=rtpmap:102 H264/90000");
+        assert_eq!(answer_video_codec(&h264), Some(VideoCodec::H264));
+        let av1 = answer
+            .replace("98 99 96 97", "45")
+            .replace("VP8", "AV1")
+            .replace(":96", ":45");
+        assert_eq!(answer_video_codec(&av1), Some(VideoCodec::Av1));
+        // Rejected video, no video, a codec we do not record.
+        assert_eq!(
+            answer_video_codec(&answer.replace("m=video 9", "m=video 0")),
+            None
+        );
+        assert_eq!(answer_video_codec("v=0\r\nm=audio 9 RTP/AVP 0\r\n"), None);
+        let h265 = answer.replace("VP9/90000", "H265/90000");
+        assert_eq!(answer_video_codec(&h265), None);
+    }
 
     #[test]
     fn offered_media_reads_directions_and_bundle_only() {
