@@ -11,7 +11,9 @@
 //! starts within 1 s of the browser's media start, audio starts no later than 50 ms after
 //! video, ffmpeg decodes it without a message, and every flash/beep pair in the file keeps the
 //! A/V relation of the same pair in the browser's own recording of its local stream
-//! (Chromium's fake devices drift by themselves, so that recording is the reference).
+//! (Chromium's fake devices drift by themselves, so that recording is the reference; when the
+//! browser's capture stalls on a loaded machine, the pairs after the stall may shift by the
+//! stall's length, which its own recording shows as gaps).
 //!
 //! `NINJAREC_BROWSER_SECONDS` sets the H.264 recording length (default 60; the other codecs
 //! record 30 s) and
@@ -301,7 +303,7 @@ async fn record_from_chromium(codec: Codec, secs: u64) {
         "{} flash/beep pairs in {file_s:.1} s, expected about {expected_pairs}: {sync}",
         sync.offsets_ms.len()
     );
-    let local = local_sync(&browser, &dir).await;
+    let (local, stalled_ms) = local_sync(&browser, &dir).await;
     let matched = match_pairs(&sync, &local);
     assert!(
         matched.len() + 2 >= sync.offsets_ms.len(),
@@ -319,16 +321,25 @@ async fn record_from_chromium(codec: Codec, secs: u64) {
     );
     // The recording keeps the browser's A/V relation pair for pair: its fake devices' drift
     // (25 ms steps at every loop of the media) shows identically in both, so every pair's
-    // difference is the same constant.
+    // difference is the same constant. Except across a capture stall of the browser (a loaded
+    // machine): its own recording then has a gap in both tracks, while the audio it sends
+    // stays a gapless sample count, so what it sends after the stall is shifted by up to the
+    // stall's length, and no receiver can tell. Only that much is allowed on top.
+    if stalled_ms > 0.0 {
+        eprintln!(
+            "the browser's capture stalled for {stalled_ms:.0} ms in all (gaps in its own \
+             recording): pairs after it may shift by that much"
+        );
+    }
     assert!(
-        spread <= 10.0,
+        spread <= 10.0 + stalled_ms,
         "pairs differ by up to {spread:.1} ms from the median: {sync}"
     );
     // That constant is Chromium's, not ours: its MediaRecorder stamps audio later than its
     // RTP sender does (measured: 40 ± 1 ms on Chromium 156). The recorder's own A/V
     // placement is checked against a publisher whose clock is the truth in `gst.rs`.
     assert!(
-        (-60.0..=0.0).contains(&med),
+        (-60.0 - stalled_ms..=stalled_ms).contains(&med),
         "median {med:+.1} ms against the browser's own recording"
     );
 
@@ -338,8 +349,9 @@ async fn record_from_chromium(codec: Codec, secs: u64) {
 /// The browser's own A/V offsets of its fake capture: its MediaRecorder recording of the local
 /// stream (started with the page), measured with the same checker. Chromium's file-backed
 /// fake devices run on separate clocks, so this reference is what the recording must
-/// reproduce, not zero.
-async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> SyncReport {
+/// reproduce, not zero. Also returns how long its capture stalled in all (ms; see
+/// [`capture_stalls_ms`]).
+async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> (SyncReport, f64) {
     let value = tokio::task::block_in_place(|| {
         browser.evaluate("window.ninjarecLocalRecording()", Duration::from_secs(60))
     })
@@ -349,7 +361,35 @@ async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> SyncRe
     std::fs::write(&path, bytes).unwrap();
     let sync = measure(&path);
     eprintln!("browser's local recording: {sync}");
-    sync
+    (sync, capture_stalls_ms(&path))
+}
+
+/// The time the browser's capture stalled, from its own recording: every gap between video
+/// frames longer than 60 ms (two frame intervals at 30 fps) counts with what exceeds one
+/// frame interval.
+fn capture_stalls_ms(path: &std::path::Path) -> f64 {
+    let (out, _) = crate::support::ffmpeg::run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    let mut times: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    times.sort_by(f64::total_cmp);
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0]) * 1000.0)
+        .filter(|gap| *gap > 60.0)
+        .map(|gap| gap - 1000.0 / 30.0)
+        .sum()
 }
 
 /// The file's flash/beep pairs matched to the same flashes in the browser's recording (which
