@@ -324,7 +324,8 @@ async fn record_from_chromium(codec: Codec, secs: u64) {
     // difference is the same constant. Except across a capture stall of the browser (a loaded
     // machine): its own recording then has a gap in both tracks, while the audio it sends
     // stays a gapless sample count, so what it sends after the stall is shifted by up to the
-    // stall's length, and no receiver can tell. Only that much is allowed on top.
+    // stall's length, and no receiver can tell. Only that much is allowed on top (a 10 ms
+    // hole in its audio was seen to move the pairs after it by 10 ms).
     if stalled_ms > 0.0 {
         eprintln!(
             "the browser's capture stalled for {stalled_ms:.0} ms in all (gaps in its own \
@@ -361,35 +362,20 @@ async fn local_sync(browser: &BrowserPublisher, dir: &std::path::Path) -> (SyncR
     std::fs::write(&path, bytes).unwrap();
     let sync = measure(&path);
     eprintln!("browser's local recording: {sync}");
-    (sync, capture_stalls_ms(&path))
+    let stalled = capture_stalls_ms(&sync);
+    (sync, stalled)
 }
 
-/// The time the browser's capture stalled, from its own recording: every gap between video
-/// frames longer than 60 ms (two frame intervals at 30 fps) counts with what exceeds one
-/// frame interval.
-fn capture_stalls_ms(path: &std::path::Path) -> f64 {
-    let (out, _) = crate::support::ffmpeg::run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time",
-            "-of",
-            "csv=p=0",
-            path.to_str().unwrap(),
-        ],
-    );
-    let mut times: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    times.sort_by(f64::total_cmp);
-    times
-        .windows(2)
-        .map(|w| (w[1] - w[0]) * 1000.0)
-        .filter(|gap| *gap > 60.0)
-        .map(|gap| gap - 1000.0 / 30.0)
-        .sum()
+/// The time the browser's capture stalled, from its own recording (the checker's holes): every
+/// hole in its video counts with what exceeds one frame interval, every hole in its audio whole.
+fn capture_stalls_ms(local: &SyncReport) -> f64 {
+    let video: f64 = local
+        .video_gaps
+        .iter()
+        .map(|(_, len)| (len * 1000.0 - 1000.0 / 30.0).max(0.0))
+        .sum();
+    let audio: f64 = local.audio_gaps.iter().map(|(_, len)| len * 1000.0).sum();
+    video + audio
 }
 
 /// The file's flash/beep pairs matched to the same flashes in the browser's recording (which

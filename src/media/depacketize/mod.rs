@@ -97,6 +97,126 @@ pub struct DepacketizerStats {
     pub unparsed_config: u64,
 }
 
+/// The keyframe-wait policy every video depacketizer shares (see the module doc), kept in
+/// one place so the codecs cannot drift apart: whether output is stopped until the next
+/// keyframe, whether that stop was already reported, whether packets may be missing before
+/// the next one, and the counters. Each codec keeps only its parsing and its frame builder
+/// (and clears that builder itself on damage); it calls in here for every policy decision.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyframeGate {
+    /// True until a keyframe is output (at start and after damage).
+    waiting: bool,
+    /// True once [`VideoOutput::KeyframeNeeded`] was reported for the current wait.
+    requested: bool,
+    /// True when packets may be missing before the next packet (start, loss): a next frame
+    /// that does not visibly begin is then taken for a loss, not for a malformed stream.
+    after_gap: bool,
+    /// True once any frame was output: a wait before that is [`KeyframeReason::Start`].
+    ever_output: bool,
+    /// The counters; the codec-specific ones (malformed, ignored, ...) are bumped directly.
+    pub(crate) stats: DepacketizerStats,
+}
+
+impl KeyframeGate {
+    /// A gate waiting for the first keyframe, with a gap assumed before the first packet
+    /// (the publisher may have started before we joined).
+    pub(crate) fn new() -> Self {
+        Self {
+            waiting: true,
+            requested: false,
+            after_gap: true,
+            ever_output: false,
+            stats: DepacketizerStats::default(),
+        }
+    }
+
+    /// True while output is stopped until the next keyframe
+    /// ([`VideoDepacketizer::waiting_for_keyframe`]).
+    pub(crate) fn waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// Why output waits when a frame is unusable through no fault of its own: nothing was
+    /// output yet (the stream simply has not started), or something before it was lost.
+    pub(crate) fn wait_reason(&self) -> KeyframeReason {
+        if self.ever_output {
+            KeyframeReason::Loss
+        } else {
+            KeyframeReason::Start
+        }
+    }
+
+    /// Reports that a keyframe is needed, once per wait, so the caller's PLIs are not
+    /// triggered by every dropped frame.
+    pub(crate) fn request(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
+        if !self.requested {
+            self.requested = true;
+            self.stats.keyframe_requests += 1;
+            out(VideoOutput::KeyframeNeeded(reason));
+        }
+    }
+
+    /// Stops output until the next keyframe and reports it (once): what any damage does,
+    /// besides the codec clearing its open frame.
+    pub(crate) fn stop(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
+        self.waiting = true;
+        self.request(reason, out);
+    }
+
+    /// Drops a complete frame that cannot be output (bad content, oversized, missing
+    /// configuration) and stops output until the next keyframe.
+    pub(crate) fn reject(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
+        self.dropped();
+        self.stop(reason, out);
+    }
+
+    /// Counts a frame dropped because it was damaged (already reported when it was).
+    pub(crate) fn dropped(&mut self) {
+        self.stats.frames_dropped += 1;
+    }
+
+    /// Counts a frame that the end of the stream cut short ([`VideoDepacketizer::flush`]).
+    pub(crate) fn unfinished(&mut self) {
+        self.stats.frames_unfinished += 1;
+    }
+
+    /// Records a loss the reorder buffer reported (`lost` packets; 0 for a resync): packets
+    /// may be missing before the next one. The codec then damages its open frame.
+    pub(crate) fn lost(&mut self, lost: u64) {
+        self.stats.lost_packets = self.stats.lost_packets.saturating_add(lost);
+        self.after_gap = true;
+    }
+
+    /// Whether packets may be missing right before the packet now being taken, and clears
+    /// that: called once per packet that opens (or continues) a frame.
+    pub(crate) fn take_after_gap(&mut self) -> bool {
+        std::mem::replace(&mut self.after_gap, false)
+    }
+
+    /// Whether a complete, sound frame may be output: not while waiting for a keyframe and
+    /// this is none. A frame held back is counted and the wait reported (once).
+    pub(crate) fn admits(&mut self, keyframe: bool, out: &mut dyn FnMut(VideoOutput)) -> bool {
+        if self.waiting && !keyframe {
+            self.dropped();
+            self.request(self.wait_reason(), out);
+            return false;
+        }
+        true
+    }
+
+    /// Books a frame being output: a keyframe ends the wait (and lets the next damage be
+    /// reported again).
+    pub(crate) fn output(&mut self, keyframe: bool) {
+        if keyframe {
+            self.waiting = false;
+            self.requested = false;
+            self.stats.keyframes_out += 1;
+        }
+        self.ever_output = true;
+        self.stats.frames_out += 1;
+    }
+}
+
 /// Turns the ordered RTP packets of one video track into whole [`Frame`]s. See the module
 /// doc for the promises every implementation keeps.
 pub trait VideoDepacketizer: Send + std::fmt::Debug {

@@ -24,7 +24,8 @@
 use std::time::Instant;
 
 use crate::media::depacketize::{
-    DepacketizerLimits, DepacketizerStats, KeyframeReason, VideoDepacketizer, VideoOutput,
+    DepacketizerLimits, DepacketizerStats, KeyframeGate, KeyframeReason, VideoDepacketizer,
+    VideoOutput,
 };
 use crate::media::reorder::Ordered;
 use crate::media::{Frame, VideoCodec, VideoFormat};
@@ -211,17 +212,10 @@ impl Builder {
 pub struct Vp8Depacketizer {
     limits: DepacketizerLimits,
     current: Option<Builder>,
-    /// True until a key frame is output (at start and after damage).
-    waiting_for_keyframe: bool,
-    /// True once a keyframe request was reported for the current wait.
-    requested: bool,
-    /// True when packets may be missing before the next packet (start, loss): a next frame
-    /// that does not visibly begin is then taken for a loss, not for a malformed stream.
-    after_gap: bool,
-    ever_output: bool,
+    /// The keyframe-wait policy and the counters.
+    gate: KeyframeGate,
     /// Capacity for the next frame's buffer: a little more than the last one's size.
     size_hint: usize,
-    stats: DepacketizerStats,
 }
 
 impl Default for Vp8Depacketizer {
@@ -237,27 +231,14 @@ impl Vp8Depacketizer {
         Self {
             limits,
             current: None,
-            waiting_for_keyframe: true,
-            requested: false,
-            after_gap: true,
-            ever_output: false,
+            gate: KeyframeGate::new(),
             size_hint: 0,
-            stats: DepacketizerStats::default(),
         }
     }
 
-    /// Why output waits when a frame is unusable through no fault of its own: nothing was
-    /// output yet (Start), or something before it was lost.
-    fn wait_reason(&self) -> KeyframeReason {
-        if self.ever_output {
-            KeyframeReason::Loss
-        } else {
-            KeyframeReason::Start
-        }
-    }
-
-    fn loss(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.after_gap = true;
+    /// A loss the reorder buffer reported (`lost` packets, 0 for a resync).
+    fn loss(&mut self, lost: u64, out: &mut dyn FnMut(VideoOutput)) {
+        self.gate.lost(lost);
         self.damage(KeyframeReason::Loss, out);
     }
 
@@ -267,21 +248,12 @@ impl Vp8Depacketizer {
             b.damaged = true;
             b.data = Vec::new();
         }
-        self.waiting_for_keyframe = true;
-        self.request_keyframe(reason, out);
-    }
-
-    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
-        if !self.requested {
-            self.requested = true;
-            self.stats.keyframe_requests += 1;
-            out(VideoOutput::KeyframeNeeded(reason));
-        }
+        self.gate.stop(reason, out);
     }
 
     fn malformed(&mut self, error: Malformed, out: &mut dyn FnMut(VideoOutput)) {
         tracing::debug!(%error, "malformed VP8 packet");
-        self.stats.malformed_packets += 1;
+        self.gate.stats.malformed_packets += 1;
         self.damage(KeyframeReason::Malformed, out);
     }
 
@@ -295,7 +267,7 @@ impl Vp8Depacketizer {
     ) {
         if payload.is_empty() {
             // Padding only (bandwidth probes): no descriptor, nothing to add.
-            self.stats.ignored_packets += 1;
+            self.gate.stats.ignored_packets += 1;
             return;
         }
         if self
@@ -310,13 +282,13 @@ impl Vp8Depacketizer {
         let descriptor = parse_descriptor(payload);
         if self.current.is_none() {
             self.current = Some(Builder::new(timestamp, arrival, self.size_hint));
-            let after_gap = std::mem::replace(&mut self.after_gap, false);
+            let after_gap = self.gate.take_after_gap();
             if let Ok(d) = &descriptor
                 && !d.begins_frame()
             {
                 if after_gap {
                     // Its first packets were lost (or sent before we joined).
-                    self.damage(self.wait_reason(), out);
+                    self.damage(self.gate.wait_reason(), out);
                 } else {
                     self.malformed(Malformed::NoFrameStart, out);
                 }
@@ -371,23 +343,19 @@ impl Vp8Depacketizer {
             .saturating_add(b.data.len() / 4 + 64)
             .min(MAX_SIZE_HINT);
         if b.damaged {
-            self.stats.frames_dropped += 1;
-            return;
+            return self.gate.dropped();
         }
         let header = match parse_frame_header(&b.data) {
             Ok(h) => h,
             Err(error) => {
                 // Counted as one malformed packet: the frame's first, which holds the header.
                 tracing::debug!(%error, "malformed VP8 frame");
-                self.stats.malformed_packets += 1;
-                self.stats.frames_dropped += 1;
-                self.waiting_for_keyframe = true;
-                return self.request_keyframe(KeyframeReason::Malformed, out);
+                self.gate.stats.malformed_packets += 1;
+                return self.gate.reject(KeyframeReason::Malformed, out);
             }
         };
-        if self.waiting_for_keyframe && !header.keyframe {
-            self.stats.frames_dropped += 1;
-            return self.request_keyframe(self.wait_reason(), out);
+        if !self.gate.admits(header.keyframe, out) {
+            return;
         }
         let format = header.keyframe.then(|| VideoFormat {
             width: u32::from(header.width),
@@ -395,13 +363,7 @@ impl Vp8Depacketizer {
             may_reorder: false,
             config: None,
         });
-        if header.keyframe {
-            self.waiting_for_keyframe = false;
-            self.requested = false;
-            self.stats.keyframes_out += 1;
-        }
-        self.ever_output = true;
-        self.stats.frames_out += 1;
+        self.gate.output(header.keyframe);
         out(VideoOutput::Frame(Frame {
             codec: VideoCodec::Vp8,
             rtp_timestamp: b.timestamp,
@@ -423,11 +385,8 @@ impl VideoDepacketizer for Vp8Depacketizer {
             Ordered::Packet(pkt, arrival) => {
                 self.packet(pkt.timestamp, pkt.marker, &pkt.payload, arrival, out)
             }
-            Ordered::Gap { lost } => {
-                self.stats.lost_packets = self.stats.lost_packets.saturating_add(lost);
-                self.loss(out);
-            }
-            Ordered::Resync => self.loss(out),
+            Ordered::Gap { lost } => self.loss(lost, out),
+            Ordered::Resync => self.loss(0, out),
         }
     }
 
@@ -437,16 +396,16 @@ impl VideoDepacketizer for Vp8Depacketizer {
         if let Some(b) = self.current.take()
             && (!b.data.is_empty() || b.damaged)
         {
-            self.stats.frames_unfinished += 1;
+            self.gate.unfinished();
         }
     }
 
     fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_keyframe
+        self.gate.waiting()
     }
 
     fn stats(&self) -> DepacketizerStats {
-        self.stats
+        self.gate.stats
     }
 }
 

@@ -34,7 +34,8 @@
 use std::time::Instant;
 
 use crate::media::depacketize::{
-    DepacketizerLimits, DepacketizerStats, KeyframeReason, VideoDepacketizer, VideoOutput,
+    DepacketizerLimits, DepacketizerStats, KeyframeGate, KeyframeReason, VideoDepacketizer,
+    VideoOutput,
 };
 use crate::media::reorder::Ordered;
 use crate::media::{Frame, VideoCodec, VideoFormat};
@@ -559,17 +560,10 @@ impl Picture {
 pub struct Vp9Depacketizer {
     limits: DepacketizerLimits,
     current: Option<Picture>,
-    /// True until a key frame is output (at start and after damage).
-    waiting_for_keyframe: bool,
-    /// True once a keyframe request was reported for the current wait.
-    requested: bool,
-    /// True when packets may be missing before the next packet (start, loss): a next picture
-    /// that does not visibly begin is then taken for a loss, not for a malformed stream.
-    after_gap: bool,
-    ever_output: bool,
+    /// The keyframe-wait policy and the counters.
+    gate: KeyframeGate,
     /// Capacity for the next picture's buffer: a little more than the last one's size.
     size_hint: usize,
-    stats: DepacketizerStats,
 }
 
 impl Default for Vp9Depacketizer {
@@ -585,27 +579,14 @@ impl Vp9Depacketizer {
         Self {
             limits,
             current: None,
-            waiting_for_keyframe: true,
-            requested: false,
-            after_gap: true,
-            ever_output: false,
+            gate: KeyframeGate::new(),
             size_hint: 0,
-            stats: DepacketizerStats::default(),
         }
     }
 
-    /// Why output waits when a picture is unusable through no fault of its own: nothing was
-    /// output yet (Start), or something before it was lost.
-    fn wait_reason(&self) -> KeyframeReason {
-        if self.ever_output {
-            KeyframeReason::Loss
-        } else {
-            KeyframeReason::Start
-        }
-    }
-
-    fn loss(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.after_gap = true;
+    /// A loss the reorder buffer reported (`lost` packets, 0 for a resync).
+    fn loss(&mut self, lost: u64, out: &mut dyn FnMut(VideoOutput)) {
+        self.gate.lost(lost);
         self.damage(KeyframeReason::Loss, out);
     }
 
@@ -616,38 +597,21 @@ impl Vp9Depacketizer {
             p.data = Vec::new();
             p.layers = Vec::new();
         }
-        self.waiting_for_keyframe = true;
-        self.request_keyframe(reason, out);
-    }
-
-    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
-        if !self.requested {
-            self.requested = true;
-            self.stats.keyframe_requests += 1;
-            out(VideoOutput::KeyframeNeeded(reason));
-        }
+        self.gate.stop(reason, out);
     }
 
     fn malformed(&mut self, error: Malformed, out: &mut dyn FnMut(VideoOutput)) {
         tracing::debug!(%error, "malformed VP9 packet");
-        self.stats.malformed_packets += 1;
+        self.gate.stats.malformed_packets += 1;
         self.damage(KeyframeReason::Malformed, out);
     }
 
-    /// Drops a complete picture that cannot be output (it was already taken out of
-    /// `current`) and stops output until the next key frame.
-    fn reject(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
-        self.stats.frames_dropped += 1;
-        self.waiting_for_keyframe = true;
-        self.request_keyframe(reason, out);
-    }
-
-    /// [`Self::reject`] for a picture whose content is malformed; counted as one malformed
-    /// packet (the one holding the bad header).
+    /// Drops a complete picture whose content is malformed ([`KeyframeGate::reject`]);
+    /// counted as one malformed packet (the one holding the bad header).
     fn reject_malformed(&mut self, error: Malformed, out: &mut dyn FnMut(VideoOutput)) {
         tracing::debug!(%error, "malformed VP9 picture");
-        self.stats.malformed_packets += 1;
-        self.reject(KeyframeReason::Malformed, out);
+        self.gate.stats.malformed_packets += 1;
+        self.gate.reject(KeyframeReason::Malformed, out);
     }
 
     fn packet(
@@ -660,7 +624,7 @@ impl Vp9Depacketizer {
     ) {
         if payload.is_empty() {
             // Padding only (bandwidth probes): no descriptor, nothing to add.
-            self.stats.ignored_packets += 1;
+            self.gate.stats.ignored_packets += 1;
             return;
         }
         if self
@@ -675,13 +639,13 @@ impl Vp9Depacketizer {
         let descriptor = parse_descriptor(payload);
         if self.current.is_none() {
             self.current = Some(Picture::new(timestamp, arrival, self.size_hint));
-            let after_gap = std::mem::replace(&mut self.after_gap, false);
+            let after_gap = self.gate.take_after_gap();
             if let Ok(d) = &descriptor
                 && !d.begin
             {
                 if after_gap {
                     // Its first packets were lost (or sent before we joined).
-                    self.damage(self.wait_reason(), out);
+                    self.damage(self.gate.wait_reason(), out);
                 } else {
                     self.malformed(Malformed::NoPictureStart, out);
                 }
@@ -738,8 +702,7 @@ impl Vp9Depacketizer {
             .saturating_add(p.data.len() / 4 + 64)
             .min(MAX_SIZE_HINT);
         if p.damaged {
-            self.stats.frames_dropped += 1;
-            return;
+            return self.gate.dropped();
         }
         if p.open || p.layers.is_empty() {
             // Unreachable through `packet` (an open layer frame at the marker is malformed
@@ -769,9 +732,8 @@ impl Vp9Depacketizer {
             .first()
             .is_some_and(|base| !base.inter && base.spatial_id.unwrap_or(0) == 0)
             && headers.first().is_some_and(|h| h.kind == FrameKind::Key);
-        if self.waiting_for_keyframe && !keyframe {
-            self.stats.frames_dropped += 1;
-            return self.request_keyframe(self.wait_reason(), out);
+        if !self.gate.admits(keyframe, out) {
+            return;
         }
         let data = if p.layers.len() == 1 {
             // Output as sent, a superframe or not.
@@ -783,7 +745,7 @@ impl Vp9Depacketizer {
                     return self.reject_malformed(Malformed::TooManyFrames, out);
                 }
                 Err(SuperframeError::TooLarge) => {
-                    return self.reject(KeyframeReason::Oversized, out);
+                    return self.gate.reject(KeyframeReason::Oversized, out);
                 }
             }
         };
@@ -802,13 +764,7 @@ impl Vp9Depacketizer {
                 config: None,
             }
         });
-        if keyframe {
-            self.waiting_for_keyframe = false;
-            self.requested = false;
-            self.stats.keyframes_out += 1;
-        }
-        self.ever_output = true;
-        self.stats.frames_out += 1;
+        self.gate.output(keyframe);
         out(VideoOutput::Frame(Frame {
             codec: VideoCodec::Vp9,
             rtp_timestamp: p.timestamp,
@@ -830,11 +786,8 @@ impl VideoDepacketizer for Vp9Depacketizer {
             Ordered::Packet(pkt, arrival) => {
                 self.packet(pkt.timestamp, pkt.marker, &pkt.payload, arrival, out)
             }
-            Ordered::Gap { lost } => {
-                self.stats.lost_packets = self.stats.lost_packets.saturating_add(lost);
-                self.loss(out);
-            }
-            Ordered::Resync => self.loss(out),
+            Ordered::Gap { lost } => self.loss(lost, out),
+            Ordered::Resync => self.loss(0, out),
         }
     }
 
@@ -844,16 +797,16 @@ impl VideoDepacketizer for Vp9Depacketizer {
         if let Some(p) = self.current.take()
             && (!p.data.is_empty() || p.damaged)
         {
-            self.stats.frames_unfinished += 1;
+            self.gate.unfinished();
         }
     }
 
     fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_keyframe
+        self.gate.waiting()
     }
 
     fn stats(&self) -> DepacketizerStats {
-        self.stats
+        self.gate.stats
     }
 }
 

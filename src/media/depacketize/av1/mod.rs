@@ -65,7 +65,8 @@ use bytes::Bytes;
 
 use self::seq_header::{SequenceHeader, parse_sequence_header};
 use super::{
-    DepacketizerLimits, DepacketizerStats, KeyframeReason, VideoDepacketizer, VideoOutput,
+    DepacketizerLimits, DepacketizerStats, KeyframeGate, KeyframeReason, VideoDepacketizer,
+    VideoOutput,
 };
 use crate::media::reorder::Ordered;
 use crate::media::{Frame, VideoCodec, VideoFormat};
@@ -172,16 +173,10 @@ pub struct Av1Depacketizer {
     limits: DepacketizerLimits,
     current: Option<Builder>,
     sequence_header: Option<KnownSequenceHeader>,
-    /// True until a keyframe is output (at start and after damage).
-    waiting_for_keyframe: bool,
-    /// True once a keyframe request was reported for the current wait.
-    requested: bool,
-    /// True when packets may be missing before the next packet (start, loss).
-    after_gap: bool,
-    ever_output: bool,
+    /// The keyframe-wait policy and the counters.
+    gate: KeyframeGate,
     /// Capacity for the next TU's buffer: a little more than the last one's size.
     size_hint: usize,
-    stats: DepacketizerStats,
 }
 
 impl Default for Av1Depacketizer {
@@ -197,12 +192,8 @@ impl Av1Depacketizer {
             limits,
             current: None,
             sequence_header: None,
-            waiting_for_keyframe: true,
-            requested: false,
-            after_gap: true,
-            ever_output: false,
+            gate: KeyframeGate::new(),
             size_hint: 0,
-            stats: DepacketizerStats::default(),
         }
     }
 
@@ -211,18 +202,11 @@ impl Av1Depacketizer {
         self.sequence_header.as_ref().map(|k| &k.header)
     }
 
-    /// `reason`, unless nothing was output yet: then the stream simply has not started.
-    fn wait_reason(&self, reason: KeyframeReason) -> KeyframeReason {
-        if self.ever_output {
-            reason
-        } else {
-            KeyframeReason::Start
-        }
-    }
-
-    fn loss(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.after_gap = true;
-        self.damage(self.wait_reason(KeyframeReason::Loss), out);
+    /// A loss the reorder buffer reported (`lost` packets, 0 for a resync); reported as
+    /// `Start` while nothing was output yet.
+    fn loss(&mut self, lost: u64, out: &mut dyn FnMut(VideoOutput)) {
+        self.gate.lost(lost);
+        self.damage(self.gate.wait_reason(), out);
     }
 
     /// Marks the open TU (if any) as damaged and stops output until the next keyframe.
@@ -233,20 +217,11 @@ impl Av1Depacketizer {
             b.fragment = Vec::new();
             b.fragment_open = false;
         }
-        self.waiting_for_keyframe = true;
-        self.request_keyframe(reason, out);
-    }
-
-    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
-        if !self.requested {
-            self.requested = true;
-            self.stats.keyframe_requests += 1;
-            out(VideoOutput::KeyframeNeeded(reason));
-        }
+        self.gate.stop(reason, out);
     }
 
     fn malformed(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.stats.malformed_packets += 1;
+        self.gate.stats.malformed_packets += 1;
         self.damage(KeyframeReason::Malformed, out);
     }
 
@@ -254,7 +229,7 @@ impl Av1Depacketizer {
     /// missing) rather than a sender's fault: not counted as malformed then.
     fn broken_start(&mut self, out: &mut dyn FnMut(VideoOutput)) {
         if self.current.as_ref().is_some_and(|b| b.after_gap) {
-            self.damage(self.wait_reason(KeyframeReason::Loss), out);
+            self.damage(self.gate.wait_reason(), out);
         } else {
             self.malformed(out);
         }
@@ -273,7 +248,7 @@ impl Av1Depacketizer {
         out: &mut dyn FnMut(VideoOutput),
     ) {
         let Some((&aggregation, elements)) = payload.split_first() else {
-            self.stats.ignored_packets += 1;
+            self.gate.stats.ignored_packets += 1;
             return;
         };
         if self
@@ -285,12 +260,11 @@ impl Av1Depacketizer {
             self.damage(KeyframeReason::Malformed, out);
             self.close(out);
         }
+        // Cleared either way: when the TU goes on after the loss, the loss was inside it, not
+        // before the next one.
+        let after_gap = self.gate.take_after_gap();
         if self.current.is_none() {
-            let after_gap = std::mem::replace(&mut self.after_gap, false);
             self.current = Some(Builder::new(timestamp, arrival, self.size_hint, after_gap));
-        } else {
-            // The TU goes on after the loss: the loss was inside it, not before the next one.
-            self.after_gap = false;
         }
         let too_many = self.current.as_mut().is_some_and(|b| {
             b.packets += 1;
@@ -334,7 +308,7 @@ impl Av1Depacketizer {
                 return self.malformed(out);
             }
             // An aggregation header and nothing else (keep-alive / padding).
-            self.stats.ignored_packets += 1;
+            self.gate.stats.ignored_packets += 1;
             if let Some(b) = &mut self.current {
                 b.bare_packets += 1;
             }
@@ -469,12 +443,11 @@ impl Av1Depacketizer {
         let Some(b) = self.current.take() else { return };
         self.size_hint = (b.data.len() + b.data.len() / 4 + 64).min(MAX_SIZE_HINT);
         if b.damaged || b.fragment_open {
-            self.stats.frames_dropped += 1;
-            return;
+            return self.gate.dropped();
         }
         let Some(first_frame) = b.first_frame else {
             // Sequence headers, metadata or padding without a picture: nothing to record.
-            self.stats.ignored_packets += (b.packets - b.bare_packets) as u64;
+            self.gate.stats.ignored_packets += (b.packets - b.bare_packets) as u64;
             return;
         };
         let own = b.sequence_header.and_then(|(s, e)| b.data.get(s..e));
@@ -486,11 +459,8 @@ impl Av1Depacketizer {
             match Obu::parse(obu).map(|o| parse_sequence_header(o.payload)) {
                 Some(Ok(h)) => new_header = Some(h),
                 _ => {
-                    self.stats.unparsed_config += 1;
-                    self.stats.frames_dropped += 1;
-                    self.waiting_for_keyframe = true;
-                    self.request_keyframe(KeyframeReason::Malformed, out);
-                    return;
+                    self.gate.stats.unparsed_config += 1;
+                    return self.gate.reject(KeyframeReason::Malformed, out);
                 }
             }
         }
@@ -501,16 +471,11 @@ impl Av1Depacketizer {
         // show_existing_frame = 0, frame_type = KEY_FRAME (0), show_frame = 1.
         let keyframe = reduced || first_frame & 0xF0 == 0x10;
         if !keyframe {
-            if new_header.is_some() && !self.waiting_for_keyframe {
+            if new_header.is_some() && !self.gate.waiting() {
                 // A new sequence must start with a key frame: decoders reject this one.
-                self.stats.frames_dropped += 1;
-                self.waiting_for_keyframe = true;
-                self.request_keyframe(KeyframeReason::Malformed, out);
-                return;
+                return self.gate.reject(KeyframeReason::Malformed, out);
             }
-            if self.waiting_for_keyframe {
-                self.stats.frames_dropped += 1;
-                self.request_keyframe(self.wait_reason(KeyframeReason::Loss), out);
+            if !self.gate.admits(false, out) {
                 return;
             }
             return self.output(b.timestamp, b.arrival, false, b.data, None, out);
@@ -522,10 +487,7 @@ impl Av1Depacketizer {
             self.sequence_header = Some(KnownSequenceHeader::new(obu.to_vec(), h));
         }
         let Some(known) = &self.sequence_header else {
-            self.stats.frames_dropped += 1;
-            self.waiting_for_keyframe = true;
-            self.request_keyframe(KeyframeReason::MissingParameterSets, out);
-            return;
+            return self.gate.reject(KeyframeReason::MissingParameterSets, out);
         };
         let format = Some(known.format.clone());
         let data = if has_own {
@@ -536,9 +498,6 @@ impl Av1Depacketizer {
             data.extend_from_slice(&b.data);
             data
         };
-        self.waiting_for_keyframe = false;
-        self.requested = false;
-        self.stats.keyframes_out += 1;
         self.output(b.timestamp, b.arrival, true, data, format, out);
     }
 
@@ -551,8 +510,7 @@ impl Av1Depacketizer {
         format: Option<VideoFormat>,
         out: &mut dyn FnMut(VideoOutput),
     ) {
-        self.ever_output = true;
-        self.stats.frames_out += 1;
+        self.gate.output(keyframe);
         out(VideoOutput::Frame(Frame {
             codec: VideoCodec::Av1,
             rtp_timestamp,
@@ -574,14 +532,11 @@ impl VideoDepacketizer for Av1Depacketizer {
             Ordered::Packet(pkt, arrival) => {
                 self.packet(pkt.timestamp, pkt.marker, &pkt.payload, arrival, out)
             }
-            Ordered::Gap { lost } => {
-                self.stats.lost_packets += lost;
-                self.loss(out);
-            }
+            Ordered::Gap { lost } => self.loss(lost, out),
             Ordered::Resync => {
                 // A restarted publisher may send another sequence.
                 self.sequence_header = None;
-                self.loss(out);
+                self.loss(0, out);
             }
         }
     }
@@ -592,16 +547,16 @@ impl VideoDepacketizer for Av1Depacketizer {
         if let Some(b) = self.current.take()
             && (!b.data.is_empty() || b.fragment_open || b.damaged)
         {
-            self.stats.frames_unfinished += 1;
+            self.gate.unfinished();
         }
     }
 
     fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_keyframe
+        self.gate.waiting()
     }
 
     fn stats(&self) -> DepacketizerStats {
-        self.stats
+        self.gate.stats
     }
 }
 

@@ -14,7 +14,8 @@ use bytes::Bytes;
 
 use super::sps::{SpsInfo, parse_sps};
 use crate::media::depacketize::{
-    DepacketizerLimits, DepacketizerStats, KeyframeReason, VideoDepacketizer, VideoOutput,
+    DepacketizerLimits, DepacketizerStats, KeyframeGate, KeyframeReason, VideoDepacketizer,
+    VideoOutput,
 };
 use crate::media::reorder::Ordered;
 use crate::media::{Frame, VideoCodec, VideoFormat};
@@ -74,17 +75,11 @@ pub struct H264Depacketizer {
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
     info: Option<SpsInfo>,
-    /// True until an IDR is output (at start and after damage).
-    waiting_for_idr: bool,
-    /// True once a keyframe request was reported for the current wait.
-    requested: bool,
-    /// True when packets may be missing before the next packet (start, loss): the next access
-    /// unit is only trusted if its first packet visibly starts a picture.
-    after_gap: bool,
-    ever_output: bool,
+    /// The keyframe (IDR) wait policy and the counters. After a gap the next access unit is
+    /// only trusted if its first packet visibly starts a picture.
+    gate: KeyframeGate,
     /// Capacity for the next access unit's buffer: a little more than the last one's size.
     size_hint: usize,
-    stats: DepacketizerStats,
 }
 
 impl Default for H264Depacketizer {
@@ -102,12 +97,8 @@ impl H264Depacketizer {
             sps: None,
             pps: None,
             info: None,
-            waiting_for_idr: true,
-            requested: false,
-            after_gap: true,
-            ever_output: false,
+            gate: KeyframeGate::new(),
             size_hint: 0,
-            stats: DepacketizerStats::default(),
         }
     }
 
@@ -116,8 +107,9 @@ impl H264Depacketizer {
         self.info.as_ref()
     }
 
-    fn loss(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.after_gap = true;
+    /// A loss the reorder buffer reported (`lost` packets, 0 for a resync).
+    fn loss(&mut self, lost: u64, out: &mut dyn FnMut(VideoOutput)) {
+        self.gate.lost(lost);
         self.damage(KeyframeReason::Loss, out);
     }
 
@@ -129,20 +121,11 @@ impl H264Depacketizer {
             b.nals = Vec::new();
             b.fu_start = None;
         }
-        self.waiting_for_idr = true;
-        self.request_keyframe(reason, out);
-    }
-
-    fn request_keyframe(&mut self, reason: KeyframeReason, out: &mut dyn FnMut(VideoOutput)) {
-        if !self.requested {
-            self.requested = true;
-            self.stats.keyframe_requests += 1;
-            out(VideoOutput::KeyframeNeeded(reason));
-        }
+        self.gate.stop(reason, out);
     }
 
     fn malformed(&mut self, out: &mut dyn FnMut(VideoOutput)) {
-        self.stats.malformed_packets += 1;
+        self.gate.stats.malformed_packets += 1;
         self.damage(KeyframeReason::Malformed, out);
     }
 
@@ -155,7 +138,7 @@ impl H264Depacketizer {
         out: &mut dyn FnMut(VideoOutput),
     ) {
         let Some(&header) = payload.first() else {
-            self.stats.ignored_packets += 1;
+            self.gate.stats.ignored_packets += 1;
             return;
         };
         if self
@@ -168,19 +151,10 @@ impl H264Depacketizer {
             self.close(out);
         }
         if self.current.is_none() {
-            let mut b = Builder::new(timestamp, arrival, self.size_hint);
-            if self.after_gap && !starts_picture(payload) {
-                b.damaged = true;
-            }
-            self.after_gap = false;
-            self.current = Some(b);
-            if self.current.as_ref().is_some_and(|b| b.damaged) {
-                let reason = if self.ever_output {
-                    KeyframeReason::Loss
-                } else {
-                    KeyframeReason::Start
-                };
-                self.damage(reason, out);
+            self.current = Some(Builder::new(timestamp, arrival, self.size_hint));
+            if self.gate.take_after_gap() && !starts_picture(payload) {
+                // Its first packets were lost (or sent before we joined).
+                self.damage(self.gate.wait_reason(), out);
             }
         }
         if !self.current.as_ref().is_some_and(|b| b.damaged) {
@@ -221,10 +195,10 @@ impl H264Depacketizer {
             }
             FU_A => self.fu_a(header, &payload[1..], out),
             25..=27 | 29 => {
-                self.stats.unsupported_packets += 1;
+                self.gate.stats.unsupported_packets += 1;
                 self.damage(KeyframeReason::Malformed, out);
             }
-            _ => self.stats.ignored_packets += 1,
+            _ => self.gate.stats.ignored_packets += 1,
         }
     }
 
@@ -350,7 +324,7 @@ impl H264Depacketizer {
                 self.info = Some(info);
             }
             Err(e) => {
-                self.stats.unparsed_config += 1;
+                self.gate.stats.unparsed_config += 1;
                 tracing::debug!(error = %e, "cannot parse H.264 SPS");
             }
         }
@@ -362,30 +336,19 @@ impl H264Depacketizer {
         let Some(b) = self.current.take() else { return };
         self.size_hint = (b.data.len() + b.data.len() / 4 + 64).min(MAX_SIZE_HINT);
         if b.damaged || b.fu_start.is_some() {
-            self.stats.frames_dropped += 1;
-            return;
+            return self.gate.dropped();
         }
         if !b.has_vcl {
             // Parameter sets or SEI on their own: kept (parameter sets) or dropped, no picture.
             return;
         }
-        if self.waiting_for_idr && !b.has_idr {
-            self.stats.frames_dropped += 1;
-            let reason = if self.ever_output {
-                KeyframeReason::Loss
-            } else {
-                KeyframeReason::Start
-            };
-            self.request_keyframe(reason, out);
+        if !self.gate.admits(b.has_idr, out) {
             return;
         }
         let mut format = None;
         let data = if b.has_idr {
             let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
-                self.stats.frames_dropped += 1;
-                self.waiting_for_idr = true;
-                self.request_keyframe(KeyframeReason::MissingParameterSets, out);
-                return;
+                return self.gate.reject(KeyframeReason::MissingParameterSets, out);
             };
             let mut data = Vec::with_capacity(b.data.len() + sps.len() + pps.len() + 8);
             for ps in [sps, pps] {
@@ -405,15 +368,11 @@ impl H264Depacketizer {
                     data.extend_from_slice(&b.data[start..end]);
                 }
             }
-            self.waiting_for_idr = false;
-            self.requested = false;
-            self.stats.keyframes_out += 1;
             data
         } else {
             b.data
         };
-        self.ever_output = true;
-        self.stats.frames_out += 1;
+        self.gate.output(b.has_idr);
         out(VideoOutput::Frame(Frame {
             codec: VideoCodec::H264,
             rtp_timestamp: b.timestamp,
@@ -435,11 +394,8 @@ impl VideoDepacketizer for H264Depacketizer {
             Ordered::Packet(pkt, arrival) => {
                 self.packet(pkt.timestamp, pkt.marker, &pkt.payload, arrival, out)
             }
-            Ordered::Gap { lost } => {
-                self.stats.lost_packets += lost;
-                self.loss(out);
-            }
-            Ordered::Resync => self.loss(out),
+            Ordered::Gap { lost } => self.loss(lost, out),
+            Ordered::Resync => self.loss(0, out),
         }
     }
 
@@ -449,16 +405,16 @@ impl VideoDepacketizer for H264Depacketizer {
         if let Some(b) = self.current.take()
             && (!b.data.is_empty() || b.damaged)
         {
-            self.stats.frames_unfinished += 1;
+            self.gate.unfinished();
         }
     }
 
     fn waiting_for_keyframe(&self) -> bool {
-        self.waiting_for_idr
+        self.gate.waiting()
     }
 
     fn stats(&self) -> DepacketizerStats {
-        self.stats
+        self.gate.stats
     }
 }
 
