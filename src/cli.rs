@@ -253,6 +253,29 @@ mod tests {
         assert_eq!(cli.record.password.as_deref(), Some("false"));
         let cli = Cli::parse_from(["ninjarec", "--record", "s", "--password"]);
         assert_eq!(cli.record.password.as_deref(), Some(""));
+        let cli = Cli::parse_from(["ninjarec", "--record", "s", "--codec", "vp9"]);
+        assert_eq!(
+            cli.record.codec.preferred(),
+            Some(crate::media::VideoCodec::Vp9)
+        );
+        assert_eq!(cli.record.container, ContainerArg::Auto);
+        let cli = Cli::parse_from([
+            "ninjarec",
+            "--record",
+            "s",
+            "--codec",
+            "any",
+            "--container",
+            "mkv",
+        ]);
+        assert_eq!(cli.record.codec.preferred(), None);
+        assert_eq!(cli.record.container, ContainerArg::Mkv);
+        let cli = Cli::parse_from(["ninjarec", "--record", "s"]);
+        assert_eq!(
+            cli.record.codec,
+            CodecArg::H264,
+            "H.264 (.ts) stays the default"
+        );
         let cli = Cli::parse_from(["ninjarec", "serve", "--listen", "127.0.0.1:9000"]);
         assert!(matches!(cli.command, Some(Command::Serve(_))));
     }
