@@ -32,8 +32,8 @@ pub struct RecorderSettings {
     pub stream: StreamConfig,
     /// Peer connection settings (ICE servers, timeouts, cipher for data-channel payloads).
     pub session: SessionConfig,
-    /// Pending file bytes are written at most this long after they were produced, so a
-    /// killed recorder loses at most this much.
+    /// Pending TS bytes are written at least this often, so a killed recorder loses at most
+    /// this much.
     pub flush_interval: Duration,
     /// Pending TS bytes are written as soon as there are this many.
     pub flush_bytes: usize,
@@ -223,11 +223,6 @@ struct Recorder {
     silence_reported: bool,
 }
 
-/// How often live counters are published and silent tracks looked for; also the longest
-/// the recorder sleeps, so the TS writer's PCR goes on (at this granularity) while media
-/// stalls.
-const HOUSEKEEPING: Duration = Duration::from_secs(1);
-
 /// A track of the file that has delivered nothing for this long is reported (once): a muted
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
@@ -258,25 +253,12 @@ async fn run(
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
-    // One timer, moved to the next thing due: the core's next deadline (reorder holes, sync
-    // hold, interleaver, keyframe retries), the pending output's flush, or housekeeping.
-    let mut last_flush = Instant::now();
-    let mut last_housekeeping = Instant::now();
-    let mut wake = rec.next_wake(last_flush, last_housekeeping);
-    // No wake earlier than 1 ms after the last one: a deadline the core failed to clear
-    // must not spin the task.
-    let mut wake_floor = Instant::now();
-    let timer = tokio::time::sleep_until(wake.into());
-    tokio::pin!(timer);
+    let mut tick = tokio::time::interval(rec.settings.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut close_reason = None;
     let mut media_dropped = 0;
     loop {
-        let due = rec.next_wake(last_flush, last_housekeeping).max(wake_floor);
-        if due != wake {
-            wake = due;
-            timer.as_mut().reset(wake.into());
-        }
         tokio::select! {
             cmd = commands.recv(), if !stopping => match cmd {
                 Some(StreamCommand::RemoteCandidates(cands)) => {
@@ -332,7 +314,7 @@ async fn run(
                     | SessionEvent::Renegotiated => {}
                 }
             }
-            () = &mut timer => {
+            _ = tick.tick() => {
                 let now = Instant::now();
                 if let Some(m) = rec.muxer.as_mut() {
                     m.poll(now);
@@ -340,18 +322,9 @@ async fn run(
                         let _ = session.request_keyframe();
                     }
                 }
-                if now >= last_flush + rec.settings.flush_interval {
-                    rec.flush();
-                    last_flush = now;
-                }
-                if now >= last_housekeeping + HOUSEKEEPING {
-                    rec.publish_live();
-                    rec.report_silent_tracks(now);
-                    last_housekeeping = now;
-                }
-                // Past deadlines are handled; the next wake is computed afresh.
-                wake = now;
-                wake_floor = now + Duration::from_millis(1);
+                rec.flush();
+                rec.publish_live();
+                rec.report_silent_tracks(now);
             }
         }
         if rec.disk_error.is_some() && !stopping {
@@ -388,21 +361,6 @@ impl Recorder {
         } else if video.is_some() || audio {
             warn!(stream = %self.id.stream_id, "nothing to record: the publisher's media are all turned off by --noaudio/--novideo");
         }
-    }
-
-    /// When the recorder task must wake next: the core's next deadline, the flush of pending
-    /// output (at most `flush_interval` after the last one), and housekeeping.
-    fn next_wake(&mut self, last_flush: Instant, last_housekeeping: Instant) -> Instant {
-        let mut wake = last_housekeeping + HOUSEKEEPING;
-        if let Some(m) = self.muxer.as_mut() {
-            if let Some(deadline) = m.next_deadline() {
-                wake = wake.min(deadline);
-            }
-            if !m.output().is_empty() {
-                wake = wake.min(last_flush + self.settings.flush_interval);
-            }
-        }
-        wake
     }
 
     /// The summary of the current file.
