@@ -17,7 +17,7 @@ use rtc::rtp::codec::vp9::Vp9Payloader;
 use rtc::rtp::packetizer::Payloader;
 
 use crate::support::ffmpeg::{decode_errors, probe, run, video_frame_hashes};
-use crate::support::fixtures::TestDir;
+use crate::support::fixtures::{TestDir, heavy_blocking};
 use crate::support::ivf::{self, Encoder, Ivf, encode, read_ivf};
 use crate::support::sim::Rng;
 
@@ -115,6 +115,7 @@ fn packet_hashes(path: &Path) -> Vec<String> {
 }
 
 fn bit_exact(codec: VideoCodec, encoder: Encoder) {
+    let _heavy = heavy_blocking();
     let dir = TestDir::new(&format!("codec-clip-{}", codec.name()));
     let (ivf, _) = encode(encoder, 4, &format!("clip-{}", codec.name()));
     let clip = read_ivf(&ivf);
@@ -135,6 +136,7 @@ fn bit_exact(codec: VideoCodec, encoder: Encoder) {
 }
 
 fn lossy(codec: VideoCodec, encoder: Encoder) {
+    let _heavy = heavy_blocking();
     let dir = TestDir::new(&format!("codec-loss-{}", codec.name()));
     let (ivf, _) = encode(encoder, 6, &format!("loss-{}", codec.name()));
     let clip = read_ivf(&ivf);

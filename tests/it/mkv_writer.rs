@@ -39,6 +39,8 @@ struct Media {
 
 /// A 3 s clip of `codec` made with `encoder`.
 fn encoded(codec: VideoCodec, encoder: ivf::Encoder, tag: &str) -> Media {
+    // ffmpeg's encoders load every core: not beside the real-publisher tests.
+    let _heavy = crate::support::fixtures::heavy_blocking();
     let (ivf_path, ogg) = encode(encoder, 3, tag);
     let ivf = read_ivf(&ivf_path);
     let config = (codec == VideoCodec::Av1).then(|| av1c_of(&ivf_path));

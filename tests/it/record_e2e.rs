@@ -935,6 +935,7 @@ fn video_span(path: &Path) -> (f64, f64, usize) {
 /// is measured from the moment the file appeared (its first keyframe) to the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_matroska_recordings_leaves_playable_files_ten_times() {
+    let _heavy = crate::support::fixtures::heavy().await;
     let server = TestServer::start().await;
     let url = server.url.clone();
     let dir = TestDir::new("mkv-kill");

@@ -147,12 +147,20 @@ impl InProcess {
     }
 }
 
-/// Serializes the tests that run real publishers (Chromium, GStreamer): each of them loads
-/// the machine's cores with encoders, and two at once on a small machine would test the
-/// machine, not the recorder.
+/// The lock behind [`heavy`] and [`heavy_blocking`].
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serializes the tests that load the machine's cores with encoders: real publishers
+/// (Chromium, GStreamer), ffmpeg encoding test clips, ten recorder processes in a row. Two at
+/// once on a small machine would test the machine, not the recorder (four GStreamer
+/// publishers next to an SVT-AV1 encode started their files with audio 100-260 ms off).
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
+}
+
+/// [`heavy`] for tests that are not async.
+pub fn heavy_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
 }
 
 /// With `NINJAREC_TEST_LOG` set (a `RUST_LOG`-style filter, e.g. `ninjarec=debug`), the
