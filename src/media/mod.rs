@@ -17,6 +17,7 @@
 pub mod depacketize;
 pub mod reorder;
 pub mod rtp;
+pub mod segment;
 pub mod stream;
 pub mod timeline;
 pub mod unwrap;

@@ -32,7 +32,8 @@ use bytes::Bytes;
 use super::depacketize::opus::OpusDepacketizer;
 use super::depacketize::{DepacketizerLimits, VideoDepacketizer, VideoOutput, video_depacketizer};
 use super::reorder::{Ordered, ReorderBuffer, ReorderConfig};
-use super::timeline::{AvSync, Timeline, TimelineConfig};
+use super::segment::{FileEnd, FileSpan, Gap, GapWatch, SegmentPolicy};
+use super::timeline::{AvSync, Timeline, TimelineConfig, WallClock};
 use super::{Frame, OpusPacket, RtpPacket, TrackKind, VideoCodec, VideoFormat};
 use crate::mux::{Container, ContainerChoice, ContainerKind, Patch, Tracks, new_container};
 
@@ -74,6 +75,8 @@ pub struct StreamConfig {
     /// Longest a unit waits for the other track before it is written anyway (a track that
     /// stalls or stops must not stop the other).
     pub interleave_wait: Duration,
+    /// When to cut the recording into several files (none by default: one file).
+    pub segment: SegmentPolicy,
 }
 
 impl Default for StreamConfig {
@@ -92,6 +95,7 @@ impl Default for StreamConfig {
             sync_wait: Duration::from_secs(6),
             max_sync_hold_bytes: 8 << 20,
             interleave_wait: Duration::from_millis(1500),
+            segment: SegmentPolicy::default(),
         }
     }
 }
@@ -206,6 +210,16 @@ pub struct StreamMuxer {
     last_now: Option<Instant>,
     /// Audio still held by the timeline (never given a file start) when the stream finished.
     audio_lost_at_finish: u64,
+    /// What the file being written holds so far.
+    span: FileSpan,
+    /// Files finished because the next one began, until the caller takes them.
+    ended: Vec<FileEnd>,
+    /// A new file was asked for ([`Self::start_new_file`]): cut at the next cut point.
+    cut_wanted: bool,
+    /// When a keyframe was last asked for to end a segment due to end.
+    cut_keyframe_asked: Option<Instant>,
+    /// Holes in the tracks, as written.
+    gaps: GapWatch,
     /// Scratch lists, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
     video_out: Vec<VideoOutput>,
@@ -262,6 +276,11 @@ impl StreamMuxer {
             video_broken: false,
             last_now: None,
             audio_lost_at_finish: 0,
+            span: FileSpan::default(),
+            ended: Vec::new(),
+            cut_wanted: false,
+            cut_keyframe_asked: None,
+            gaps: GapWatch::default(),
             items: Vec::with_capacity(16),
             video_out: Vec::with_capacity(4),
             opus_out: Vec::with_capacity(4),
@@ -380,7 +399,9 @@ impl StreamMuxer {
             // delayed packets arrive in a burst with the sender's (earlier) timestamps; a PCR
             // already past them would make them late. So the PCR is kept going only while it
             // stays behind the newest PTS written (see `KEEPALIVE_LEAD_90K`).
+            let before = self.out.len();
             writer.tick(pts.min(self.last_pts + KEEPALIVE_LEAD_90K), &mut self.out);
+            self.span.bytes += (self.out.len() - before) as u64;
         }
         if self.waiting_for_keyframe()
             && self
@@ -416,6 +437,15 @@ impl StreamMuxer {
         } else {
             None
         };
+        let cut = if self.tracks.video.is_some() && self.cut_due(self.span.last_pts) {
+            match self.cut_keyframe_asked {
+                Some(t) => Some(t + self.config.keyframe_retry),
+                None if self.cut_wanted => self.last_now,
+                None => None,
+            }
+        } else {
+            None
+        };
         let hold = self
             .sync_hold_since
             .filter(|_| self.sync_hold.is_some())
@@ -427,7 +457,7 @@ impl StreamMuxer {
         };
         holes
             .into_iter()
-            .chain([keyframe, hold, interleave])
+            .chain([keyframe, cut, hold, interleave])
             .flatten()
             .min()
     }
@@ -441,7 +471,8 @@ impl StreamMuxer {
             // Raised after a loss, answered by a keyframe before the rate limit let it out.
             self.want_keyframe = false;
         }
-        if !self.want_keyframe {
+        let for_cut = self.cut_wants_keyframe(now);
+        if !self.want_keyframe && !for_cut {
             return false;
         }
         if self.last_keyframe_request.is_some_and(|t| {
@@ -450,15 +481,118 @@ impl StreamMuxer {
             return false;
         }
         self.want_keyframe = false;
+        if for_cut {
+            self.cut_keyframe_asked = Some(now);
+        }
         self.last_keyframe_request = Some(now);
         self.stats.keyframe_requests += 1;
         true
     }
 
     /// File bytes ready to be appended (for TS, whole 188-byte packets). The caller writes
-    /// them and clears the buffer; what stays in it is written later, never lost.
+    /// them and clears the buffer; what stays in it is written later, never lost. They
+    /// belong to the newest file: take [`Self::take_ended`] first.
     pub fn output(&mut self) -> &mut Vec<u8> {
         &mut self.out
+    }
+
+    /// Files finished because the next one began (a segment limit, [`Self::start_new_file`]),
+    /// oldest first. Each must be completed (its tail appended, its patches applied) and closed
+    /// before [`Self::output`] is written, which belongs to the file after them.
+    pub fn take_ended(&mut self) -> Vec<FileEnd> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// What the file being written holds so far.
+    pub fn span(&self) -> FileSpan {
+        self.span
+    }
+
+    /// Holes in the tracks found since the last call, in PTS of the files.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        self.gaps.take()
+    }
+
+    /// Asks for the current file to end at the next cut point (a video keyframe, which is
+    /// asked for at once; any audio packet for audio only) and the rest to go to a new file:
+    /// after a disk error, the file task starts over in a new file when space returns. No
+    /// effect before the first file has started.
+    pub fn start_new_file(&mut self) {
+        if self.writer.is_some() {
+            self.cut_wanted = true;
+            self.cut_keyframe_asked = None;
+        }
+    }
+
+    /// Where `pts` of the files sits on our clock and, when the publisher's Sender Reports
+    /// can be trusted, on the publisher's wall clock: what lines up files of different
+    /// publishers. `None` before the first file started.
+    pub fn wall_clock(&self, pts: u64) -> Option<WallClock> {
+        self.timeline.wall_clock(pts)
+    }
+
+    /// True when the file is due to end and its end waits for a cut point.
+    fn cut_due(&self, pts: u64) -> bool {
+        self.writer.is_some()
+            && (self.cut_wanted
+                || self
+                    .span
+                    .first_pts
+                    .is_some_and(|f| self.config.segment.due(f, pts, self.span.bytes)))
+    }
+
+    /// A file due to end waits for a keyframe: ask for one at once after
+    /// [`Self::start_new_file`], else when none came within `keyframe_retry` of the limit
+    /// (most publishers send one every few seconds anyway), and again every `keyframe_retry`.
+    fn cut_wants_keyframe(&self, now: Instant) -> bool {
+        if self.tracks.video.is_none() || !self.cut_due(self.span.last_pts) {
+            return false;
+        }
+        match self.cut_keyframe_asked {
+            Some(t) => now.saturating_duration_since(t) >= self.config.keyframe_retry,
+            None if self.cut_wanted => true,
+            None => {
+                let max = self.config.segment.max_duration_90k.unwrap_or(u64::MAX);
+                let retry_90k = self.config.keyframe_retry.as_millis() as u64 * 90;
+                let over = self
+                    .span
+                    .first_pts
+                    .map_or(0, |f| self.span.last_pts.saturating_sub(f));
+                over >= max.saturating_add(retry_90k)
+                    || self
+                        .config
+                        .segment
+                        .max_bytes
+                        .is_some_and(|b| self.span.bytes >= b)
+            }
+        }
+    }
+
+    /// Ends the current file (its writer finishes into a [`FileEnd`]); the next unit opens
+    /// a new one.
+    fn end_file(&mut self) {
+        let Some(mut w) = self.writer.take() else {
+            return;
+        };
+        let mut tail = std::mem::replace(&mut self.out, Vec::with_capacity(64 * 1024));
+        let before = tail.len();
+        let patches = w.finish(&mut tail);
+        let mut span = std::mem::take(&mut self.span);
+        span.bytes += (tail.len() - before) as u64;
+        self.ended.push(FileEnd {
+            tail,
+            patches,
+            span,
+        });
+        self.cut_wanted = false;
+        self.cut_keyframe_asked = None;
+    }
+
+    /// Video frames lost so far, all causes (for telling a loss from a pause).
+    fn video_losses(&self) -> u64 {
+        self.video.as_ref().map_or(0, |v| v.stats().frames_dropped)
+            + self.timeline.stats().dropped_video
+            + self.stats.frames_skipped
     }
 
     /// After [`Self::finish`] (and once the output is written): the bytes to write over ones
@@ -487,7 +621,9 @@ impl StreamMuxer {
         self.audio_lost_at_finish = self.timeline.held_audio() as u64;
         self.want_keyframe = false;
         if let Some(w) = self.writer.as_mut() {
+            let before = self.out.len();
             let patches = w.finish(&mut self.out);
+            self.span.bytes += (self.out.len() - before) as u64;
             self.patches.extend(patches);
         }
     }
@@ -751,16 +887,25 @@ impl StreamMuxer {
             self.stats.frames_skipped += 1;
             return;
         }
+        if frame.keyframe && self.cut_due(pts) {
+            self.end_file();
+        }
+        let losses = self.video_losses();
         let Some(w) = Self::writer(&mut self.writer, self.kind, self.tracks, &mut self.stats)
         else {
             return;
         };
+        let before = self.out.len();
         match w.write_video(pts, &frame, &mut self.out) {
             Ok(()) => {
                 self.stats.frames_written += 1;
+                self.span.frames += 1;
                 if frame.keyframe {
                     self.stats.keyframes_written += 1;
+                    self.span.keyframes += 1;
                 }
+                self.span.wrote(pts, self.out.len() - before);
+                self.gaps.unit(TrackKind::Video, pts, losses);
                 self.first_pts.get_or_insert(pts);
                 self.last_pts = self.last_pts.max(pts);
             }
@@ -774,13 +919,21 @@ impl StreamMuxer {
     }
 
     fn write_audio(&mut self, pts: u64, data: Bytes) {
+        if self.tracks.video.is_none() && self.cut_due(pts) {
+            self.end_file();
+        }
+        let losses = self.audio_in.stats().lost;
         let Some(w) = Self::writer(&mut self.writer, self.kind, self.tracks, &mut self.stats)
         else {
             return;
         };
+        let before = self.out.len();
         match w.write_audio(pts, &data, &mut self.out) {
             Ok(()) => {
                 self.stats.audio_written += 1;
+                self.span.audio += 1;
+                self.span.wrote(pts, self.out.len() - before);
+                self.gaps.unit(TrackKind::Audio, pts, losses);
                 self.first_pts.get_or_insert(pts);
                 self.last_pts = self.last_pts.max(pts);
             }
@@ -884,6 +1037,110 @@ mod tests {
         let r = check(&out, &CheckOptions::default());
         assert!(r.is_ok(), "{:#?}", r.violations);
         r
+    }
+
+    /// Records `sent` with `segment`, completing files the way the file task does; returns
+    /// each file's bytes and span.
+    fn record_files(sent: &[Sent], segment: SegmentPolicy) -> Vec<(Vec<u8>, FileSpan)> {
+        let config = StreamConfig {
+            segment,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(config, Some(VideoCodec::H264), true).unwrap();
+        let start = Instant::now();
+        let (mut files, mut current) = (Vec::new(), Vec::new());
+        let complete =
+            |m: &mut StreamMuxer, files: &mut Vec<(Vec<u8>, FileSpan)>, current: &mut Vec<u8>| {
+                for end in m.take_ended() {
+                    current.extend_from_slice(&end.tail);
+                    assert!(end.patches.is_empty(), "TS needs no patches");
+                    files.push((std::mem::take(current), end.span));
+                }
+                current.append(m.output());
+            };
+        for s in sent {
+            feed(&mut m, start, [s]);
+            complete(&mut m, &mut files, &mut current);
+        }
+        let end = start + Duration::from_millis(sent.last().map_or(0, |s| s.ms) + 20);
+        m.finish(end);
+        complete(&mut m, &mut files, &mut current);
+        files.push((current, m.span()));
+        files
+    }
+
+    #[test]
+    fn segments_played_back_to_back_are_the_unsegmented_recording() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let whole = record_files(&sent, SegmentPolicy::default());
+        assert_eq!(whole.len(), 1);
+        let one = check(&whole[0].0, &CheckOptions::default());
+        assert!(one.is_ok(), "{:#?}", one.violations);
+        let keyframes = one.video.iter().filter(|v| v.keyframe).count();
+        assert!(keyframes >= 3, "the clip has {keyframes} keyframes");
+
+        // Cut at the first keyframe 1 s or more after each file's start.
+        let policy = SegmentPolicy {
+            max_duration_90k: Some(90_000),
+            max_bytes: None,
+        };
+        let parts = record_files(&sent, policy);
+        assert!(parts.len() >= 3, "{} files", parts.len());
+        let (mut video, mut audio) = (Vec::new(), Vec::new());
+        for (i, (bytes, span)) in parts.iter().enumerate() {
+            let r = check(bytes, &CheckOptions::default());
+            assert!(r.is_ok(), "file {i}: {:#?}", r.violations);
+            assert!(r.video[0].keyframe, "file {i} starts with a keyframe");
+            assert!(
+                r.audio.first().is_none_or(|a| a.pts >= r.video[0].pts),
+                "file {i}: audio before its first frame"
+            );
+            assert_eq!(span.frames as usize, r.video.len(), "file {i}");
+            assert_eq!(span.audio as usize, r.audio.len(), "file {i}");
+            assert_eq!(span.bytes as usize, bytes.len(), "file {i}");
+            assert_eq!(span.first_pts, Some(r.video[0].pts), "file {i}");
+            if i + 1 < parts.len() {
+                let length = span.last_pts - span.first_pts.unwrap();
+                assert!(length >= 90_000 - 3_000, "file {i} is {length} long");
+            }
+            video.extend(r.video.iter().map(|v| (v.pts, v.data.clone())));
+            audio.extend(r.audio.iter().map(|a| (a.pts, a.data.clone())));
+        }
+        let whole_video: Vec<_> = one.video.iter().map(|v| (v.pts, v.data.clone())).collect();
+        let whole_audio: Vec<_> = one.audio.iter().map(|a| (a.pts, a.data.clone())).collect();
+        assert_eq!(video, whole_video, "video frames, back to back");
+        assert_eq!(audio, whole_audio, "audio packets, back to back");
+    }
+
+    #[test]
+    fn a_new_file_asked_for_starts_at_the_next_keyframe_which_is_requested_at_once() {
+        let clip = Clip::builtin();
+        let sent = clip_packets(&clip);
+        let config = StreamConfig {
+            sync_wait: Duration::ZERO,
+            ..StreamConfig::default()
+        };
+        let mut m = StreamMuxer::new(config, Some(VideoCodec::H264), true).unwrap();
+        let start = Instant::now();
+        m.start_new_file();
+        let half = sent.len() / 2;
+        feed(&mut m, start, &sent[..half]);
+        assert!(
+            m.take_ended().is_empty(),
+            "nothing to cut before the first file started... or cut too early"
+        );
+        let now = start + Duration::from_secs(60);
+        m.take_keyframe_request(now);
+        m.start_new_file();
+        assert!(
+            m.take_keyframe_request(now + Duration::from_secs(2)),
+            "a keyframe is asked for at once"
+        );
+        feed(&mut m, start, &sent[half..]);
+        let ended = m.take_ended();
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].span.frames > 0);
     }
 
     #[test]

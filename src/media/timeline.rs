@@ -96,6 +96,21 @@ pub struct AvSync {
     pub applied_ms: f64,
 }
 
+/// Where a PTS of the file sits on the wall clocks (see [`Timeline::wall_clock`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WallClock {
+    /// On our clock: when the unit at that PTS was sent, as estimated from arrivals (the
+    /// packet with the least delay anchors each track).
+    pub local: Instant,
+    /// On the publisher's clock (Unix ms), from its Sender Reports, when they can be
+    /// trusted: two or more reports whose NTP and RTP times advance together (GStreamer
+    /// 1.22's do not).
+    pub sender_unix_ms: Option<f64>,
+}
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET_SECS: i64 = 2_208_988_800;
+
 /// Counters for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TimelineStats {
@@ -183,6 +198,17 @@ impl Track {
         let (t2, d2) = recent.next()?;
         let (t1, d1) = recent.find(|(t1, _)| t2 - t1 >= TICKS_PER_SEC / 2)?;
         Some((d2 - d1) as f64 / (t2 - t1) as f64)
+    }
+
+    /// The sender's wall clock (ticks since the NTP epoch) at `wall` on this track's
+    /// mapping, when its reports agree with its media clock (see [`WallClock`]).
+    fn sender_ticks(&self, wall: i64) -> Option<i64> {
+        let slope = self.slope()?;
+        if slope.abs() >= SR_SANE_DRIFT {
+            return None;
+        }
+        let delta = self.delta_at(self.newest_report()?)?;
+        Some(wall - delta)
     }
 
     /// Sender time (ticks) of the newest report.
@@ -278,6 +304,32 @@ impl<A> Timeline<A> {
                 .map(|t| t as f64 * 1000.0 / TICKS_PER_SEC as f64),
             applied_ms: self.applied as f64 * 1000.0 / TICKS_PER_SEC as f64,
         }
+    }
+
+    /// Where `pts` sits on our clock and the publisher's (see [`WallClock`]). The reference
+    /// track is video when the file has it (audio is placed against it), else audio. `None`
+    /// before T0.
+    pub fn wall_clock(&self, pts: u64) -> Option<WallClock> {
+        let (t0, epoch) = (self.t0?, self.epoch?);
+        let wall = t0 + (pts as i64 - self.cfg.origin_pts_90k as i64) * TICKS_PER_PTS;
+        let nanos = |ticks: i64| Duration::from_nanos((ticks.unsigned_abs()) * 12_500 / 9);
+        let local = if wall >= 0 {
+            epoch + nanos(wall)
+        } else {
+            epoch.checked_sub(nanos(wall)).unwrap_or(epoch)
+        };
+        let track = if self.cfg.video {
+            &self.video
+        } else {
+            &self.audio
+        };
+        let sender_unix_ms = track.sender_ticks(wall).map(|t| {
+            (t - NTP_UNIX_OFFSET_SECS * TICKS_PER_SEC) as f64 * 1000.0 / TICKS_PER_SEC as f64
+        });
+        Some(WallClock {
+            local,
+            sender_unix_ms,
+        })
     }
 
     /// Wallclock ticks of an arrival time since the first packet.
@@ -752,6 +804,45 @@ mod tests {
         assert!((90_000..90_000 + 1800).contains(&pts), "{pts}");
         assert!(out.audio_arrival[17] < out.first_key_arrival.unwrap());
         assert!(out.tl.as_ref().unwrap().stats().dropped_audio >= 17);
+    }
+
+    #[test]
+    fn a_pts_maps_to_the_senders_wall_clock_when_its_reports_are_right() {
+        let sim = Sim {
+            sr_from: Some(0.0),
+            seconds: 6.0,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let tl = out.tl.as_ref().unwrap();
+        // The first keyframe (frame 10, sent at t = 1/3 s) is at the origin PTS.
+        let first = tl.wall_clock(90_000).unwrap();
+        let expect_ms = (NTP_BASE - NTP_UNIX_OFFSET_SECS as f64 + 10.0 / 30.0) * 1000.0;
+        let got = first.sender_unix_ms.expect("right reports are trusted");
+        assert!((got - expect_ms).abs() < 20.0, "{got} vs {expect_ms}");
+        // Both clocks advance with the PTS.
+        let later = tl.wall_clock(90_000 + 3 * 90_000).unwrap();
+        assert_eq!(later.local - first.local, Duration::from_secs(3));
+        let step = later.sender_unix_ms.unwrap() - got;
+        assert!((step - 3000.0).abs() < 0.01, "{step}");
+    }
+
+    #[test]
+    fn reports_that_drift_from_the_media_clock_give_no_sender_time() {
+        // A sender whose reported RTP time runs ahead by the stream's age (GStreamer 1.22).
+        let mut tl: Timeline<u64> = Timeline::new(TimelineConfig::new(true, false));
+        let start = Instant::now();
+        for n in 0..90u32 {
+            let at = start + Duration::from_millis(u64::from(n) * 1000 / 30);
+            tl.video_pts(n * 3000, at, n == 0);
+        }
+        for s in 1..3u64 {
+            let ntp = ((NTP_BASE + s as f64) * 4_294_967_296.0) as u64;
+            tl.sender_report(TrackKind::Video, ntp, (s * 2 * 90_000) as u32);
+        }
+        let clock = tl.wall_clock(90_000).unwrap();
+        assert_eq!(clock.sender_unix_ms, None);
+        assert!(clock.local >= start);
     }
 
     #[test]
