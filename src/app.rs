@@ -128,11 +128,30 @@ pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
     if args.max_streams == 0 {
         bail!("--max-streams must be at least 1");
     }
-    Ok(RunConfig {
-        signaling: sig,
-        recorder: rec,
-        max_streams: args.max_streams,
-    })
+    rec.stream.segment = crate::media::segment::SegmentPolicy {
+        max_duration_90k: (args.segment_seconds > 0).then(|| args.segment_seconds * 90_000),
+        max_bytes: (args.segment_mb > 0).then(|| args.segment_mb * 1_000_000),
+    };
+    rec.min_free_bytes = args.min_free_mb.saturating_mul(crate::record::disk::MB);
+    if args.delete_after == Some(0) {
+        bail!("--delete-after must be at least 1 day");
+    }
+    let target = args
+        .room
+        .clone()
+        .or_else(|| args.record.clone())
+        .unwrap_or_default();
+    let mut config = RunConfig::new(sig, rec, target);
+    config.max_streams = args.max_streams;
+    config.http = args.http.clone();
+    config.retention =
+        crate::record::retention::RetentionPolicy::from_flags(args.delete_after, args.keep_mb);
+    if let Some(cmd) = &args.on_file_done {
+        let mut hooks = crate::record::hooks::HookConfig::new(cmd.clone());
+        hooks.timeout = Duration::from_secs(args.hook_timeout.max(1));
+        config.hooks = Some(hooks);
+    }
+    Ok(config)
 }
 
 fn ice_servers(args: &RecordArgs) -> anyhow::Result<Vec<IceServer>> {

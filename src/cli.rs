@@ -179,6 +179,35 @@ pub struct RecordArgs {
     /// Stop by itself after this many seconds (0 = run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub duration: u64,
+    /// Cut each recording into files of about this many seconds (at the first keyframe past
+    /// it); named `PREFIX_ID_UNIX_SEQ.EXT`. 0 = one file per recording.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub segment_seconds: u64,
+    /// Cut each recording into files of about this many megabytes (at the first keyframe
+    /// past it). 0 = no size limit.
+    #[arg(long, default_value_t = 0, value_name = "MB")]
+    pub segment_mb: u64,
+    /// Run this shell command after each file (or segment) is closed: `$1` is its path,
+    /// `NINJAREC_*` variables describe it (see README).
+    #[arg(long, value_name = "CMD")]
+    pub on_file_done: Option<String>,
+    /// Kill an `--on-file-done` command that runs longer than this.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub hook_timeout: u64,
+    /// Serve `/metrics` (Prometheus), `/status.json` and a status page on this address
+    /// (e.g. `127.0.0.1:8080`).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Do not start a recording while the output folder has less than this many MB free;
+    /// after a write error, resume once this much is free again.
+    #[arg(long, default_value_t = 500, value_name = "MB")]
+    pub min_free_mb: u64,
+    /// Delete this recorder's finished files older than this many days.
+    #[arg(long, value_name = "DAYS")]
+    pub delete_after: Option<u64>,
+    /// Delete this recorder's oldest finished files while they total more than this many MB.
+    #[arg(long, value_name = "MB")]
+    pub keep_mb: Option<u64>,
 }
 
 impl RecordArgs {

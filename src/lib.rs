@@ -14,5 +14,6 @@ pub mod peer;
 pub mod record;
 pub mod selftest;
 pub mod signaling;
+pub mod status;
 pub mod testkit;
 pub mod testsrc;

@@ -87,11 +87,8 @@ async fn run_inner(args: &SelftestArgs) -> anyhow::Result<Vec<String>> {
     rec.session.udp_addrs = vec!["127.0.0.1:0".into()];
     rec.session.ice_servers = Vec::new();
     rec.session.ice_connect_timeout = Duration::from_secs(10);
-    let config = RunConfig {
-        signaling: sig,
-        recorder: rec,
-        max_streams: 8,
-    };
+    let mut config = RunConfig::new(sig, rec, ROOM.into());
+    config.max_streams = 8;
     let (rec_stop_tx, rec_stop_rx) = watch::channel(false);
     let recorder = tokio::spawn(orchestrator::run(config, rec_stop_rx));
     info!("selftest: recording for {seconds} s");

@@ -516,12 +516,14 @@ impl StreamMuxer {
     /// Asks for the current file to end at the next cut point (a video keyframe, which is
     /// asked for at once; any audio packet for audio only) and the rest to go to a new file:
     /// after a disk error, the file task starts over in a new file when space returns. No
-    /// effect before the first file has started.
-    pub fn start_new_file(&mut self) {
+    /// effect before the first file has started. Returns true when a cut is coming (a
+    /// [`FileEnd`] will be handed out), false when no file is open (the next unit starts one).
+    pub fn start_new_file(&mut self) -> bool {
         if self.writer.is_some() {
             self.cut_wanted = true;
             self.cut_keyframe_asked = None;
         }
+        self.cut_wanted
     }
 
     /// Where `pts` of the files sits on our clock and, when the publisher's Sender Reports
@@ -1123,7 +1125,7 @@ mod tests {
         };
         let mut m = StreamMuxer::new(config, Some(VideoCodec::H264), true).unwrap();
         let start = Instant::now();
-        m.start_new_file();
+        assert!(!m.start_new_file(), "no file yet");
         let half = sent.len() / 2;
         feed(&mut m, start, &sent[..half]);
         assert!(
@@ -1132,7 +1134,7 @@ mod tests {
         );
         let now = start + Duration::from_secs(60);
         m.take_keyframe_request(now);
-        m.start_new_file();
+        assert!(m.start_new_file());
         assert!(
             m.take_keyframe_request(now + Duration::from_secs(2)),
             "a keyframe is asked for at once"

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::naming::recording_path;
+use super::naming::{FileName, recording_path};
 
 /// How many `_N` suffixes to try when a name is taken (a publisher rejoining in the same second).
 const MAX_NAME_ATTEMPTS: u32 = 100;
@@ -44,6 +44,8 @@ pub struct RecordingFile {
     stream_id: String,
     /// The file name extension (the container's), used when the file is created.
     extension: &'static str,
+    /// With segments: the segment number, in the name.
+    segment: Option<u64>,
     file: Option<(File, PathBuf)>,
     bytes_written: u64,
 }
@@ -57,9 +59,16 @@ impl RecordingFile {
             prefix: prefix.to_owned(),
             stream_id: stream_id.to_owned(),
             extension: "ts",
+            segment: None,
             file: None,
             bytes_written: 0,
         }
+    }
+
+    /// Names the file as segment `seq` of its recording (`..._UNIX_SEQ.EXT`).
+    pub fn with_segment(mut self, seq: u64) -> Self {
+        self.segment = Some(seq);
+        self
     }
 
     /// The file's path, once it exists.
@@ -70,6 +79,11 @@ impl RecordingFile {
     /// Bytes appended so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+
+    /// The file name extension (the container's).
+    pub fn extension(&self) -> &'static str {
+        self.extension
     }
 
     /// Sets the extension the file gets when it is created (no effect once it exists).
@@ -110,7 +124,9 @@ impl RecordingFile {
         Ok(())
     }
 
-    /// Appends `bytes` (whole TS packets), creating the file first if needed.
+    /// Appends `bytes` (whole TS packets), creating the file first if needed. If the write
+    /// fails (disk full), what it wrote is cut off again: the file ends at its last complete
+    /// batch, so at a complete frame.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), FileError> {
         if bytes.is_empty() {
             return Ok(());
@@ -121,10 +137,15 @@ impl RecordingFile {
         let Some((file, path)) = self.file.as_mut() else {
             unreachable!("file was just created")
         };
-        file.write_all(bytes).map_err(|source| FileError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        if let Err(source) = file.write_all(bytes) {
+            // Part of the batch may be on disk: cut it off, so the file ends where the last
+            // whole batch did (batches hold whole units: the last complete frame).
+            let _ = file.set_len(self.bytes_written);
+            return Err(FileError::Write {
+                path: path.clone(),
+                source,
+            });
+        }
         self.bytes_written += bytes.len() as u64;
         Ok(())
     }
@@ -146,14 +167,12 @@ impl RecordingFile {
             .map_or(0, |d| d.as_secs());
         let mut last_err = None;
         for attempt in 0..MAX_NAME_ATTEMPTS {
-            let path = recording_path(
-                &self.dir,
-                &self.prefix,
-                &self.stream_id,
-                now,
-                attempt,
-                self.extension,
-            );
+            let name = FileName {
+                unix_seconds: now,
+                segment: self.segment,
+                extension: self.extension,
+            };
+            let path = recording_path(&self.dir, &self.prefix, &self.stream_id, name, attempt);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => return Ok((file, path)),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some((path, e)),

@@ -34,31 +34,55 @@ pub fn sanitize_component(raw: &str) -> String {
     out
 }
 
-/// The path of a new recording: `DIR/PREFIX_STREAMID_UNIXSECONDS.EXT` (`EXT` is the
-/// container's: `ts`, `webm`, `mkv`), with both prefix and stream ID sanitized. `attempt` > 0
-/// adds `_N` before the extension, for when a publisher comes back (or changes codec) within
-/// the same second and the first name is taken.
+/// What varies between the files of one run, besides the stream: when the file was opened,
+/// which segment of its recording it is, and the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileName<'a> {
+    /// Unix seconds when the file was opened.
+    pub unix_seconds: u64,
+    /// With `--segment-*`: the segment's number within the recording (0 first).
+    pub segment: Option<u64>,
+    /// The container's extension: `ts`, `webm`, `mkv`.
+    pub extension: &'a str,
+}
+
+/// The path of a new recording: `DIR/PREFIX_STREAMID_UNIXSECONDS.EXT`, or with segments
+/// `DIR/PREFIX_STREAMID_UNIXSECONDS_SEQ.EXT` (SEQ five digits, so names sort in order), with
+/// both prefix and stream ID sanitized. `attempt` > 0 adds `_N` before the extension, for
+/// when a publisher comes back (or changes codec) within the same second and the first name
+/// is taken.
 pub fn recording_path(
     dir: &Path,
     prefix: &str,
     stream_id: &str,
-    unix_seconds: u64,
+    name: FileName<'_>,
     attempt: u32,
-    extension: &str,
 ) -> PathBuf {
     let prefix = sanitize_component(prefix);
     let id = sanitize_component(stream_id);
-    let name = if attempt == 0 {
-        format!("{prefix}_{id}_{unix_seconds}.{extension}")
-    } else {
-        format!("{prefix}_{id}_{unix_seconds}_{attempt}.{extension}")
-    };
-    dir.join(name)
+    let mut file = format!("{prefix}_{id}_{}", name.unix_seconds);
+    if let Some(seq) = name.segment {
+        file.push_str(&format!("_{seq:05}"));
+    }
+    if attempt > 0 {
+        file.push_str(&format!("_{attempt}"));
+    }
+    file.push('.');
+    file.push_str(name.extension);
+    dir.join(file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn name(segment: Option<u64>, extension: &str) -> FileName<'_> {
+        FileName {
+            unix_seconds: 1_700_000_000,
+            segment,
+            extension,
+        }
+    }
 
     fn assert_inside(dir: &Path, path: &Path) {
         assert_eq!(path.parent(), Some(dir), "{path:?} escapes {dir:?}");
@@ -83,17 +107,22 @@ mod tests {
             "é漢字",
             "a\\b",
         ] {
-            let p = recording_path(dir, "room", id, 1_700_000_000, 0, "ts");
+            let p = recording_path(dir, "room", id, name(None, "ts"), 0);
             assert_inside(dir, &p);
         }
     }
 
     #[test]
     fn names_follow_the_raspberry_ninja_pattern() {
-        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 0, "ts");
+        let out = Path::new("out");
+        let p = recording_path(out, "myroom", "cam1", name(None, "ts"), 0);
         assert_eq!(p, Path::new("out/myroom_cam1_1700000000.ts"));
-        let p = recording_path(Path::new("out"), "myroom", "cam1", 1_700_000_000, 2, "webm");
+        let p = recording_path(out, "myroom", "cam1", name(None, "webm"), 2);
         assert_eq!(p, Path::new("out/myroom_cam1_1700000000_2.webm"));
+        let p = recording_path(out, "myroom", "cam1", name(Some(12), "ts"), 0);
+        assert_eq!(p, Path::new("out/myroom_cam1_1700000000_00012.ts"));
+        let p = recording_path(out, "myroom", "cam1", name(Some(3), "mkv"), 1);
+        assert_eq!(p, Path::new("out/myroom_cam1_1700000000_00003_1.mkv"));
     }
 
     #[test]

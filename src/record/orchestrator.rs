@@ -6,14 +6,19 @@
 //! signaling, prints a status line now and then, and on shutdown stops every recording and
 //! collects their summaries. It holds no media; the recorder tasks do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::disk::{self, DiskGuard};
+use super::hooks::{self, HookConfig, HookHandle};
+use super::manifest::{ClosedFileLine, Manifest, ManifestError, ManifestEvent, unix_ms};
+use super::retention::{self, RetentionPolicy};
 use super::stream::{
     self, LiveStats, RecorderSettings, SignalOut, StreamCommand, StreamIdentity, StreamReport,
     StreamSummary,
@@ -21,11 +26,20 @@ use super::stream::{
 use crate::peer::{CipherError, PayloadCipher};
 use crate::signaling::client::{SignalingEvent, SignalingHandle, SignalingStatus};
 use crate::signaling::{self, Cipher, PeerId, SignalingConfig};
+use crate::status::snapshot::{Snapshot, StreamStatus};
 
 /// How long shutdown waits for recorders to say bye and finish their files.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How often the status of running recordings is logged.
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long shutdown waits for `--on-file-done` hooks still running or queued.
+const HOOK_GRACE: Duration = Duration::from_secs(30);
+/// How often the status of running recordings is logged (without the live table).
+const STATUS_LOG_EVERY: u32 = 10;
+/// How often the status snapshot is made (and the live table redrawn).
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often publishers refused for low disk are reconsidered (in snapshot ticks).
+const LOW_DISK_RETRY_EVERY: u32 = 5;
+/// How often retention runs (in snapshot ticks).
+const RETENTION_EVERY: u32 = 60;
 
 /// The signaling cipher serves the data channel too: the web app may encrypt a renegotiation
 /// offer it sends there.
@@ -48,6 +62,36 @@ pub struct RunConfig {
     pub recorder: RecorderSettings,
     /// At most this many recordings at once.
     pub max_streams: usize,
+    /// What is recorded, as the user named it (room or stream), for the timeline and status.
+    pub target: String,
+    /// `--on-file-done`: a command run for every closed file.
+    pub hooks: Option<HookConfig>,
+    /// `--delete-after` / `--keep-mb`.
+    pub retention: RetentionPolicy,
+    /// Where to publish status snapshots (the `--http` server, the live table); the
+    /// orchestrator sends one about every second.
+    pub snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    /// Log a status line per recording every 10 s (off when a live table shows it).
+    pub status_lines: bool,
+    /// `--http ADDR`: serve `/metrics`, `/status.json` and the status page there.
+    pub http: Option<String>,
+}
+
+impl RunConfig {
+    /// A run with the given parts and no extras (no hooks, no retention, status lines on).
+    pub fn new(signaling: SignalingConfig, recorder: RecorderSettings, target: String) -> Self {
+        RunConfig {
+            signaling,
+            recorder,
+            max_streams: 64,
+            target,
+            hooks: None,
+            retention: RetentionPolicy::from_flags(None, None),
+            snapshots: None,
+            status_lines: true,
+            http: None,
+        }
+    }
 }
 
 /// Why a run could not start.
@@ -64,6 +108,12 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The room timeline could not be created.
+    #[error(transparent)]
+    Timeline(#[from] ManifestError),
+    /// `--http` could not listen.
+    #[error(transparent)]
+    Status(#[from] crate::status::http::StatusError),
 }
 
 struct Entry {
@@ -73,6 +123,25 @@ struct Entry {
     commands: mpsc::Sender<StreamCommand>,
     live: watch::Receiver<LiveStats>,
     stopping: bool,
+    started: Instant,
+    /// Bytes and time at the last snapshot, for the bit rate.
+    last_bytes: (u64, Instant),
+    bitrate_bps: f64,
+}
+
+/// What the orchestrator owns besides the recorder entries.
+struct Run {
+    settings: Arc<RecorderSettings>,
+    manifest: Manifest,
+    hooks: Option<HookHandle>,
+    guard: DiskGuard,
+    /// Publishers not recorded because the disk was low, asked again when space returns.
+    low_disk: Vec<(PeerId, String)>,
+    refused_low_disk: u64,
+    finished: u64,
+    signaling_connected: bool,
+    started_unix_ms: u64,
+    target: String,
 }
 
 /// Records until `shutdown` turns true (or the signaling task ends), then stops every
@@ -82,17 +151,53 @@ pub async fn run(
     mut config: RunConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<StreamSummary>, RunError> {
-    std::fs::create_dir_all(&config.recorder.output_dir).map_err(|source| RunError::OutputDir {
-        path: config.recorder.output_dir.display().to_string(),
+    let output_dir = config.recorder.output_dir.clone();
+    std::fs::create_dir_all(&output_dir).map_err(|source| RunError::OutputDir {
+        path: output_dir.display().to_string(),
         source,
     })?;
+    let (status_stop, status_task) = match &config.http {
+        Some(addr) => {
+            let listener = crate::status::http::bind(addr).await?;
+            if let Ok(a) = listener.local_addr() {
+                info!("status page on http://{a}/ (metrics on /metrics)");
+            }
+            let snapshots = config
+                .snapshots
+                .get_or_insert_with(|| watch::channel(Arc::new(Snapshot::default())).0)
+                .subscribe();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(crate::status::http::serve(listener, snapshots, stop_rx));
+            (Some(stop_tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let (manifest, manifest_task) = Manifest::create(&output_dir, &config.recorder.prefix)?;
+    manifest.emit(ManifestEvent::RecorderStarted {
+        target: config.target.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        output_dir: output_dir.display().to_string(),
+    });
     let (sig_shutdown_tx, sig_shutdown_rx) = watch::channel(false);
     let (handle, mut sig_events) =
         signaling::client::spawn(config.signaling.clone(), sig_shutdown_rx)?;
     if let Some(cipher) = handle.cipher() {
         config.recorder.session.cipher = Some(Arc::new(cipher.clone()));
     }
+    let min_free_mb = config.recorder.min_free_bytes / disk::MB;
     let settings = Arc::new(config.recorder);
+    let mut run = Run {
+        guard: DiskGuard::new(output_dir.clone(), min_free_mb),
+        settings: settings.clone(),
+        manifest,
+        hooks: config.hooks.take().map(hooks::spawn),
+        low_disk: Vec::new(),
+        refused_low_disk: 0,
+        finished: 0,
+        signaling_connected: false,
+        started_unix_ms: unix_ms(),
+        target: config.target.clone(),
+    };
     let (out_tx, out_rx) = mpsc::channel::<SignalOut>(1024);
     let sender = tokio::spawn(send_outgoing(handle, out_rx));
     let (report_tx, mut reports) = mpsc::channel::<StreamReport>(1024);
@@ -100,8 +205,9 @@ pub async fn run(
     let mut entries: HashMap<PeerId, Entry> = HashMap::new();
     let mut summaries = Vec::new();
     let mut generation = 0u64;
-    let mut status = tokio::time::interval(STATUS_INTERVAL);
-    status.tick().await;
+    let mut ticks = tokio::time::interval(SNAPSHOT_INTERVAL);
+    ticks.tick().await;
+    let mut tick_count = 0u32;
     let mut signaling_open = true;
 
     loop {
@@ -136,11 +242,23 @@ pub async fn run(
                         let active = entries.values().filter(|e| !e.stopping).count();
                         if active >= config.max_streams {
                             warn!(%stream_id, max = config.max_streams, "not recording: --max-streams reached");
+                            run.manifest.emit(ManifestEvent::PublisherRefused {
+                                stream_id,
+                                reason: format!("--max-streams {} reached", config.max_streams),
+                            });
                             let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
+                            continue;
+                        }
+                        if let Err(low) = run.guard.check() {
+                            run.refuse_low_disk(peer, stream_id, &low.to_string());
                             continue;
                         }
                         generation += 1;
                         info!(%stream_id, "publisher offered its stream; recording");
+                        run.manifest.emit(ManifestEvent::PublisherJoined {
+                            stream_id: stream_id.clone(),
+                            label: None,
+                        });
                         let identity = StreamIdentity {
                             peer: peer.clone(),
                             stream_id: stream_id.clone(),
@@ -149,7 +267,11 @@ pub async fn run(
                             generation,
                         };
                         let (commands, live) = stream::spawn(settings.clone(), identity, sdp, report_tx.clone());
-                        entries.insert(peer, Entry { generation, stream_id, session, commands, live, stopping: false });
+                        let now = Instant::now();
+                        entries.insert(peer, Entry {
+                            generation, stream_id, session, commands, live, stopping: false,
+                            started: now, last_bytes: (0, now), bitrate_bps: 0.0,
+                        });
                     }
                     SignalingEvent::RemoteCandidates { peer, session, candidates } => {
                         match entries.get(&peer) {
@@ -162,6 +284,7 @@ pub async fn run(
                         }
                     }
                     SignalingEvent::StreamEnded { peer, stream_id } => {
+                        run.low_disk.retain(|(p, _)| *p != peer);
                         if let Some(e) = entries.get_mut(&peer) && !e.stopping {
                             info!(%stream_id, "publisher left");
                             e.stopping = true;
@@ -171,9 +294,17 @@ pub async fn run(
                     SignalingEvent::Status(s) => match s {
                         SignalingStatus::Connecting { attempt } if attempt > 1 => info!(attempt, "reconnecting to the handshake server"),
                         SignalingStatus::Connecting { .. } => debug!("connecting to the handshake server"),
-                        SignalingStatus::Connected => info!("connected to the handshake server"),
+                        SignalingStatus::Connected => {
+                            info!("connected to the handshake server");
+                            run.signaling_connected = true;
+                            run.manifest.emit(ManifestEvent::SignalingConnected);
+                        }
                         SignalingStatus::Disconnected { reason, retry_in } => {
                             warn!("handshake server connection lost ({reason}); retrying in {:.1} s (recordings continue)", retry_in.as_secs_f64());
+                            if run.signaling_connected {
+                                run.manifest.emit(ManifestEvent::SignalingLost { reason });
+                            }
+                            run.signaling_connected = false;
                         }
                     },
                     SignalingEvent::UserError(msg) => error!("{msg}"),
@@ -192,14 +323,30 @@ pub async fn run(
                             entries.remove(&peer);
                             let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
                         }
+                        run.finished(&summary);
                         summaries.push(*summary);
                         if !signaling_open && entries.is_empty() {
                             break;
                         }
                     }
+                    other => run.file_report(other),
                 }
             }
-            _ = status.tick() => log_status(&entries),
+            _ = ticks.tick() => {
+                tick_count = tick_count.wrapping_add(1);
+                if let Some(tx) = &config.snapshots {
+                    tx.send_replace(Arc::new(run.snapshot(&mut entries)));
+                }
+                if config.status_lines && tick_count.is_multiple_of(STATUS_LOG_EVERY) {
+                    log_status(&entries);
+                }
+                if tick_count.is_multiple_of(LOW_DISK_RETRY_EVERY) {
+                    run.retry_low_disk(&out_tx);
+                }
+                if config.retention.is_active() && tick_count.is_multiple_of(RETENTION_EVERY) {
+                    run.retention(&entries, &config.retention).await;
+                }
+            }
         }
     }
 
@@ -224,9 +371,10 @@ pub async fn run(
                 if pending.contains(&(peer, generation)) {
                     left -= 1;
                 }
+                run.finished(&summary);
                 summaries.push(*summary);
             }
-            Ok(Some(_)) => {}
+            Ok(Some(other)) => run.file_report(other),
             Ok(None) | Err(_) => {
                 warn!(
                     left,
@@ -239,7 +387,173 @@ pub async fn run(
     let _ = sig_shutdown_tx.send(true);
     drop(out_tx);
     let _ = sender.await;
+    if let Some(hooks) = run.hooks.take() {
+        let stats = hooks.finish(HOOK_GRACE).await;
+        if stats.run > 0 {
+            info!(
+                "--on-file-done: {} run, {} succeeded, {} failed, {} timed out",
+                stats.run, stats.succeeded, stats.failed, stats.timed_out
+            );
+        }
+    }
+    run.manifest.emit(ManifestEvent::RecorderStopped {
+        recordings: run.finished,
+    });
+    drop(run);
+    let _ = manifest_task.await;
+    if let (Some(stop), Some(task)) = (status_stop, status_task) {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     Ok(summaries)
+}
+
+impl Run {
+    /// A recorder's file or timeline report: into the timeline, and closed files to the hooks.
+    fn file_report(&mut self, report: StreamReport) {
+        match report {
+            StreamReport::Timeline(event) => self.manifest.emit(event),
+            StreamReport::FileClosed(file) => {
+                self.manifest.emit(ManifestEvent::FileClosed {
+                    file: ClosedFileLine::from(file.as_ref()),
+                });
+                if let Some(h) = &self.hooks {
+                    h.file_done(&file);
+                }
+            }
+            StreamReport::Signal(_) | StreamReport::Finished { .. } => {}
+        }
+    }
+
+    /// A recording ended.
+    fn finished(&mut self, summary: &StreamSummary) {
+        self.finished += 1;
+        let reason = summary.close_reason.as_ref().map_or_else(
+            || "shutdown".to_owned(),
+            |r| format!("{r:?}").to_lowercase(),
+        );
+        self.manifest.emit(ManifestEvent::PublisherLeft {
+            stream_id: summary.stream_id.clone(),
+            reason,
+        });
+    }
+
+    /// Not recording a publisher because the disk is low: said once per publisher, asked
+    /// again when space returns.
+    fn refuse_low_disk(&mut self, peer: PeerId, stream_id: String, why: &str) {
+        self.refused_low_disk += 1;
+        if !self.low_disk.iter().any(|(p, _)| *p == peer) {
+            warn!(stream = %stream_id, "{why}; it will be recorded when space is freed");
+            self.manifest.emit(ManifestEvent::PublisherRefused {
+                stream_id: stream_id.clone(),
+                reason: why.to_owned(),
+            });
+            self.low_disk.push((peer, stream_id));
+        }
+    }
+
+    /// Asks again for the streams refused for low disk, once there is space.
+    fn retry_low_disk(&mut self, out: &mpsc::Sender<SignalOut>) {
+        if self.low_disk.is_empty() || self.guard.check().is_err() {
+            return;
+        }
+        for (peer, stream_id) in self.low_disk.drain(..) {
+            info!(stream = %stream_id, "disk space is back; asking the publisher again");
+            let _ = out.try_send(SignalOut::StreamClosed(peer));
+        }
+    }
+
+    /// One retention pass (off the runtime threads), never touching a file in use.
+    async fn retention(&self, entries: &HashMap<PeerId, Entry>, policy: &RetentionPolicy) {
+        let in_use: HashSet<PathBuf> = entries
+            .values()
+            .filter_map(|e| e.live.borrow().path.clone())
+            .collect();
+        let dir = self.settings.output_dir.clone();
+        let prefix = self.settings.prefix.clone();
+        let policy = policy.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            retention::apply(
+                &dir,
+                &prefix,
+                &in_use,
+                &policy,
+                std::time::SystemTime::now(),
+            )
+        })
+        .await;
+        if let Ok(r) = report
+            && !r.deleted.is_empty()
+        {
+            info!(
+                "retention: {} file(s) deleted, {:.1} MB freed",
+                r.deleted.len(),
+                r.freed_bytes() as f64 / 1e6
+            );
+        }
+    }
+
+    /// The status of everything now, for the status page and the live table.
+    fn snapshot(&self, entries: &mut HashMap<PeerId, Entry>) -> Snapshot {
+        let now = Instant::now();
+        let mut streams: Vec<StreamStatus> = entries
+            .values_mut()
+            .map(|e| {
+                let live = e.live.borrow().clone();
+                let (bytes, at) = e.last_bytes;
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                if dt >= 0.5 {
+                    e.bitrate_bps = live.bytes.saturating_sub(bytes) as f64 * 8.0 / dt;
+                    e.last_bytes = (live.bytes, now);
+                }
+                let state = if e.stopping {
+                    "stopping"
+                } else if live.waiting_for_disk {
+                    "waiting-for-disk"
+                } else if live.connected {
+                    "recording"
+                } else {
+                    "connecting"
+                };
+                let c = &live.core;
+                StreamStatus {
+                    stream_id: e.stream_id.clone(),
+                    state: state.to_owned(),
+                    codec: live.codec.map(|c| c.to_string()),
+                    path: live.path.as_ref().map(|p| p.display().to_string()),
+                    segment: live.segment,
+                    age_seconds: now.saturating_duration_since(e.started).as_secs_f64(),
+                    duration_seconds: live.file_duration_90k as f64 / 90_000.0,
+                    bytes_total: live.bytes,
+                    file_bytes: live.file_bytes,
+                    bitrate_bps: e.bitrate_bps,
+                    frames_written: c.frames_written,
+                    frames_dropped: c.frames_dropped,
+                    audio_written: c.audio_written,
+                    audio_dropped: c.audio_dropped,
+                    packets_lost: c.packets_lost,
+                    keyframe_requests: c.keyframe_requests,
+                    av_correction_ms: c.av_offset_ms,
+                    media_dropped: 0,
+                    disk_error: live.disk_error.clone(),
+                }
+            })
+            .collect();
+        streams.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        Snapshot {
+            taken_unix_ms: unix_ms(),
+            started_unix_ms: self.started_unix_ms,
+            target: self.target.clone(),
+            signaling_connected: self.signaling_connected,
+            output_dir: self.settings.output_dir.display().to_string(),
+            disk_free_bytes: disk::free_bytes(&self.settings.output_dir).ok(),
+            min_free_bytes: self.guard.min_free_bytes(),
+            process: crate::status::process::process_stats(),
+            streams,
+            finished: self.finished,
+            refused_low_disk: self.refused_low_disk,
+        }
+    }
 }
 
 /// Sends signaling messages in order from one task, so the orchestrator never waits on the

@@ -14,9 +14,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::closed::{CloseCause, ClosedFile};
+use super::disk::{self, Backoff};
 use super::file::{FileError, RecordingFile};
-use crate::media::VideoCodec;
+use super::manifest::ManifestEvent;
+use crate::media::segment::{FileEnd, FileSpan};
 use crate::media::stream::{StreamConfig, StreamMuxer, StreamStats};
+use crate::media::{TrackKind, VideoCodec};
 use crate::peer::IceCandidate;
 use crate::peer::session::{self, CloseReason, MediaEvent, SessionConfig, SessionEvent};
 use crate::signaling::PeerId;
@@ -37,6 +41,9 @@ pub struct RecorderSettings {
     pub flush_interval: Duration,
     /// Pending TS bytes are written as soon as there are this many.
     pub flush_bytes: usize,
+    /// After a write error, recording resumes (in a new file) once this many bytes are free
+    /// on the output folder's file system (`--min-free-mb`; at least 1 MiB).
+    pub min_free_bytes: u64,
 }
 
 impl RecorderSettings {
@@ -49,6 +56,7 @@ impl RecorderSettings {
             session: SessionConfig::default(),
             flush_interval: Duration::from_millis(100),
             flush_bytes: 256 * 1024,
+            min_free_bytes: 0,
         }
     }
 }
@@ -62,17 +70,29 @@ pub enum StreamCommand {
     Stop,
 }
 
-/// Live counters of a recording, for the status line.
+/// Live counters of a recording, for the status line, the status page and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct LiveStats {
-    /// Where the recording goes, once the file exists.
+    /// The file being written, once it exists.
     pub path: Option<PathBuf>,
-    /// Bytes written to the file.
+    /// Bytes written to it.
+    pub file_bytes: u64,
+    /// Bytes written by this recording, all its files.
     pub bytes: u64,
+    /// Its segment number (0 first).
+    pub segment: u64,
+    /// Media seconds in the current file.
+    pub file_duration_90k: u64,
+    /// The video codec recorded.
+    pub codec: Option<VideoCodec>,
     /// The core's counters.
     pub core: StreamStats,
     /// The peer connection is up.
     pub connected: bool,
+    /// A write failed and the recording waits for disk space.
+    pub waiting_for_disk: bool,
+    /// The last disk error.
+    pub disk_error: Option<String>,
 }
 
 /// The end of one recording, printed at shutdown and returned to callers (tests, selftest).
@@ -90,8 +110,10 @@ pub struct StreamSummary {
     pub close_reason: Option<CloseReason>,
     /// Media events dropped because this recorder fell behind (slow disk).
     pub media_dropped: u64,
-    /// A disk error that ended the recording early.
+    /// The last disk error (the recording went on in a new file when space returned).
     pub disk_error: Option<String>,
+    /// Files written (more than one with segments, codec changes or disk errors).
+    pub files: u64,
 }
 
 impl std::fmt::Display for StreamSummary {
@@ -129,6 +151,9 @@ impl std::fmt::Display for StreamSummary {
                 ", {} packets dropped (recorder behind)",
                 self.media_dropped
             )?;
+        }
+        if self.files > 1 {
+            write!(f, ", {} files", self.files)?;
         }
         if let Some(e) = &self.disk_error {
             write!(f, ", DISK ERROR: {e}")?;
@@ -170,6 +195,10 @@ pub enum SignalOut {
 pub enum StreamReport {
     /// A message for the publisher, to go out over signaling.
     Signal(SignalOut),
+    /// Something for the room timeline.
+    Timeline(ManifestEvent),
+    /// A file (or segment) was closed and synced: for the timeline and `--on-file-done`.
+    FileClosed(Box<ClosedFile>),
     /// The recording is over.
     Finished {
         /// The publisher.
@@ -215,17 +244,52 @@ struct Recorder {
     id: StreamIdentity,
     muxer: Option<StreamMuxer>,
     file: RecordingFile,
+    /// Segment number of `file`.
+    segment: u64,
+    /// Files closed so far.
+    files_closed: u64,
+    /// Bytes of the files closed so far.
+    bytes_closed: u64,
+    /// Whether the current file's publisher wall clock was put in the timeline.
+    clock_reported: bool,
+    /// The path of the file closed last (gaps found late may belong to it).
+    previous_path: Option<PathBuf>,
+    disk: DiskState,
+    /// The last disk error, for the summary.
     disk_error: Option<String>,
+    /// Bytes the core produced while no file could be written.
+    bytes_discarded: u64,
     live: watch::Sender<LiveStats>,
     connected: bool,
     /// When the file's tracks were fixed, and whether a silent track was reported (once).
     tracks_since: Option<Instant>,
     silence_reported: bool,
+    /// Reports for the orchestrator, sent from the task's loop (never lost, never awaited
+    /// inside the core's calls).
+    outbox: Vec<StreamReport>,
+}
+
+/// Whether the recording can write.
+#[derive(Debug)]
+enum DiskState {
+    /// Writing.
+    Ok,
+    /// A write failed: output is discarded; free space is checked at `next_check`.
+    Failed {
+        next_check: Instant,
+        backoff: Backoff,
+    },
+    /// Space is back: output is discarded until the core ends its current file at a
+    /// keyframe; the next file starts there.
+    Resuming,
 }
 
 /// A track of the file that has delivered nothing for this long is reported (once): a muted
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
+
+/// Least free space to resume after a write error, whatever `--min-free-mb` says.
+const MIN_RESUME_BYTES: u64 = 1 << 20;
 
 async fn run(
     settings: Arc<RecorderSettings>,
@@ -240,15 +304,23 @@ async fn run(
     session_cfg.dtls_server = offers_media(&offer_sdp);
     let (session, mut events) = session::spawn(session_cfg);
     let mut rec = Recorder {
-        file: RecordingFile::new(&settings.output_dir, &settings.prefix, &id.stream_id),
+        file: new_file(&settings, &id.stream_id, 0),
         settings,
         id,
         muxer: None,
+        segment: 0,
+        files_closed: 0,
+        bytes_closed: 0,
+        clock_reported: false,
+        previous_path: None,
+        disk: DiskState::Ok,
         disk_error: None,
+        bytes_discarded: 0,
         live,
         connected: false,
         tracks_since: None,
         silence_reported: false,
+        outbox: Vec::new(),
     };
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
@@ -283,19 +355,19 @@ async fn run(
                         }
                     }
                     SessionEvent::LocalAnswer { sdp } => {
-                        let _ = reports.send(StreamReport::Signal(SignalOut::Answer {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
                             peer: rec.id.peer.clone(),
                             session: rec.id.session.clone(),
                             sdp,
                             encrypt: rec.id.encrypted,
-                        })).await;
+                        }));
                     }
                     SessionEvent::LocalCandidate(c) => {
-                        let _ = reports.send(StreamReport::Signal(SignalOut::Candidates {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
                             peer: rec.id.peer.clone(),
                             session: rec.id.session.clone(),
                             candidates: vec![c],
-                        })).await;
+                        }));
                     }
                     SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
                     SessionEvent::TrackStarted { codec: Some(codec), .. } => rec.video_codec(codec),
@@ -322,27 +394,52 @@ async fn run(
                         let _ = session.request_keyframe();
                     }
                 }
+                rec.check_disk(now);
                 rec.flush();
+                rec.report_timeline();
                 rec.publish_live();
                 rec.report_silent_tracks(now);
             }
         }
-        if rec.disk_error.is_some() && !stopping {
-            stopping = true;
-            let _ = session.close().await;
+        for report in rec.outbox.drain(..) {
+            let _ = reports.send(report).await;
         }
     }
-    rec.finish_file();
+    rec.finish_file(CloseCause::End);
     rec.publish_live();
     let summary = rec.summary(close_reason, media_dropped);
     info!(stream = %summary.stream_id, "recording finished: {summary}");
-    let _ = reports
-        .send(StreamReport::Finished {
-            peer: rec.id.peer.clone(),
-            generation: rec.id.generation,
-            summary: Box::new(summary),
-        })
-        .await;
+    rec.outbox.push(StreamReport::Finished {
+        peer: rec.id.peer.clone(),
+        generation: rec.id.generation,
+        summary: Box::new(summary),
+    });
+    for report in rec.outbox.drain(..) {
+        let _ = reports.send(report).await;
+    }
+}
+
+/// The file for segment `segment` of a recording (named with its number when segments are on).
+fn new_file(settings: &RecorderSettings, stream_id: &str, segment: u64) -> RecordingFile {
+    let file = RecordingFile::new(&settings.output_dir, &settings.prefix, stream_id);
+    let segmented = settings.stream.segment.max_duration_90k.is_some()
+        || settings.stream.segment.max_bytes.is_some();
+    if segmented {
+        file.with_segment(segment)
+    } else {
+        file
+    }
+}
+
+/// Our wall clock (Unix ms) at `at`.
+fn unix_ms_at(at: Instant) -> f64 {
+    let now_ms = super::manifest::unix_ms() as f64;
+    let now = Instant::now();
+    if at <= now {
+        now_ms - now.duration_since(at).as_secs_f64() * 1000.0
+    } else {
+        now_ms + at.duration_since(now).as_secs_f64() * 1000.0
+    }
 }
 
 impl Recorder {
@@ -363,16 +460,21 @@ impl Recorder {
         }
     }
 
-    /// The summary of the current file.
+    /// The summary of the recording so far.
     fn summary(&self, close_reason: Option<CloseReason>, media_dropped: u64) -> StreamSummary {
         StreamSummary {
             stream_id: self.id.stream_id.clone(),
-            path: self.file.path().map(|p| p.to_path_buf()),
-            bytes: self.file.bytes_written(),
+            path: self
+                .file
+                .path()
+                .or(self.previous_path.as_deref())
+                .map(|p| p.to_path_buf()),
+            bytes: self.bytes_closed + self.file.bytes_written(),
             core: self.muxer.as_ref().map(|m| m.stats()).unwrap_or_default(),
             close_reason,
             media_dropped,
             disk_error: self.disk_error.clone(),
+            files: self.files_closed + u64::from(self.file.path().is_some()),
         }
     }
 
@@ -393,38 +495,90 @@ impl Recorder {
             "the publisher now sends {codec} video (was {}): starting a new file",
             before.map_or_else(|| "no".to_owned(), |c| c.to_string())
         );
-        self.finish_file();
-        let done = self.summary(None, 0);
-        info!(stream = %done.stream_id, "file finished: {done}");
-        self.file = RecordingFile::new(
-            &self.settings.output_dir,
-            &self.settings.prefix,
-            &self.id.stream_id,
-        );
+        self.finish_file(CloseCause::CodecChange);
         self.muxer = StreamMuxer::new(self.settings.stream.clone(), Some(codec), audio);
     }
 
-    /// Ends the current file: the core hands on what it holds, the rest is written, the
-    /// container's end patches are applied, and the file is synced.
-    fn finish_file(&mut self) {
+    /// Ends the recording's current file: the core hands on what it holds, the rest is
+    /// written, the container's end patches are applied, the file is synced and reported,
+    /// and the next file (if any comes) gets the next segment number.
+    fn finish_file(&mut self, cause: CloseCause) {
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
         m.finish(Instant::now());
         self.flush();
-        let patches = self
-            .muxer
-            .as_mut()
-            .map(|m| m.take_patches())
-            .unwrap_or_default();
-        if self.disk_error.is_none()
-            && let Err(e) = self.file.patch(&patches)
-        {
-            self.disk_failed(e);
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        let end = FileEnd {
+            tail: Vec::new(),
+            patches: m.take_patches(),
+            span: m.span(),
+        };
+        if matches!(self.disk, DiskState::Ok) {
+            self.close_file(end, cause);
         }
-        if let Err(e) = self.file.sync() {
-            self.disk_failed(e);
+    }
+
+    /// Completes a file the core finished (its tail and patches), syncs it, reports it and
+    /// makes the next one.
+    fn close_file(&mut self, end: FileEnd, cause: CloseCause) {
+        let mut cause = cause;
+        let written = self
+            .file
+            .append(&end.tail)
+            .and_then(|()| self.file.patch(&end.patches))
+            .and_then(|()| self.file.sync());
+        if let Err(e) = written {
+            self.disk_failed(e, Some(end.span));
+            cause = CloseCause::DiskError;
         }
+        if cause != CloseCause::DiskError {
+            self.report_closed(end.span, cause);
+        }
+    }
+
+    /// Reports the current file as closed (if it exists) and starts the next segment's.
+    fn report_closed(&mut self, span: FileSpan, cause: CloseCause) {
+        let Some(path) = self.file.path().map(|p| p.to_path_buf()) else {
+            return;
+        };
+        let first = span.first_pts.unwrap_or(span.last_pts);
+        let clock = self.muxer.as_ref().and_then(|m| m.wall_clock(first));
+        let tracks = self.muxer.as_ref().map(|m| m.tracks());
+        let closed = ClosedFile {
+            path: path.clone(),
+            stream_id: self.id.stream_id.clone(),
+            segment: self.segment,
+            codec: tracks.and_then(|t| t.video).map(|c| c.to_string()),
+            container: self.file.extension(),
+            first_pts_90k: first,
+            last_pts_90k: span.last_pts,
+            frames: span.frames,
+            audio_packets: span.audio,
+            bytes: self.file.bytes_written(),
+            cause,
+            start_sender_unix_ms: clock.and_then(|c| c.sender_unix_ms),
+            start_local_unix_ms: clock.map(|c| unix_ms_at(c.local)),
+        };
+        info!(
+            stream = %self.id.stream_id,
+            "file closed ({}): {}, {:.1} s, {} frames, {} audio packets, {:.1} MB",
+            cause.as_str(),
+            path.display(),
+            closed.duration_seconds(),
+            closed.frames,
+            closed.audio_packets,
+            closed.bytes as f64 / 1e6
+        );
+        self.files_closed += 1;
+        self.bytes_closed += closed.bytes;
+        self.outbox.push(StreamReport::FileClosed(Box::new(closed)));
+        self.previous_path = Some(path);
+        self.segment += 1;
+        self.file = new_file(&self.settings, &self.id.stream_id, self.segment);
+        self.clock_reported = false;
     }
 
     /// Feeds one media event; returns true when a keyframe should be requested now.
@@ -457,9 +611,24 @@ impl Recorder {
         self.muxer.as_mut().map_or(0, |m| m.output().len())
     }
 
-    /// Writes what the core produced. After a disk error the bytes are dropped: the recording
-    /// is ending, and memory must not grow.
+    /// Writes what the core produced: first the files it ended (segments), then the bytes
+    /// of the current one. While the disk is failed the bytes are dropped (counted): memory
+    /// must not grow, and the file to come starts at a keyframe anyway.
     fn flush(&mut self) {
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        for end in m.take_ended() {
+            match self.disk {
+                DiskState::Ok => self.close_file(end, CloseCause::Segment),
+                DiskState::Failed { .. } => self.bytes_discarded += end.tail.len() as u64,
+                DiskState::Resuming => {
+                    self.bytes_discarded += end.tail.len() as u64;
+                    self.disk = DiskState::Ok;
+                    info!(stream = %self.id.stream_id, "recording resumes in a new file");
+                }
+            }
+        }
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
@@ -468,19 +637,158 @@ impl Recorder {
         if out.is_empty() {
             return;
         }
-        if self.disk_error.is_none()
-            && let Err(e) = self.file.append(out)
-        {
+        if !matches!(self.disk, DiskState::Ok) {
+            self.bytes_discarded += out.len() as u64;
             out.clear();
-            self.disk_failed(e);
             return;
         }
+        let opening = self.file.path().is_none();
+        let result = self.file.append(out);
         out.clear();
+        match result {
+            Ok(()) if opening => self.file_opened(),
+            Ok(()) => {}
+            Err(e) => self.disk_failed(e, None),
+        }
     }
 
-    fn disk_failed(&mut self, e: FileError) {
-        error!(stream = %self.id.stream_id, "recording stopped: {e}");
-        self.disk_error.get_or_insert_with(|| e.to_string());
+    /// The current file got its first bytes: into the timeline.
+    fn file_opened(&mut self) {
+        let (Some(m), Some(path)) = (self.muxer.as_ref(), self.file.path()) else {
+            return;
+        };
+        let span = m.span();
+        let first = span.first_pts.unwrap_or(span.last_pts);
+        let clock = m.wall_clock(first);
+        self.clock_reported = clock.is_some_and(|c| c.sender_unix_ms.is_some());
+        self.outbox
+            .push(StreamReport::Timeline(ManifestEvent::FileOpened {
+                stream_id: self.id.stream_id.clone(),
+                path: path.display().to_string(),
+                segment: self.segment,
+                container: self.file.extension().to_owned(),
+                codec: m.tracks().video.map(|c| c.to_string()),
+                first_pts_90k: first,
+                local_unix_ms: clock.map(|c| unix_ms_at(c.local)),
+                sender_unix_ms: clock.and_then(|c| c.sender_unix_ms),
+            }));
+    }
+
+    /// Gaps the core found, and the publisher's wall clock of the current file once known.
+    fn report_timeline(&mut self) {
+        let Some(m) = self.muxer.as_mut() else {
+            return;
+        };
+        let gaps = m.take_gaps();
+        let span = m.span();
+        let current = self.file.path().map(|p| p.display().to_string());
+        let previous = self.previous_path.as_ref().map(|p| p.display().to_string());
+        for g in gaps {
+            let in_current = span.first_pts.is_some_and(|f| g.to_pts >= f);
+            let Some(path) = (if in_current {
+                current.clone()
+            } else {
+                previous.clone()
+            }) else {
+                continue;
+            };
+            self.outbox.push(StreamReport::Timeline(ManifestEvent::Gap {
+                stream_id: self.id.stream_id.clone(),
+                path,
+                track: match g.track {
+                    TrackKind::Video => "video".to_owned(),
+                    TrackKind::Audio => "audio".to_owned(),
+                },
+                from_pts_90k: g.from_pts,
+                to_pts_90k: g.to_pts,
+                duration_ms: (g.to_pts - g.from_pts) as f64 / 90.0,
+                cause: g.cause.as_str().to_owned(),
+            }));
+        }
+        if self.clock_reported {
+            return;
+        }
+        let (Some(path), Some(first)) = (current, span.first_pts) else {
+            return;
+        };
+        if let Some(clock) = m.wall_clock(first)
+            && let Some(sender) = clock.sender_unix_ms
+        {
+            self.clock_reported = true;
+            self.outbox
+                .push(StreamReport::Timeline(ManifestEvent::Clock {
+                    stream_id: self.id.stream_id.clone(),
+                    path,
+                    pts_90k: first,
+                    local_unix_ms: Some(unix_ms_at(clock.local)),
+                    sender_unix_ms: Some(sender),
+                }));
+        }
+    }
+
+    /// A write failed: the file is closed where its last whole batch ended (a complete
+    /// frame), the error is said once, and the recording waits for space (see
+    /// [`Self::check_disk`]); the session and the core go on.
+    fn disk_failed(&mut self, e: FileError, span: Option<FileSpan>) {
+        let path = self.file.path().map(|p| p.display().to_string());
+        error!(
+            stream = %self.id.stream_id,
+            "recording paused: {e}; the file ends at its last complete frame, and recording \
+             resumes in a new file when space returns"
+        );
+        self.disk_error = Some(e.to_string());
+        self.outbox
+            .push(StreamReport::Timeline(ManifestEvent::DiskError {
+                stream_id: self.id.stream_id.clone(),
+                path: path.unwrap_or_default(),
+                error: e.to_string(),
+            }));
+        let span = span
+            .or_else(|| self.muxer.as_ref().map(|m| m.span()))
+            .unwrap_or_default();
+        let _ = self.file.sync();
+        self.report_closed(span, CloseCause::DiskError);
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+        self.disk = DiskState::Failed {
+            next_check: Instant::now() + backoff.next_delay(),
+            backoff,
+        };
+    }
+
+    /// While the disk is failed: at each check, resume (in a new file, from the next
+    /// keyframe) if there is space again, else check later (backing off).
+    fn check_disk(&mut self, now: Instant) {
+        let DiskState::Failed {
+            next_check,
+            backoff,
+        } = &mut self.disk
+        else {
+            return;
+        };
+        if now < *next_check {
+            return;
+        }
+        let need = self.settings.min_free_bytes.max(MIN_RESUME_BYTES);
+        match disk::free_bytes(&self.settings.output_dir) {
+            Ok(free) if free >= need => {
+                info!(
+                    stream = %self.id.stream_id,
+                    "disk space is back ({} MB free)", free / 1_000_000
+                );
+                self.outbox
+                    .push(StreamReport::Timeline(ManifestEvent::DiskRecovered {
+                        stream_id: self.id.stream_id.clone(),
+                        free_bytes: free,
+                    }));
+                let cut_coming = self.muxer.as_mut().is_some_and(|m| m.start_new_file());
+                self.disk = if cut_coming {
+                    DiskState::Resuming
+                } else {
+                    DiskState::Ok
+                };
+            }
+            _ => *next_check = now + backoff.next_delay(),
+        }
     }
 
     /// Says once if a track of the file has delivered nothing for [`SILENT_TRACK_AFTER`].
@@ -512,11 +820,20 @@ impl Recorder {
 
     fn publish_live(&self) {
         let core = self.muxer.as_ref().map(|m| m.stats()).unwrap_or_default();
+        let span = self.muxer.as_ref().map(|m| m.span()).unwrap_or_default();
         self.live.send_replace(LiveStats {
             path: self.file.path().map(|p| p.to_path_buf()),
-            bytes: self.file.bytes_written(),
+            file_bytes: self.file.bytes_written(),
+            bytes: self.bytes_closed + self.file.bytes_written(),
+            segment: self.segment,
+            file_duration_90k: span
+                .first_pts
+                .map_or(0, |f| span.last_pts.saturating_sub(f)),
+            codec: self.muxer.as_ref().and_then(|m| m.tracks().video),
             core,
             connected: self.connected,
+            waiting_for_disk: !matches!(self.disk, DiskState::Ok),
+            disk_error: self.disk_error.clone(),
         });
     }
 }
