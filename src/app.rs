@@ -248,6 +248,29 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ninjarec offsets`: each file's offset from a room timeline, for lining participants up.
+pub fn offsets(args: &crate::cli::OffsetsArgs) -> anyhow::Result<()> {
+    use crate::record::{manifest, offsets};
+    let text = std::fs::read_to_string(&args.timeline)
+        .with_context(|| format!("cannot read {}", args.timeline.display()))?;
+    let lines = manifest::parse(&text)?;
+    let (files, source) = offsets::offsets(&lines);
+    if files.is_empty() {
+        bail!(
+            "{} lists no closed file with a start time",
+            args.timeline.display()
+        );
+    }
+    if args.json {
+        for f in &files {
+            println!("{}", serde_json::to_string(f)?);
+        }
+    } else {
+        print!("{}", offsets::render(&files, source));
+    }
+    Ok(())
+}
+
 /// `ninjarec serve`: the built-in handshake server until SIGINT/SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.listen);

@@ -48,6 +48,19 @@ pub enum Command {
     /// Check this machine end to end on loopback, without internet: built-in server, test
     /// publisher and recorder; prints PASS or FAIL.
     Selftest(SelftestArgs),
+    /// Print, from a room timeline (`PREFIX_<unix>.timeline.jsonl`), each file's offset from
+    /// the earliest one, as `-itsoffset S -i FILE` for ffmpeg, to line up participants.
+    Offsets(OffsetsArgs),
+}
+
+/// Options for `ninjarec offsets`.
+#[derive(Debug, Args)]
+pub struct OffsetsArgs {
+    /// The room timeline file.
+    pub timeline: PathBuf,
+    /// Print JSON (one object per file) instead of ffmpeg arguments.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which signaling dialect a server speaks.

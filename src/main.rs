@@ -12,6 +12,7 @@ async fn main() {
         None => app::record(cli.record).await,
         Some(Command::Serve(args)) => app::serve(args).await,
         Some(Command::Selftest(args)) => ninjarec::selftest::run(args).await,
+        Some(Command::Offsets(args)) => app::offsets(&args),
     };
     if let Err(e) = result {
         eprintln!("ninjarec: {e:#}");

@@ -66,6 +66,11 @@ pub struct PublisherConfig {
     pub session: Value,
     /// ICE consent timeouts (disconnected, failed); `None` = webrtc-rs defaults.
     pub ice_timeouts: Option<(Duration, Duration)>,
+    /// Align the clip's loops to the Unix clock: each loop starts at a whole multiple of the
+    /// clip's length (Unix time), so publishers started at different times send the same
+    /// frame at the same wall-clock instant (media starts mid-loop, at the next frame due).
+    /// Lets a test check that files of different publishers line up.
+    pub wall_aligned: bool,
 }
 
 impl PublisherConfig {
@@ -82,6 +87,7 @@ impl PublisherConfig {
             },
             session: Value::String("testsessn0".to_owned()),
             ice_timeouts: None,
+            wall_aligned: false,
         }
     }
 }
@@ -391,9 +397,14 @@ async fn stream(
     if frames.is_empty() {
         return;
     }
+    // Frames due before the start (a wall-aligned loop that began earlier) are skipped.
+    let first_due = tokio::time::Instant::now();
     for round in 0u64.. {
         for (offset, data, duration) in &frames {
             let due = start + dur_90k(round * loop_len + offset);
+            if due < first_due {
+                continue;
+            }
             tokio::time::sleep_until(due).await;
             let sample = Sample {
                 data: data.clone(),
@@ -518,7 +529,17 @@ impl Publisher {
         if !self.media.is_empty() || self.tracks.is_empty() {
             return;
         }
-        let start = tokio::time::Instant::now();
+        let mut start = tokio::time::Instant::now();
+        if self.config.wall_aligned {
+            // Back to the start of the loop the Unix clock is in.
+            let clip = &self.config.clip;
+            let loop_us = (clip.duration_90k.max(1) * 1000 / 90) as u128;
+            let unix_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            let into = Duration::from_micros((unix_us % loop_us) as u64);
+            start = start.checked_sub(into).unwrap_or(start);
+        }
         for t in &self.tracks {
             let pt = match t.sender.get_parameters().await {
                 Ok(p) => p.rtp_parameters.codecs.first().map(|c| c.payload_type),

@@ -140,6 +140,16 @@ pub enum ManifestEvent {
         /// What the OS said.
         error: String,
     },
+    /// A publisher connected while the disk is below `--min-free-mb`: its recording starts
+    /// when space is freed.
+    DiskLow {
+        /// Stream ID.
+        stream_id: String,
+        /// Free bytes.
+        free_bytes: u64,
+        /// `--min-free-mb` in bytes.
+        min_free_bytes: u64,
+    },
     /// Recording resumed after a disk error.
     DiskRecovered {
         /// Stream ID.
@@ -342,8 +352,15 @@ impl Manifest {
     }
 }
 
-/// The writer task: one `write` per line, appending; a write error is logged once and the
-/// timeline stops (recording goes on).
+/// Lines kept while the disk refuses them (disk full), retried later; older ones beyond this
+/// are dropped and counted.
+const MAX_UNWRITTEN: usize = 4096;
+/// How often lines the disk refused are retried when no new event comes.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The writer task: one `write` per line, appending. A line the disk refuses (full) is cut off
+/// again (so no half line stays) and kept, with the lines after it, until a write succeeds:
+/// the timeline goes on when space returns, in order. Said once per failure.
 async fn write_lines(
     mut file: File,
     path: PathBuf,
@@ -351,19 +368,47 @@ async fn write_lines(
     dropped: Arc<AtomicU64>,
 ) {
     info!(path = %path.display(), "room timeline");
-    let mut failed = false;
-    while let Some(event) = rx.recv().await {
-        if failed {
-            continue;
+    let mut len = file.metadata().map_or(0, |m| m.len());
+    let mut unwritten: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut failing = false;
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let line = ManifestLine {
+                    unix_ms: unix_ms(),
+                    dropped_before: dropped.swap(0, Ordering::Relaxed),
+                    event,
+                };
+                if unwritten.len() == MAX_UNWRITTEN {
+                    unwritten.pop_front();
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                unwritten.push_back(line.to_json_line());
+            }
+            _ = retry.tick(), if !unwritten.is_empty() => {}
         }
-        let line = ManifestLine {
-            unix_ms: unix_ms(),
-            dropped_before: dropped.swap(0, Ordering::Relaxed),
-            event,
-        };
-        if let Err(e) = file.write_all(line.to_json_line().as_bytes()) {
-            warn!(path = %path.display(), "room timeline stopped: {e}");
-            failed = true;
+        while let Some(line) = unwritten.front() {
+            match file.write_all(line.as_bytes()) {
+                Ok(()) => {
+                    len += line.len() as u64;
+                    unwritten.pop_front();
+                    if failing {
+                        failing = false;
+                        info!(path = %path.display(), "room timeline written again");
+                    }
+                }
+                Err(e) => {
+                    let _ = file.set_len(len);
+                    if !failing {
+                        failing = true;
+                        warn!(path = %path.display(), "room timeline cannot be written ({e}); its lines are kept and written when possible");
+                    }
+                    break;
+                }
+            }
         }
     }
     let _ = file.sync_data();

@@ -5,6 +5,7 @@ pub mod file;
 pub mod hooks;
 pub mod manifest;
 pub mod naming;
+pub mod offsets;
 pub mod orchestrator;
 pub mod retention;
 pub mod stream;

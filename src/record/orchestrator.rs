@@ -36,8 +36,6 @@ const HOOK_GRACE: Duration = Duration::from_secs(30);
 const STATUS_LOG_EVERY: u32 = 10;
 /// How often the status snapshot is made (and the live table redrawn).
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often publishers refused for low disk are reconsidered (in snapshot ticks).
-const LOW_DISK_RETRY_EVERY: u32 = 5;
 /// How often retention runs (in snapshot ticks).
 const RETENTION_EVERY: u32 = 60;
 
@@ -135,8 +133,7 @@ struct Run {
     manifest: Manifest,
     hooks: Option<HookHandle>,
     guard: DiskGuard,
-    /// Publishers not recorded because the disk was low, asked again when space returns.
-    low_disk: Vec<(PeerId, String)>,
+    /// Publishers whose recording waited for disk space when they came.
     refused_low_disk: u64,
     finished: u64,
     signaling_connected: bool,
@@ -191,7 +188,6 @@ pub async fn run(
         settings: settings.clone(),
         manifest,
         hooks: config.hooks.take().map(hooks::spawn),
-        low_disk: Vec::new(),
         refused_low_disk: 0,
         finished: 0,
         signaling_connected: false,
@@ -249,10 +245,13 @@ pub async fn run(
                             let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
                             continue;
                         }
-                        if let Err(low) = run.guard.check() {
-                            run.refuse_low_disk(peer, stream_id, &low.to_string());
-                            continue;
-                        }
+                        let wait_for_disk = match run.guard.check() {
+                            Ok(()) => false,
+                            Err(low) => {
+                                run.low_disk(&stream_id, &low);
+                                true
+                            }
+                        };
                         generation += 1;
                         info!(%stream_id, "publisher offered its stream; recording");
                         run.manifest.emit(ManifestEvent::PublisherJoined {
@@ -266,7 +265,7 @@ pub async fn run(
                             encrypted,
                             generation,
                         };
-                        let (commands, live) = stream::spawn(settings.clone(), identity, sdp, report_tx.clone());
+                        let (commands, live) = stream::spawn(settings.clone(), identity, sdp, report_tx.clone(), wait_for_disk);
                         let now = Instant::now();
                         entries.insert(peer, Entry {
                             generation, stream_id, session, commands, live, stopping: false,
@@ -284,7 +283,6 @@ pub async fn run(
                         }
                     }
                     SignalingEvent::StreamEnded { peer, stream_id } => {
-                        run.low_disk.retain(|(p, _)| *p != peer);
                         if let Some(e) = entries.get_mut(&peer) && !e.stopping {
                             info!(%stream_id, "publisher left");
                             e.stopping = true;
@@ -339,9 +337,6 @@ pub async fn run(
                 }
                 if config.status_lines && tick_count.is_multiple_of(STATUS_LOG_EVERY) {
                     log_status(&entries);
-                }
-                if tick_count.is_multiple_of(LOW_DISK_RETRY_EVERY) {
-                    run.retry_low_disk(&out_tx);
                 }
                 if config.retention.is_active() && tick_count.is_multiple_of(RETENTION_EVERY) {
                     run.retention(&entries, &config.retention).await;
@@ -438,29 +433,19 @@ impl Run {
         });
     }
 
-    /// Not recording a publisher because the disk is low: said once per publisher, asked
-    /// again when space returns.
-    fn refuse_low_disk(&mut self, peer: PeerId, stream_id: String, why: &str) {
+    /// A publisher came while the disk is low: it is connected, and recorded once space is
+    /// freed (the recorder checks); said in one line with what is free.
+    fn low_disk(&mut self, stream_id: &str, low: &disk::LowDisk) {
         self.refused_low_disk += 1;
-        if !self.low_disk.iter().any(|(p, _)| *p == peer) {
-            warn!(stream = %stream_id, "{why}; it will be recorded when space is freed");
-            self.manifest.emit(ManifestEvent::PublisherRefused {
-                stream_id: stream_id.clone(),
-                reason: why.to_owned(),
-            });
-            self.low_disk.push((peer, stream_id));
-        }
-    }
-
-    /// Asks again for the streams refused for low disk, once there is space.
-    fn retry_low_disk(&mut self, out: &mpsc::Sender<SignalOut>) {
-        if self.low_disk.is_empty() || self.guard.check().is_err() {
-            return;
-        }
-        for (peer, stream_id) in self.low_disk.drain(..) {
-            info!(stream = %stream_id, "disk space is back; asking the publisher again");
-            let _ = out.try_send(SignalOut::StreamClosed(peer));
-        }
+        warn!(
+            stream = %stream_id,
+            "{low}; connected, recording starts when space is freed"
+        );
+        self.manifest.emit(ManifestEvent::DiskLow {
+            stream_id: stream_id.to_owned(),
+            free_bytes: low.free_bytes,
+            min_free_bytes: low.min_free_bytes,
+        });
     }
 
     /// One retention pass (off the runtime threads), never touching a file in use.

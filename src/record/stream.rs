@@ -226,16 +226,27 @@ pub struct StreamIdentity {
 }
 
 /// Starts the recorder task for one publisher's offer. Returns the command sender and a
-/// watch of its live counters.
+/// watch of its live counters. With `wait_for_disk` (the disk is below `--min-free-mb`) the
+/// publisher is connected but nothing is written until space is freed: then the recording
+/// starts at the next keyframe, without asking the publisher again.
 pub fn spawn(
     settings: Arc<RecorderSettings>,
     identity: StreamIdentity,
     offer_sdp: String,
     reports: mpsc::Sender<StreamReport>,
+    wait_for_disk: bool,
 ) -> (mpsc::Sender<StreamCommand>, watch::Receiver<LiveStats>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (live_tx, live_rx) = watch::channel(LiveStats::default());
-    tokio::spawn(run(settings, identity, offer_sdp, cmd_rx, reports, live_tx));
+    tokio::spawn(run(
+        settings,
+        identity,
+        offer_sdp,
+        cmd_rx,
+        reports,
+        live_tx,
+        wait_for_disk,
+    ));
     (cmd_tx, live_rx)
 }
 
@@ -284,6 +295,17 @@ enum DiskState {
     Resuming,
 }
 
+impl DiskState {
+    /// Waiting for space, first check soon (checks back off to every 30 s).
+    fn failed() -> DiskState {
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+        DiskState::Failed {
+            next_check: Instant::now() + backoff.next_delay(),
+            backoff,
+        }
+    }
+}
+
 /// A track of the file that has delivered nothing for this long is reported (once): a muted
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
@@ -298,6 +320,7 @@ async fn run(
     mut commands: mpsc::Receiver<StreamCommand>,
     reports: mpsc::Sender<StreamReport>,
     live: watch::Sender<LiveStats>,
+    wait_for_disk: bool,
 ) {
     let mut session_cfg = settings.session.clone();
     session_cfg.label = id.stream_id.clone();
@@ -313,7 +336,11 @@ async fn run(
         bytes_closed: 0,
         clock_reported: false,
         previous_path: None,
-        disk: DiskState::Ok,
+        disk: if wait_for_disk {
+            DiskState::failed()
+        } else {
+            DiskState::Ok
+        },
         disk_error: None,
         bytes_discarded: 0,
         live,
@@ -748,11 +775,7 @@ impl Recorder {
             .unwrap_or_default();
         let _ = self.file.sync();
         self.report_closed(span, CloseCause::DiskError);
-        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
-        self.disk = DiskState::Failed {
-            next_check: Instant::now() + backoff.next_delay(),
-            backoff,
-        };
+        self.disk = DiskState::failed();
     }
 
     /// While the disk is failed: at each check, resume (in a new file, from the next

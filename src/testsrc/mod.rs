@@ -81,6 +81,8 @@ pub struct TestSourceConfig {
     pub self_id: Option<String>,
     /// Most viewers served at once.
     pub max_viewers: usize,
+    /// Send the clip aligned to the Unix clock (see `PublisherConfig::wall_aligned`).
+    pub wall_aligned: bool,
     /// A viewer that does not answer our offer within this is dropped.
     pub answer_timeout: Duration,
     /// First reconnect delay.
@@ -127,6 +129,7 @@ impl TestSourceConfig {
             ice_timeouts: None,
             self_id: None,
             max_viewers: 16,
+            wall_aligned: false,
             answer_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
@@ -590,6 +593,7 @@ impl Runner {
         pc.ice_servers = self.config.ice_servers.clone();
         pc.udp_addrs = self.config.udp_addrs.clone();
         pc.ice_timeouts = self.config.ice_timeouts;
+        pc.wall_aligned = self.config.wall_aligned;
         pc.session = Value::String(session.clone());
         let (handle, mut events) = publisher::spawn(pc);
         info!(%viewer, %session, "test source: offering to viewer");

@@ -18,3 +18,4 @@ mod support;
 mod sync_media;
 mod testsrc;
 mod ts_writer;
+mod unattended;

@@ -47,7 +47,7 @@ fn unix_now() -> u64 {
 }
 
 /// A test publisher's settings: the built-in clip over loopback, quick reconnects.
-fn source_config(url: &str, stream: &str, room: Option<&str>) -> TestSourceConfig {
+pub(crate) fn source_config(url: &str, stream: &str, room: Option<&str>) -> TestSourceConfig {
     let mut c = TestSourceConfig::new(url, stream);
     c.room = room.map(str::to_owned);
     c.backoff_initial = Duration::from_millis(100);
@@ -56,32 +56,32 @@ fn source_config(url: &str, stream: &str, room: Option<&str>) -> TestSourceConfi
 }
 
 /// A running publisher and the switch that stops it (with bye).
-struct Publisher {
+pub(crate) struct Publisher {
     source: TestSource,
     stop: watch::Sender<bool>,
 }
 
 impl Publisher {
-    fn start(cfg: TestSourceConfig) -> Self {
+    pub(crate) fn start(cfg: TestSourceConfig) -> Self {
         let (stop, rx) = watch::channel(false);
         let source = testsrc::spawn(cfg, rx).expect("valid test source config");
         Publisher { source, stop }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.source.join()).await;
     }
 }
 
 /// The recorder binary, its stderr collected line by line.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
-    fn start(args: &[String]) -> Self {
+    pub(crate) fn start(args: &[String]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ninjarec"))
             .args(args)
             .env_remove("RUST_LOG")
@@ -106,11 +106,11 @@ impl Process {
         self.log.lock().unwrap().iter().any(|l| pred(l))
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -119,7 +119,10 @@ impl Process {
     }
 
     /// Waits (bounded) for the process to exit; returns its status and stdout.
-    async fn wait(mut self, within: Duration) -> (std::process::ExitStatus, String, String) {
+    pub(crate) async fn wait(
+        mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, String, String) {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -155,7 +158,7 @@ impl Drop for Process {
 
 /// The `.ts` files in `dir`, by name, with their sizes (none while the recorder has not
 /// created the folder yet).
-fn ts_files(dir: &Path) -> BTreeMap<String, u64> {
+pub(crate) fn ts_files(dir: &Path) -> BTreeMap<String, u64> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return BTreeMap::new();
     };
