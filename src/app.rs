@@ -15,10 +15,13 @@ use crate::record::stream::RecorderSettings;
 use crate::signaling::room::Dialect;
 use crate::signaling::server::{ServerConfig, TlsFiles};
 use crate::signaling::{Password, SignalingConfig};
+use crate::status::terminal::LiveTable;
 
 /// Installs the `tracing` subscriber: `-v`/`-q` pick the level, `RUST_LOG` overrides it. The
-/// WebRTC stack's known-benign warnings are kept out of the default output.
-pub fn init_logging(verbose: u8, quiet: u8) {
+/// WebRTC stack's known-benign warnings are kept out of the default output. With `live_table`
+/// (recording, stderr a terminal, not `-q`) log lines scroll above a live table of the
+/// recordings, which is returned for [`record`] to draw.
+pub fn init_logging(verbose: u8, quiet: u8, live_table: bool) -> Option<LiveTable> {
     let level = match (verbose, quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
@@ -30,13 +33,19 @@ pub fn init_logging(verbose: u8, quiet: u8) {
         "{level},rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc=error,webrtc=error,webrtc_ice=error"
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+        .with_ansi(tty)
+        .with_target(false);
+    if live_table && tty && quiet == 0 {
+        let table = LiveTable::new();
+        builder.with_writer(table.clone()).init();
+        Some(table)
+    } else {
+        builder.with_writer(std::io::stderr).init();
+        None
+    }
 }
 
 /// A watch that turns true on the first SIGINT/SIGTERM; a second signal exits the process at
@@ -217,8 +226,14 @@ async fn drop_unresolvable_ice_servers(servers: &mut Vec<IceServer>) {
 
 /// `ninjarec` (record): runs until a signal or `--duration`, then prints one summary line per
 /// recording.
-pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
+pub async fn record(args: RecordArgs, table: Option<LiveTable>) -> anyhow::Result<()> {
     let mut config = run_config(&args)?;
+    if let Some(table) = table {
+        let (tx, rx) = watch::channel(std::sync::Arc::default());
+        config.snapshots = Some(tx);
+        config.status_lines = false;
+        tokio::spawn(table.run(rx));
+    }
     drop_unresolvable_ice_servers(&mut config.recorder.session.ice_servers).await;
     let mut shutdown = shutdown_on_signals();
     if args.duration > 0 {

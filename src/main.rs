@@ -7,9 +7,9 @@ use ninjarec::cli::{Cli, Command};
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    app::init_logging(cli.verbose, cli.quiet);
+    let table = app::init_logging(cli.verbose, cli.quiet, cli.command.is_none());
     let result = match cli.command {
-        None => app::record(cli.record).await,
+        None => app::record(cli.record, table).await,
         Some(Command::Serve(args)) => app::serve(args).await,
         Some(Command::Selftest(args)) => ninjarec::selftest::run(args).await,
         Some(Command::Offsets(args)) => app::offsets(&args),

@@ -11,7 +11,7 @@
 //! - [`metrics`]: the Prometheus text format (`GET /metrics`), for alerting and graphs;
 //! - [`page`]: one self-contained HTML page (`GET /`) that polls `GET /status.json`;
 //! - [`http`]: the small HTTP server behind `--http` that serves the three;
-//! - [`table`]: the compact live table for a terminal;
+//! - [`table`]: the compact live table for a terminal, drawn by [`terminal`];
 //! - [`process`]: CPU, memory, file descriptors and free disk space, read from the kernel.
 pub mod http;
 pub mod metrics;
@@ -19,3 +19,4 @@ pub mod page;
 pub mod process;
 pub mod snapshot;
 pub mod table;
+pub mod terminal;
