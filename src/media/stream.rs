@@ -440,8 +440,7 @@ impl StreamMuxer {
         let cut = if self.tracks.video.is_some() && self.cut_due(self.span.last_pts) {
             match self.cut_keyframe_asked {
                 Some(t) => Some(t + self.config.keyframe_retry),
-                None if self.cut_wanted => self.last_now,
-                None => None,
+                None => self.last_now,
             }
         } else {
             None
@@ -543,31 +542,15 @@ impl StreamMuxer {
                     .is_some_and(|f| self.config.segment.due(f, pts, self.span.bytes)))
     }
 
-    /// A file due to end waits for a keyframe: ask for one at once after
-    /// [`Self::start_new_file`], else when none came within `keyframe_retry` of the limit
-    /// (most publishers send one every few seconds anyway), and again every `keyframe_retry`.
+    /// A file due to end waits for a keyframe: ask for one as soon as it is due (a browser
+    /// sends none unasked; for a publisher with periodic keyframes one more per segment
+    /// costs little), and again every `keyframe_retry` until it comes.
     fn cut_wants_keyframe(&self, now: Instant) -> bool {
         if self.tracks.video.is_none() || !self.cut_due(self.span.last_pts) {
             return false;
         }
-        match self.cut_keyframe_asked {
-            Some(t) => now.saturating_duration_since(t) >= self.config.keyframe_retry,
-            None if self.cut_wanted => true,
-            None => {
-                let max = self.config.segment.max_duration_90k.unwrap_or(u64::MAX);
-                let retry_90k = self.config.keyframe_retry.as_millis() as u64 * 90;
-                let over = self
-                    .span
-                    .first_pts
-                    .map_or(0, |f| self.span.last_pts.saturating_sub(f));
-                over >= max.saturating_add(retry_90k)
-                    || self
-                        .config
-                        .segment
-                        .max_bytes
-                        .is_some_and(|b| self.span.bytes >= b)
-            }
-        }
+        self.cut_keyframe_asked
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry)
     }
 
     /// Ends the current file (its writer finishes into a [`FileEnd`]); the next unit opens
