@@ -25,6 +25,9 @@ pub struct DcDescription {
     pub encrypted: bool,
 }
 
+/// Longest publisher label kept (characters); it is shown and logged, never a file name.
+pub const MAX_LABEL_CHARS: usize = 100;
+
 /// One classified data-channel message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DcMessage {
@@ -52,7 +55,13 @@ pub enum DcMessage {
         /// `preferVideoCodec`, if given.
         prefer_video_codec: Option<String>,
     },
-    /// Valid JSON we have no use for (`info`, `miniInfo`, `videoMuted`, ...).
+    /// `{"info":{"label":...}}`: the publisher's display name (`&label=` in the web app),
+    /// cleaned: control characters dropped, at most [`MAX_LABEL_CHARS`] characters.
+    Info {
+        /// The label, if it sent a non-empty one.
+        label: Option<String>,
+    },
+    /// Valid JSON we have no use for (`miniInfo`, `videoMuted`, ...).
     Other,
 }
 
@@ -175,6 +184,20 @@ pub fn parse(data: &[u8], cipher: Option<&dyn PayloadCipher>) -> Result<DcMessag
                 .and_then(Value::as_str)
                 .map(str::to_owned),
         });
+    }
+    // A viewer's request carries its own `info` too: only a bare `info` is a publisher's.
+    if let Some(info) = obj.get("info").and_then(Value::as_object) {
+        let label = info
+            .get("label")
+            .and_then(Value::as_str)
+            .map(|l| {
+                l.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_LABEL_CHARS)
+                    .collect::<String>()
+            })
+            .filter(|l| !l.trim().is_empty());
+        return Ok(DcMessage::Info { label });
     }
     Ok(DcMessage::Other)
 }
@@ -357,9 +380,26 @@ mod tests {
             DcError::TooLarge(MAX_DC_MESSAGE + 1)
         );
         assert_eq!(
-            parse(br#"{"info":{"label":"x"}}"#, None).unwrap(),
+            parse(br#"{"miniInfo":{"x":1}}"#, None).unwrap(),
             DcMessage::Other
         );
+    }
+
+    #[test]
+    fn a_label_is_kept_cleaned_and_bounded() {
+        let label = |raw: &str| match parse(raw.as_bytes(), None).unwrap() {
+            DcMessage::Info { label } => label,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(label(r#"{"info":{"label":"Alice"}}"#).as_deref(), Some("Alice"));
+        assert_eq!(
+            label(r#"{"info":{"label":"A\u001b[2Jb\nc"}}"#).as_deref(),
+            Some("A[2Jbc")
+        );
+        assert_eq!(label(r#"{"info":{"label":"  "}}"#), None);
+        assert_eq!(label(r#"{"info":{"muted":true}}"#), None);
+        let long = format!(r#"{{"info":{{"label":"{}"}}}}"#, "é".repeat(500));
+        assert_eq!(label(&long).unwrap().chars().count(), MAX_LABEL_CHARS);
     }
 
     #[test]

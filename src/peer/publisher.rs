@@ -71,6 +71,8 @@ pub struct PublisherConfig {
     /// frame at the same wall-clock instant (media starts mid-loop, at the next frame due).
     /// Lets a test check that files of different publishers line up.
     pub wall_aligned: bool,
+    /// A display name sent to each viewer in an `info` message, like the web app's `&label=`.
+    pub label: Option<String>,
 }
 
 impl PublisherConfig {
@@ -88,6 +90,7 @@ impl PublisherConfig {
             session: Value::String("testsessn0".to_owned()),
             ice_timeouts: None,
             wall_aligned: false,
+            label: None,
         }
     }
 }
@@ -664,6 +667,13 @@ impl Publisher {
                     prefer_video_codec,
                 })
                 .await;
+                // The web app tells a viewer who it is (`&label=`) in an `info` object.
+                if let (Some(label), Some((dc, _))) =
+                    (&self.config.label, self.channels.get(index))
+                {
+                    let info = serde_json::json!({ "info": { "label": label } });
+                    let _ = dc.send_text(&info.to_string()).await;
+                }
                 if self.config.mode == PublisherMode::DataChannelFirst
                     && self.tracks.is_empty()
                     && let Err(e) = self.renegotiate(index, audio, video).await
@@ -684,7 +694,7 @@ impl Publisher {
                     self.remote_candidate(c).await;
                 }
             }
-            DcMessage::Other => {}
+            DcMessage::Info { .. } | DcMessage::Other => {}
         }
         None
     }

@@ -220,6 +220,8 @@ pub enum SessionEvent {
     },
     /// A renegotiation offer from the data channel was answered there.
     Renegotiated,
+    /// The publisher said its label (display name) over the data channel.
+    PublisherLabel(String),
     /// A remote offer was applied and answered; it sends these media (see
     /// [`super::offered_media`]). Comes before any packet of the offered tracks, so the
     /// recorder knows which tracks to expect.
@@ -780,7 +782,13 @@ impl Session {
                     self.remote_candidate(c).await;
                 }
             }
-            DcMessage::Pong(_) | DcMessage::ViewerRequest { .. } | DcMessage::Other => {}
+            DcMessage::Info { label: Some(label) } => {
+                self.emit(SessionEvent::PublisherLabel(label)).await;
+            }
+            DcMessage::Pong(_)
+            | DcMessage::ViewerRequest { .. }
+            | DcMessage::Info { label: None }
+            | DcMessage::Other => {}
         }
         None
     }

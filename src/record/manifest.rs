@@ -61,6 +61,13 @@ pub enum ManifestEvent {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         label: Option<String>,
     },
+    /// A publisher said its label (display name), after joining.
+    PublisherLabel {
+        /// Stream ID.
+        stream_id: String,
+        /// The label.
+        label: String,
+    },
     /// A publisher's recording ended.
     PublisherLeft {
         /// Stream ID.

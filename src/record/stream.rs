@@ -275,6 +275,8 @@ struct Recorder {
     /// When the file's tracks were fixed, and whether a silent track was reported (once).
     tracks_since: Option<Instant>,
     silence_reported: bool,
+    /// The publisher's label, once it said one.
+    label: Option<String>,
     /// Reports for the orchestrator, sent from the task's loop (never lost, never awaited
     /// inside the core's calls).
     outbox: Vec<StreamReport>,
@@ -347,6 +349,7 @@ async fn run(
         connected: false,
         tracks_since: None,
         silence_reported: false,
+        label: None,
         outbox: Vec::new(),
     };
     if session.remote_offer(offer_sdp).await.is_err() {
@@ -408,6 +411,7 @@ async fn run(
                         media_dropped = stats.media_dropped;
                         break;
                     }
+                    SessionEvent::PublisherLabel(label) => rec.label(label),
                     SessionEvent::TrackStarted { codec: None, .. }
                     | SessionEvent::DataChannelOpen { .. }
                     | SessionEvent::Renegotiated => {}
@@ -485,6 +489,21 @@ impl Recorder {
         } else if video.is_some() || audio {
             warn!(stream = %self.id.stream_id, "nothing to record: the publisher's media are all turned off by --noaudio/--novideo");
         }
+    }
+
+    /// The publisher said its label: into the timeline (once per label; publishers repeat
+    /// their `info`).
+    fn label(&mut self, label: String) {
+        if self.label.as_ref() == Some(&label) {
+            return;
+        }
+        info!(stream = %self.id.stream_id, %label, "publisher label");
+        self.outbox
+            .push(StreamReport::Timeline(ManifestEvent::PublisherLabel {
+                stream_id: self.id.stream_id.clone(),
+                label: label.clone(),
+            }));
+        self.label = Some(label);
     }
 
     /// The summary of the recording so far.

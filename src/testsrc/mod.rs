@@ -83,6 +83,8 @@ pub struct TestSourceConfig {
     pub max_viewers: usize,
     /// Send the clip aligned to the Unix clock (see `PublisherConfig::wall_aligned`).
     pub wall_aligned: bool,
+    /// Display name sent to viewers (see `PublisherConfig::label`).
+    pub label: Option<String>,
     /// A viewer that does not answer our offer within this is dropped.
     pub answer_timeout: Duration,
     /// First reconnect delay.
@@ -130,6 +132,7 @@ impl TestSourceConfig {
             self_id: None,
             max_viewers: 16,
             wall_aligned: false,
+            label: None,
             answer_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
@@ -594,6 +597,7 @@ impl Runner {
         pc.udp_addrs = self.config.udp_addrs.clone();
         pc.ice_timeouts = self.config.ice_timeouts;
         pc.wall_aligned = self.config.wall_aligned;
+        pc.label = self.config.label.clone();
         pc.session = Value::String(session.clone());
         let (handle, mut events) = publisher::spawn(pc);
         info!(%viewer, %session, "test source: offering to viewer");

@@ -365,6 +365,7 @@ async fn the_timeline_lines_up_three_publishers_one_late_one_returning() {
     let aligned = |id: &str| {
         let mut c = source_config(&url, id, Some(room));
         c.wall_aligned = true;
+        c.label = Some(format!("Camera {id}"));
         c
     };
     let rec = InProcess::start(&recorder_args(
@@ -399,6 +400,15 @@ async fn the_timeline_lines_up_three_publishers_one_late_one_returning() {
     sorted.sort();
     assert_eq!(sorted, ["a", "b", "c", "c"], "{joined:?}");
     assert_eq!(events(&lines, "publisher-left").len(), 4);
+    let labels: Vec<String> = events(&lines, "publisher-label")
+        .iter()
+        .map(|l| match &l.event {
+            ManifestEvent::PublisherLabel { stream_id, label } => format!("{stream_id}={label}"),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(labels.len(), 4, "{labels:?}");
+    assert!(labels.contains(&"b=Camera b".to_owned()), "{labels:?}");
     assert_eq!(events(&lines, "file-opened").len(), 4);
     assert!(
         events(&lines, "clock").len() >= 4,
