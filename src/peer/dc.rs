@@ -391,7 +391,10 @@ mod tests {
             DcMessage::Info { label } => label,
             other => panic!("{other:?}"),
         };
-        assert_eq!(label(r#"{"info":{"label":"Alice"}}"#).as_deref(), Some("Alice"));
+        assert_eq!(
+            label(r#"{"info":{"label":"Alice"}}"#).as_deref(),
+            Some("Alice")
+        );
         assert_eq!(
             label(r#"{"info":{"label":"A\u001b[2Jb\nc"}}"#).as_deref(),
             Some("A[2Jbc")

@@ -668,8 +668,7 @@ impl Publisher {
                 })
                 .await;
                 // The web app tells a viewer who it is (`&label=`) in an `info` object.
-                if let (Some(label), Some((dc, _))) =
-                    (&self.config.label, self.channels.get(index))
+                if let (Some(label), Some((dc, _))) = (&self.config.label, self.channels.get(index))
                 {
                     let info = serde_json::json!({ "info": { "label": label } });
                     let _ = dc.send_text(&info.to_string()).await;

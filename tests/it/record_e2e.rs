@@ -897,7 +897,7 @@ fn selftest_process_passes() {
 // ---------------------------------------------------------------------------------------------
 
 /// The files in `dir` with extension `ext`, by name, with their sizes.
-fn files_with(dir: &Path, ext: &str) -> BTreeMap<String, u64> {
+pub(crate) fn files_with(dir: &Path, ext: &str) -> BTreeMap<String, u64> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return BTreeMap::new();
     };
@@ -912,7 +912,7 @@ fn files_with(dir: &Path, ext: &str) -> BTreeMap<String, u64> {
 }
 
 /// Times (s) of the first and last video packets ffprobe reads from a file.
-fn video_span(path: &Path) -> (f64, f64, usize) {
+pub(crate) fn video_span(path: &Path) -> (f64, f64, usize) {
     let (out, _) = crate::support::ffmpeg::run(
         "ffprobe",
         &[

@@ -744,3 +744,69 @@ async fn real_publishers_are_cut_into_segments_at_keyframes_with_nothing_lost() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matroska_segments_each_play_alone_with_their_own_duration() {
+    use crate::record_e2e::{files_with, video_span};
+    let server = TestServer::start().await;
+    let dir = TestDir::new("segments-mkv");
+    let room = "mkvseg";
+    let rec = InProcess::start(&recorder_args(
+        &server.url,
+        dir.path(),
+        &[
+            "--room",
+            room,
+            "--record-room",
+            "--container",
+            "mkv",
+            "--segment-seconds",
+            "3",
+            "--min-free-mb",
+            "1",
+        ],
+    ));
+    let p = Publisher::start(source_config(&server.url, "m", Some(room)));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let summaries = rec.stop().await;
+    p.stop().await;
+    let summary = summaries.iter().find(|s| s.stream_id == "m").unwrap();
+    let files = files_with(dir.path(), "mkv");
+    assert!(files.len() >= 3, "{files:?}");
+    assert_eq!(files.len() as u64, summary.files);
+    let mut frames = 0;
+    for (i, name) in files.keys().enumerate() {
+        let path = dir.path().join(name);
+        assert!(name.ends_with(&format!("_{i:05}.mkv")), "{name}");
+        let errors = decode_errors(&path);
+        assert!(errors.is_empty(), "{name} decodes with: {errors}");
+        // Each segment starts at its own time zero and says how long it is.
+        let (first, last, n) = video_span(&path);
+        assert!(first.abs() < 0.001, "{name} starts at {first}");
+        frames += n as u64;
+        let (out, _) = crate::support::ffmpeg::run(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "csv=p=0",
+                path.to_str().unwrap(),
+            ],
+        );
+        let duration: f64 = out
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {out}"));
+        assert!(
+            (duration - last).abs() < 0.1,
+            "{name}: duration {duration} vs last frame {last}"
+        );
+        if i + 1 < files.len() {
+            assert!((2.9..3.6).contains(&duration), "{name}: {duration} s");
+        }
+    }
+    assert_eq!(frames, summary.core.frames_written, "{summary}");
+}
