@@ -1,17 +1,19 @@
 //! Fuzzes one publisher's whole recording core (`StreamMuxer`): RTP packets of both tracks
 //! with fuzzed headers and payloads (or real packets of the built-in clip with fuzzed
-//! headers), Sender Reports, polls with advancing time, keyframe requests and an early finish.
-//! Checks that the output is always whole 188-byte packets and that the whole file passes the
-//! transport stream conformance checker.
+//! headers), Sender Reports, polls with advancing time, keyframe requests, new files asked for,
+//! segment limits and an early finish. Checks that the output is always whole 188-byte packets
+//! and that every file (segment) passes the transport stream conformance checker on its own,
+//! and that the files hold every unit written, once.
 //!
-//! Input: records `[op][args…]`:
+//! Input: `[segment]` (0: no segments; else a file ends at the first keyframe `segment` × 50 ms
+//! past its start), then records `[op][args…]`:
 //! - op % 8 = 0: video packet `[flags][len][payload…]`
 //! - 1: audio packet `[flags][len][payload…]`
 //! - 2: real clip packet `[flags][index hi][index lo]` (video or audio by its index)
 //! - 3: Sender Report `[kind][ntp delta: 4][rtp delta: 4]`
 //! - 4: poll after `[ms]` × 4 ms
 //! - 5: raw RTP datagram `[kind][len][bytes…]` through `RtpPacket::parse`
-//! - 6: take a keyframe request
+//! - 6: take a keyframe request (and with an odd argument `[x]`, ask for a new file)
 //! - 7: finish (then keep feeding: the muxer must stay sound)
 //!
 //! `flags` choose the marker bit, the sequence step (+1, +2, 0, −1, +5000, −3000, +1, +1), a
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ninjarec::testkit::clip::Clip;
+use ninjarec::media::segment::SegmentPolicy;
 use ninjarec::media::stream::{StreamConfig, StreamMuxer};
 use ninjarec::testkit::ts_check::{CheckOptions, check};
 use ninjarec::media::{RtpPacket, TrackKind, VideoCodec};
@@ -88,7 +91,15 @@ fn be32(b: &[u8]) -> u32 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(mut m) = StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true) else {
+    let [segment, data @ ..] = data else { return };
+    let config = StreamConfig {
+        segment: SegmentPolicy {
+            max_duration_90k: (*segment > 0).then(|| u64::from(*segment) * 4_500),
+            max_bytes: None,
+        },
+        ..StreamConfig::default()
+    };
+    let Some(mut m) = StreamMuxer::new(config, Some(VideoCodec::H264), true) else {
         return;
     };
     let start = Instant::now();
@@ -105,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
             frame: 960,
         },
     ];
+    let mut files: Vec<Vec<u8>> = Vec::new();
     let mut file = Vec::new();
     let mut rest = data;
     while let [op, tail @ ..] = rest {
@@ -194,8 +206,20 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 m.take_keyframe_request(now);
+                if let [x, tail @ ..] = rest {
+                    rest = tail;
+                    if x & 1 == 1 {
+                        m.start_new_file();
+                    }
+                }
             }
             _ => m.finish(now),
+        }
+        for end in m.take_ended() {
+            file.extend_from_slice(&end.tail);
+            assert!(end.patches.is_empty());
+            assert_eq!(end.span.bytes as usize, file.len(), "a file's span counts its bytes");
+            files.push(std::mem::take(&mut file));
         }
         let out = m.output();
         assert_eq!(out.len() % 188, 0, "output is not whole TS packets");
@@ -207,31 +231,41 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     m.finish(now);
+    assert!(m.take_ended().is_empty(), "finish ends no file but the last");
     file.extend_from_slice(m.output());
-    assert_eq!(file.len() % 188, 0);
-    if file.is_empty() {
-        return;
-    }
-    let opts = CheckOptions {
-        // A file may start with audio when no keyframe came within `idr_wait`.
-        audio_starts_with_video: false,
-        ..CheckOptions::default()
-    };
-    let r = check(&file, &opts);
+    files.push(file);
     let s = m.stats();
-    // Video offered but no keyframe ever came: after `idr_wait` the file is audio under a PMT
-    // that lists video, which is what the recorder wants (the PMT is fixed when the file
-    // opens). Everything else the checker reports is a bug.
-    let violations: Vec<&String> = r
-        .violations
-        .iter()
-        .filter(|v| {
-            !(s.frames_written == 0 && v.as_str() == "PMT lists video but there is no video PES")
-        })
-        .collect();
-    assert!(violations.is_empty(), "{violations:#?}");
-    assert_eq!(r.video.len() as u64, s.frames_written);
-    assert_eq!(r.audio.len() as u64, s.audio_written);
+    let (mut video, mut audio) = (0, 0);
+    for (i, file) in files.iter().enumerate() {
+        assert_eq!(file.len() % 188, 0);
+        if file.is_empty() {
+            continue;
+        }
+        let opts = CheckOptions {
+            // A file may start with audio when no keyframe came within `idr_wait`.
+            audio_starts_with_video: false,
+            ..CheckOptions::default()
+        };
+        let r = check(file, &opts);
+        // Video offered but no keyframe ever came: after `idr_wait` the file is audio under a
+        // PMT that lists video, which is what the recorder wants (the PMT is fixed when the
+        // file opens). Everything else the checker reports is a bug.
+        let violations: Vec<&String> = r
+            .violations
+            .iter()
+            .filter(|v| {
+                !(r.video.is_empty() && v.as_str() == "PMT lists video but there is no video PES")
+            })
+            .collect();
+        assert!(violations.is_empty(), "file {i}: {violations:#?}");
+        if i > 0 {
+            assert!(r.video.first().is_some_and(|v| v.keyframe), "file {i} starts at a keyframe");
+        }
+        video += r.video.len() as u64;
+        audio += r.audio.len() as u64;
+    }
+    assert_eq!(video, s.frames_written);
+    assert_eq!(audio, s.audio_written);
 });
 
 /// Each track's SSRC (Sender Reports are matched to tracks by it).
