@@ -29,7 +29,7 @@ pub struct Verified {
 
 /// The slice NAL units (types 1 and 5) of an access unit, concatenated: what a decoder turns
 /// into pixels. SPS/PPS/SEI/AUD placement may legitimately differ between sender and file.
-fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+pub fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     for nal in nals {
         if matches!(nal.first().map(|b| b & 0x1F), Some(1 | 5)) {

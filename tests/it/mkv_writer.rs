@@ -13,7 +13,9 @@ use ninjarec::mux::mkv::MkvWriter;
 use ninjarec::testkit::clip::Clip;
 use ninjarec::testkit::mkv_check::{CheckOptions, MkvReport, apply_patches, check};
 
-use crate::support::ffmpeg::{clip_path, decode_errors, probe, run, video_frame_hashes};
+use crate::support::ffmpeg::{
+    clip_path, decode_errors, format_duration, probe, run, video_frame_hashes,
+};
 use crate::support::ivf::{
     self, AV1, VP8, VP9, av1c_of, encode, pick, read_ivf, read_ogg_opus, strip_temporal_delimiters,
 };
@@ -240,22 +242,6 @@ fn first_times(path: &Path, sel: &str) -> (f64, f64) {
             .unwrap_or_else(|e| panic!("ffprobe {what} of {path:?}: {out:?} ({e})"))
     };
     (one("-show_frames"), one("-show_packets"))
-}
-
-fn format_duration(path: &Path) -> f64 {
-    let (out, _) = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-            path.to_str().unwrap(),
-        ],
-    );
-    out.trim().parse().unwrap()
 }
 
 fn ok(r: &MkvReport) {

@@ -861,7 +861,10 @@ async fn hostile_stream_ids_become_safe_names_inside_the_folder() {
         }
     }
     assert_eq!(
-        listing.iter().filter(|n| n.ends_with(".timeline.jsonl")).count(),
+        listing
+            .iter()
+            .filter(|n| n.ends_with(".timeline.jsonl"))
+            .count(),
         1,
         "{listing:?}"
     );
@@ -1046,19 +1049,7 @@ async fn matroska_clean_close_has_duration_and_the_clips_frames() {
     let errors = decode_errors(&path);
     assert!(errors.is_empty(), "ffmpeg reports:\n{errors}");
     // The Duration element was patched in: ffprobe reads it without scanning.
-    let (out, _) = crate::support::ffmpeg::run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-            path.to_str().unwrap(),
-        ],
-    );
-    let duration: f64 = out.trim().parse().unwrap_or(0.0);
+    let duration = crate::support::ffmpeg::format_duration(&path);
     let (first, last, frames) = video_span(&path);
     assert!(
         duration >= 4.0 && (duration - (last - first)).abs() < 0.2,

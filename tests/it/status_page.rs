@@ -190,6 +190,17 @@ fn chromium(url: &str, profile: &Path, extra: &[String]) -> String {
     }
 }
 
+/// Renders `url` twice in headless Chromium: a screenshot to `shot`, then the DOM (returned).
+async fn screenshot_and_dom(url: &str, profile: &Path, shot: &Path) -> String {
+    chromium_async(
+        url,
+        profile,
+        vec![format!("--screenshot={}", shot.display())],
+    )
+    .await;
+    chromium_async(url, profile, vec!["--dump-dom".into()]).await
+}
+
 /// [`chromium`] from async code, under the lock for tests that load the cores.
 async fn chromium_async(url: &str, profile: &Path, extra: Vec<String>) -> String {
     let _heavy = heavy().await;
@@ -285,13 +296,7 @@ pub async fn check_status_page(base_url: &str, expect_streams: &[&str], shot: &P
         std::fs::create_dir_all(dir).expect("screenshot folder");
     }
     let _ = std::fs::remove_file(shot);
-    chromium_async(
-        &url,
-        &profile,
-        vec![format!("--screenshot={}", shot.display())],
-    )
-    .await;
-    let dom = chromium_async(&url, &profile, vec!["--dump-dom".into()]).await;
+    let dom = screenshot_and_dom(&url, &profile, shot).await;
     let _ = std::fs::remove_dir_all(&profile);
     check_rendered_rows(&dom, expect_streams);
     assert!(
@@ -489,13 +494,7 @@ async fn status_page_says_when_empty_and_when_unreachable() {
     std::fs::write(&file, STATUS_PAGE).expect("write page");
     let shot = shot_path(&dir, "status-unreachable.png");
     let url = format!("file://{}", file.display());
-    chromium_async(
-        &url,
-        &profile,
-        vec![format!("--screenshot={}", shot.display())],
-    )
-    .await;
-    let dom = chromium_async(&url, &profile, vec!["--dump-dom".into()]).await;
+    let dom = screenshot_and_dom(&url, &profile, &shot).await;
     assert!(
         dom.contains(
             "<div id=\"banner\" role=\"alert\" class=\"show\">Recorder unreachable since "

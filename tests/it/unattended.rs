@@ -11,7 +11,7 @@ use ninjarec::record::manifest::{ManifestEvent, ManifestLine, parse};
 use ninjarec::record::offsets;
 use ninjarec::testkit::clip::{Clip, split_annex_b};
 use ninjarec::testkit::ts_check::{CheckOptions, check};
-use ninjarec::testkit::verify::verify_file;
+use ninjarec::testkit::verify::{slices, verify_file};
 
 use crate::hooks_retention::{HOOK_VARS, hook_script, read_hook_log};
 use crate::record_e2e::{Process, Publisher, source_config, ts_files};
@@ -70,17 +70,6 @@ fn frame_index(clip: &Clip) -> HashMap<Vec<u8>, usize> {
         .enumerate()
         .map(|(i, f)| (slices(f.nals.iter().map(|n| n.as_ref())), i))
         .collect()
-}
-
-fn slices<'a>(nals: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for nal in nals {
-        if matches!(nal.first().map(|b| b & 0x1F), Some(1 | 5)) {
-            out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-            out.extend_from_slice(nal);
-        }
-    }
-    out
 }
 
 /// A recording as units: (PTS, clip frame index) per frame and (PTS, bytes) per Opus packet.
@@ -784,22 +773,7 @@ async fn matroska_segments_each_play_alone_with_their_own_duration() {
         let (first, last, n) = video_span(&path);
         assert!(first.abs() < 0.001, "{name} starts at {first}");
         frames += n as u64;
-        let (out, _) = crate::support::ffmpeg::run(
-            "ffprobe",
-            &[
-                "-v",
-                "error",
-                "-show_entries",
-                "format=duration",
-                "-of",
-                "csv=p=0",
-                path.to_str().unwrap(),
-            ],
-        );
-        let duration: f64 = out
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: {out}"));
+        let duration = crate::support::ffmpeg::format_duration(&path);
         assert!(
             (duration - last).abs() < 0.1,
             "{name}: duration {duration} vs last frame {last}"

@@ -105,6 +105,26 @@ pub fn video_frame_hashes(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The container's duration as ffprobe reads it (for Matroska: the patched Duration
+/// element, without scanning the file).
+pub fn format_duration(path: &Path) -> f64 {
+    let (out, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("ffprobe duration of {}: {out:?} ({e})", path.display()))
+}
+
 /// The built-in clip as shipped (`assets/clip.ts`).
 pub fn clip_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/clip.ts")
