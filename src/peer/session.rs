@@ -261,9 +261,16 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct SessionHandle {
     tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
 }
 
 impl SessionHandle {
+    /// Media events dropped so far because the receiver of the events fell behind (live,
+    /// for the status page; the final count comes with [`SessionEvent::Closed`]).
+    pub fn media_dropped(&self) -> u64 {
+        self.counters.media_dropped.load(Ordering::Relaxed)
+    }
+
     /// Apply a remote offer received over the WebSocket; the answer comes back as
     /// [`SessionEvent::LocalAnswer`].
     pub async fn remote_offer(&self, sdp: String) -> Result<(), SessionGone> {
@@ -301,11 +308,18 @@ impl SessionHandle {
 pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
-    tokio::spawn(run(config, cmd_rx, ev_tx));
-    (SessionHandle { tx: cmd_tx }, ev_rx)
+    let counters = Arc::new(Counters::default());
+    tokio::spawn(run(config, cmd_rx, ev_tx, counters.clone()));
+    (
+        SessionHandle {
+            tx: cmd_tx,
+            counters,
+        },
+        ev_rx,
+    )
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     video_packets: AtomicU64,
     audio_packets: AtomicU64,
@@ -388,6 +402,7 @@ async fn run(
     config: SessionConfig,
     mut cmd_rx: mpsc::Receiver<Command>,
     events: mpsc::Sender<SessionEvent>,
+    counters: Arc<Counters>,
 ) {
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
     let handler = Arc::new(super::Forwarder {
@@ -411,7 +426,7 @@ async fn run(
         pc,
         events,
         internal_tx,
-        counters: Arc::default(),
+        counters,
         stats: SessionStats::default(),
         remote_set: false,
         pending: Vec::new(),

@@ -93,6 +93,8 @@ pub struct LiveStats {
     pub waiting_for_disk: bool,
     /// The last disk error.
     pub disk_error: Option<String>,
+    /// Media events dropped because this recorder fell behind.
+    pub media_dropped: u64,
 }
 
 /// The end of one recording, printed at shutdown and returned to callers (tests, selftest).
@@ -277,6 +279,8 @@ struct Recorder {
     silence_reported: bool,
     /// The publisher's label, once it said one.
     label: Option<String>,
+    /// The session's count of media events dropped (recorder behind), as last read.
+    media_dropped: u64,
     /// Reports for the orchestrator, sent from the task's loop (never lost, never awaited
     /// inside the core's calls).
     outbox: Vec<StreamReport>,
@@ -350,6 +354,7 @@ async fn run(
         tracks_since: None,
         silence_reported: false,
         label: None,
+        media_dropped: 0,
         outbox: Vec::new(),
     };
     if session.remote_offer(offer_sdp).await.is_err() {
@@ -428,6 +433,7 @@ async fn run(
                 rec.check_disk(now);
                 rec.flush();
                 rec.report_timeline();
+                rec.media_dropped = session.media_dropped();
                 rec.publish_live();
                 rec.report_silent_tracks(now);
             }
@@ -876,6 +882,7 @@ impl Recorder {
             connected: self.connected,
             waiting_for_disk: !matches!(self.disk, DiskState::Ok),
             disk_error: self.disk_error.clone(),
+            media_dropped: self.media_dropped,
         });
     }
 }
