@@ -847,8 +847,9 @@ async fn hostile_stream_ids_become_safe_names_inside_the_folder() {
             e.file_name().into_string().unwrap()
         })
         .collect();
-    // One recording per publisher, and the run's room timeline.
-    assert_eq!(listing.len(), ids.len() + 2, "{listing:?}");
+    // One recording per publisher (the hostile IDs and the unhashed one), and each of the
+    // two recorders' room timeline.
+    assert_eq!(listing.len(), ids.len() + 3, "{listing:?}");
     for name in &listing {
         assert!(
             name.chars()
@@ -865,7 +866,7 @@ async fn hostile_stream_ids_become_safe_names_inside_the_folder() {
             .iter()
             .filter(|n| n.ends_with(".timeline.jsonl"))
             .count(),
-        1,
+        2,
         "{listing:?}"
     );
     let cut = |id: &str| -> String { id.chars().take(MAX_STREAM_ID_CHARS).collect() };
