@@ -55,11 +55,9 @@ pub enum ManifestEvent {
     },
     /// A publisher offered its stream and a recording of it starts.
     PublisherJoined {
-        /// Stream ID (desalted).
+        /// Stream ID (desalted). Its label, if it sends one, comes later as
+        /// [`ManifestEvent::PublisherLabel`].
         stream_id: String,
-        /// The label it sent, if any.
-        #[serde(skip_serializing_if = "Option::is_none", default)]
-        label: Option<String>,
     },
     /// A publisher said its label (display name), after joining.
     PublisherLabel {
@@ -456,7 +454,6 @@ mod tests {
             },
             ManifestEvent::PublisherJoined {
                 stream_id: "cam\"\n/../x".into(),
-                label: None,
             },
             ManifestEvent::FileClosed {
                 file: ClosedFileLine::from(&closed),

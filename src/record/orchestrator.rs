@@ -256,7 +256,6 @@ pub async fn run(
                         info!(%stream_id, "publisher offered its stream; recording");
                         run.manifest.emit(ManifestEvent::PublisherJoined {
                             stream_id: stream_id.clone(),
-                            label: None,
                         });
                         let identity = StreamIdentity {
                             peer: peer.clone(),

@@ -12,7 +12,8 @@
 //! - [`page`]: one self-contained HTML page (`GET /`) that polls `GET /status.json`;
 //! - [`http`]: the small HTTP server behind `--http` that serves the three;
 //! - [`table`]: the compact live table for a terminal, drawn by [`terminal`];
-//! - [`process`]: CPU, memory, file descriptors and free disk space, read from the kernel.
+//! - [`process`]: CPU, memory and file descriptors, read from the kernel (free disk space is
+//!   [`crate::record::disk::free_bytes`]).
 pub mod http;
 pub mod metrics;
 pub mod page;

@@ -7,8 +7,6 @@
 //! reads are cheap enough, and nothing here may fail the recorder: every reader returns zero
 //! (or `None`) when the kernel does not tell.
 
-use std::path::Path;
-
 use super::snapshot::ProcessStats;
 
 /// CPU seconds, resident set size and open descriptors of this process, from `/proc/self`
@@ -31,16 +29,6 @@ pub fn process_stats() -> ProcessStats {
         rss_bytes,
         open_fds: open_fds(),
     }
-}
-
-/// Bytes an unprivileged process may still write on the file system holding `path`
-/// (`f_bavail × f_frsize` of `statvfs`), `None` when it cannot be read (missing folder, a path
-/// with a NUL byte).
-///
-/// Why a wrapper: the measurement is [`crate::record::disk::free_bytes`], the same number
-/// `--min-free-mb` is checked against; a snapshot only needs to know whether it is known.
-pub fn disk_free_bytes(path: &Path) -> Option<u64> {
-    crate::record::disk::free_bytes(path).ok()
 }
 
 /// `utime + stime` (clock ticks) from the text of `/proc/<pid>/stat`.
@@ -133,16 +121,5 @@ mod tests {
         assert!(p.rss_bytes > 1_000_000, "{p:?}");
         // stdin, stdout, stderr at least; the listing's own descriptor is not counted.
         assert!(p.open_fds >= 3, "{p:?}");
-    }
-
-    #[test]
-    fn free_disk_space_is_read_or_none() {
-        let free = disk_free_bytes(&std::env::temp_dir());
-        assert!(free.is_some_and(|b| b > 0), "{free:?}");
-        assert_eq!(
-            disk_free_bytes(Path::new("/nonexistent/ninjarec/folder")),
-            None
-        );
-        assert_eq!(disk_free_bytes(Path::new("bad\0path")), None);
     }
 }

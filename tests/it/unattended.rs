@@ -381,7 +381,7 @@ async fn the_timeline_lines_up_three_publishers_one_late_one_returning() {
     let joined: Vec<String> = events(&lines, "publisher-joined")
         .iter()
         .map(|l| match &l.event {
-            ManifestEvent::PublisherJoined { stream_id, .. } => stream_id.clone(),
+            ManifestEvent::PublisherJoined { stream_id } => stream_id.clone(),
             _ => unreachable!(),
         })
         .collect();
