@@ -160,7 +160,45 @@ pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
         hooks.timeout = Duration::from_secs(args.hook_timeout.max(1));
         config.hooks = Some(hooks);
     }
+    config.upload = upload_config(args, &config.target)?;
     Ok(config)
+}
+
+/// `--upload` and its companions, or `None` without `--upload`.
+fn upload_config(
+    args: &RecordArgs,
+    room: &str,
+) -> anyhow::Result<Option<crate::upload::UploadConfig>> {
+    let Some(url) = &args.upload else {
+        if args.upload_delete_local {
+            bail!("--upload-delete-local needs --upload s3://bucket/prefix");
+        }
+        return Ok(None);
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let vars = crate::upload::PrefixVars {
+        host,
+        room: room.to_owned(),
+    };
+    let target = crate::upload::UploadTarget::parse(url, &vars)?;
+    if args.upload_concurrency == 0 || args.upload_concurrency > 16 {
+        bail!("--upload-concurrency must be 1 to 16");
+    }
+    Ok(Some(crate::upload::UploadConfig {
+        store: crate::upload::StoreConfig {
+            target,
+            endpoint: args.upload_endpoint.clone(),
+            region: args.upload_region.clone(),
+        },
+        dir: args.output_dir.clone(),
+        delete_local: args.upload_delete_local,
+        concurrency: args.upload_concurrency,
+    }))
 }
 
 fn ice_servers(args: &RecordArgs) -> anyhow::Result<Vec<IceServer>> {

@@ -221,6 +221,24 @@ pub struct RecordArgs {
     /// Delete this recorder's oldest finished files while they total more than this many MB.
     #[arg(long, value_name = "MB")]
     pub keep_mb: Option<u64>,
+    /// Upload every finished file (and segment) and the timeline to S3-compatible storage;
+    /// `{host}` and `{room}` in the prefix are replaced. Credentials: AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY (and the other usual AWS variables).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", env = "NINJAREC_UPLOAD")]
+    pub upload: Option<String>,
+    /// S3 endpoint of a self-hosted store (MinIO, Garage, Ceph...), e.g. `http://10.0.0.5:9000`;
+    /// requests are path-style. AWS_ENDPOINT_URL is used when this is not given.
+    #[arg(long, value_name = "URL", requires = "upload")]
+    pub upload_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION", requires = "upload")]
+    pub upload_region: Option<String>,
+    /// Delete a file locally once its upload is confirmed (size and checksum).
+    #[arg(long)]
+    pub upload_delete_local: bool,
+    /// Uploads at once.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub upload_concurrency: usize,
 }
 
 impl RecordArgs {

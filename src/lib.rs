@@ -17,3 +17,4 @@ pub mod signaling;
 pub mod status;
 pub mod testkit;
 pub mod testsrc;
+pub mod upload;

@@ -27,6 +27,7 @@ use crate::peer::{CipherError, PayloadCipher};
 use crate::signaling::client::{SignalingEvent, SignalingHandle, SignalingStatus};
 use crate::signaling::{self, Cipher, PeerId, SignalingConfig};
 use crate::status::snapshot::{Snapshot, StreamStatus};
+use crate::upload::{UploadConfig, UploadHandle};
 
 /// How long shutdown waits for recorders to say bye and finish their files.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -38,6 +39,8 @@ const STATUS_LOG_EVERY: u32 = 10;
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often retention runs (in snapshot ticks).
 const RETENTION_EVERY: u32 = 60;
+/// How long shutdown keeps uploading (`--upload`) before leaving the rest to the next start.
+const UPLOAD_GRACE: Duration = Duration::from_secs(60);
 
 /// The signaling cipher serves the data channel too: the web app may encrypt a renegotiation
 /// offer it sends there.
@@ -73,6 +76,8 @@ pub struct RunConfig {
     pub status_lines: bool,
     /// `--http ADDR`: serve `/metrics`, `/status.json` and the status page there.
     pub http: Option<String>,
+    /// `--upload s3://...`: copy every finished file to object storage.
+    pub upload: Option<UploadConfig>,
 }
 
 impl RunConfig {
@@ -88,6 +93,7 @@ impl RunConfig {
             snapshots: None,
             status_lines: true,
             http: None,
+            upload: None,
         }
     }
 }
@@ -112,6 +118,9 @@ pub enum RunError {
     /// `--http` could not listen.
     #[error(transparent)]
     Status(#[from] crate::status::http::StatusError),
+    /// `--upload` settings are wrong or its journal cannot be written.
+    #[error(transparent)]
+    Upload(#[from] crate::upload::worker::StartError),
 }
 
 struct Entry {
@@ -132,6 +141,7 @@ struct Run {
     settings: Arc<RecorderSettings>,
     manifest: Manifest,
     hooks: Option<HookHandle>,
+    upload: Option<UploadHandle>,
     guard: DiskGuard,
     /// Publishers whose recording waited for disk space when they came.
     refused_low_disk: u64,
@@ -169,7 +179,17 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // Before anything is recorded: the store is checked (one line if it fails) and what earlier
+    // runs left unuploaded is queued.
+    let upload = match config.upload.take() {
+        Some(u) => Some(crate::upload::worker::start(u).await?),
+        None => None,
+    };
     let (manifest, manifest_task) = Manifest::create(&output_dir, &config.recorder.prefix)?;
+    let timeline_path = manifest.path().to_owned();
+    if let Some(u) = &upload {
+        u.opened(&timeline_path);
+    }
     manifest.emit(ManifestEvent::RecorderStarted {
         target: config.target.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -188,6 +208,7 @@ pub async fn run(
         settings: settings.clone(),
         manifest,
         hooks: config.hooks.take().map(hooks::spawn),
+        upload,
         refused_low_disk: 0,
         finished: 0,
         signaling_connected: false,
@@ -393,8 +414,20 @@ pub async fn run(
     run.manifest.emit(ManifestEvent::RecorderStopped {
         recordings: run.finished,
     });
+    let upload = run.upload.take();
     drop(run);
     let _ = manifest_task.await;
+    if let Some(u) = upload {
+        // The timeline is complete now: it goes last.
+        let bytes = std::fs::metadata(&timeline_path).map_or(0, |m| m.len());
+        u.closed(&timeline_path, bytes);
+        let status = u.finish(UPLOAD_GRACE).await;
+        debug!(
+            pending = status.pending_files,
+            uploaded = status.uploaded_files,
+            "uploader finished"
+        );
+    }
     if let (Some(stop), Some(task)) = (status_stop, status_task) {
         let _ = stop.send(true);
         let _ = task.await;
@@ -406,8 +439,16 @@ impl Run {
     /// A recorder's file or timeline report: into the timeline, and closed files to the hooks.
     fn file_report(&mut self, report: StreamReport) {
         match report {
-            StreamReport::Timeline(event) => self.manifest.emit(event),
+            StreamReport::Timeline(event) => {
+                if let (Some(u), ManifestEvent::FileOpened { path, .. }) = (&self.upload, &event) {
+                    u.opened(std::path::Path::new(path));
+                }
+                self.manifest.emit(event)
+            }
             StreamReport::FileClosed(file) => {
+                if let Some(u) = &self.upload {
+                    u.closed(&file.path, file.bytes);
+                }
                 self.manifest.emit(ManifestEvent::FileClosed {
                     file: ClosedFileLine::from(file.as_ref()),
                 });
@@ -449,11 +490,15 @@ impl Run {
 
     /// One retention pass (off the runtime threads), never touching a file in use.
     async fn retention(&self, entries: &HashMap<PeerId, Entry>, policy: &RetentionPolicy) {
-        let in_use: HashSet<PathBuf> = entries
+        let dir = self.settings.output_dir.clone();
+        let mut in_use: HashSet<PathBuf> = entries
             .values()
             .filter_map(|e| e.live.borrow().path.clone())
             .collect();
-        let dir = self.settings.output_dir.clone();
+        // A file not yet in the bucket is never deleted.
+        if let Some(u) = &self.upload {
+            in_use.extend(u.status().pending_names.iter().map(|n| dir.join(n)));
+        }
         let prefix = self.settings.prefix.clone();
         let policy = policy.clone();
         let report = tokio::task::spawn_blocking(move || {
@@ -536,6 +581,7 @@ impl Run {
             streams,
             finished: self.finished,
             refused_low_disk: self.refused_low_disk,
+            upload: self.upload.as_ref().map(UploadHandle::status),
         }
     }
 }

@@ -90,6 +90,62 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "--min-free-mb in bytes: below it no new recording starts.",
         s.min_free_bytes as f64,
     );
+    if let Some(u) = &s.upload {
+        w.gauge(
+            "ninjarec_upload_pending_files",
+            "--upload: finished files not yet confirmed in the bucket (uploading ones included).",
+            u.pending_files as f64,
+        );
+        w.gauge(
+            "ninjarec_upload_pending_bytes",
+            "--upload: bytes of those files.",
+            u.pending_bytes as f64,
+        );
+        w.gauge(
+            "ninjarec_upload_in_progress",
+            "--upload: uploads in progress.",
+            u.uploading as f64,
+        );
+        w.counter(
+            "ninjarec_upload_files_total",
+            "--upload: files confirmed in the bucket (size and checksum) since the start.",
+            u.uploaded_files as f64,
+        );
+        w.counter(
+            "ninjarec_upload_bytes_total",
+            "--upload: bytes confirmed in the bucket since the start.",
+            u.uploaded_bytes as f64,
+        );
+        w.counter(
+            "ninjarec_upload_failures_total",
+            "--upload: failed upload attempts since the start (each is retried).",
+            u.failed_attempts as f64,
+        );
+        w.counter(
+            "ninjarec_upload_deleted_local_total",
+            "--upload-delete-local: files deleted locally after a confirmed upload.",
+            u.deleted_local as f64,
+        );
+        w.gauge(
+            "ninjarec_upload_failing",
+            "--upload: 1 while the store is failing and uploads wait for a retry, else 0.",
+            bool_value(u.retry_in_seconds.is_some()),
+        );
+        if let Some(ms) = u.last_success_unix_ms {
+            w.gauge(
+                "ninjarec_upload_last_success_time_seconds",
+                "--upload: when the last upload was confirmed (Unix seconds).",
+                ms_to_s(ms),
+            );
+        }
+        if let Some(ms) = u.last_error_unix_ms {
+            w.gauge(
+                "ninjarec_upload_last_error_time_seconds",
+                "--upload: when the last upload failed (Unix seconds); the message is in /status.json.",
+                ms_to_s(ms),
+            );
+        }
+    }
     w.counter(
         "ninjarec_process_cpu_seconds_total",
         "User and system CPU time of the process, seconds.",
@@ -399,6 +455,15 @@ mod tests {
             streams,
             finished: 3,
             refused_low_disk: 1,
+            upload: Some(crate::upload::UploadStatus {
+                pending_files: 3,
+                pending_bytes: 4_000_000,
+                uploaded_files: 11,
+                failed_attempts: 2,
+                retry_in_seconds: Some(4.0),
+                last_error_unix_ms: Some(1_700_000_100_000),
+                ..Default::default()
+            }),
         }
     }
 
@@ -585,6 +650,16 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(v("ninjarec_signaling_connected", None), Some(1.0));
+        assert_eq!(v("ninjarec_upload_pending_files", None), Some(3.0));
+        assert_eq!(v("ninjarec_upload_pending_bytes", None), Some(4e6));
+        assert_eq!(v("ninjarec_upload_files_total", None), Some(11.0));
+        assert_eq!(v("ninjarec_upload_failures_total", None), Some(2.0));
+        assert_eq!(v("ninjarec_upload_failing", None), Some(1.0));
+        assert_eq!(
+            v("ninjarec_upload_last_error_time_seconds", None),
+            Some(1_700_000_100.0)
+        );
+        assert_eq!(v("ninjarec_upload_last_success_time_seconds", None), None);
         assert_eq!(
             v("ninjarec_start_time_seconds", None),
             Some(1_700_000_000.0)

@@ -79,6 +79,7 @@ footer { color: var(--muted); font-size: 12px; padding: 0 20px 16px; }
     <div class="card" id="c-sig"><div class="label">Signaling</div><div class="value" id="v-sig">–</div><div class="sub" id="s-sig"></div></div>
     <div class="card" id="c-cpu"><div class="label">CPU</div><div class="value" id="v-cpu">–</div><div class="sub" id="s-cpu"></div></div>
     <div class="card" id="c-mem"><div class="label">Memory (RSS)</div><div class="value" id="v-mem">–</div><div class="sub" id="s-mem"></div></div>
+    <div class="card" id="c-up" hidden><div class="label">Upload</div><div class="value" id="v-up">–</div><div class="sub" id="s-up"></div></div>
   </section>
   <div class="tablewrap">
     <table>
@@ -162,6 +163,15 @@ function renderSummary(s) {
   setCard("cpu", cpu, cpuSub, "");
   setCard("mem", bytes(p.rss_bytes), count(p.open_fds) + " open files", "");
   $("target").textContent = (s.target || "") + (s.output_dir ? " → " + s.output_dir : "");
+  const u = s.upload;
+  $("c-up").hidden = !u;
+  if (u) {
+    const pending = num(u.pending_files) || 0;
+    let sub = count(u.uploaded_files) + " uploaded · " + bytes(u.pending_bytes) + " waiting";
+    if (u.last_error && (num(u.retry_in_seconds) !== null || pending)) sub += " · " + u.last_error;
+    setCard("up", count(pending) + " pending", sub,
+            num(u.retry_in_seconds) !== null ? "bad" : (pending > 10 ? "warn" : "ok"));
+  }
 }
 
 function renderRows(s) {

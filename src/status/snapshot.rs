@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub finished: u64,
     /// Publishers not recorded because the disk was below `--min-free-mb`.
     pub refused_low_disk: u64,
+    /// `--upload`: what is still to go to the bucket, and the last error.
+    pub upload: Option<crate::upload::UploadStatus>,
 }
 
 /// CPU and memory of the process (from `/proc/self`; zero where unavailable).

@@ -391,6 +391,7 @@ fn fabricated_snapshot() -> Snapshot {
         ],
         finished: 5,
         refused_low_disk: 0,
+        upload: None,
     }
 }
 
