@@ -30,7 +30,7 @@ pub fn init_logging(verbose: u8, quiet: u8, live_table: bool) -> Option<LiveTabl
         _ => "error",
     };
     let default = format!(
-        "{level},rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc=error,webrtc=error,webrtc_ice=error"
+        "{level},rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc=error,webrtc=error,webrtc_ice=error,object_store=warn,reqwest=warn,hyper_util=warn"
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -194,6 +194,7 @@ fn upload_config(
             target,
             endpoint: args.upload_endpoint.clone(),
             region: args.upload_region.clone(),
+            credentials: None,
         },
         dir: args.output_dir.clone(),
         delete_local: args.upload_delete_local,

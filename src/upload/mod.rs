@@ -19,7 +19,7 @@
 //!   files they were writing when they died.
 //! - An unreachable store never slows recording: files wait on disk (the disk guard still
 //!   applies, and retention never deletes a file not yet uploaded), retried with jittered
-//!   backoff up to 5 minutes; one warning when uploads start failing, one a minute while they
+//!   backoff up to a minute; one warning when uploads start failing, one a minute while they
 //!   fail, one when they work again.
 //! - The store is checked before recording starts (bucket, credentials): one line if it fails,
 //!   and recording goes on locally.

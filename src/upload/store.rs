@@ -39,6 +39,9 @@ pub struct StoreConfig {
     pub endpoint: Option<String>,
     /// `--upload-region` (or `AWS_REGION`); `us-east-1` when neither says.
     pub region: Option<String>,
+    /// Access key ID and secret, instead of what the environment says (for embedding; the
+    /// command line takes credentials from the environment only, never from flags).
+    pub credentials: Option<(String, String)>,
 }
 
 /// Why the store could not be used (one line each, for the log and the status page).
@@ -116,6 +119,9 @@ pub fn build(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
         .with_virtual_hosted_style_request(false);
     if let Some(e) = endpoint {
         b = b.with_endpoint(e);
+    }
+    if let Some((id, secret)) = &cfg.credentials {
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
     }
     b.build()
         .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
@@ -261,7 +267,11 @@ fn classify(e: &object_store::Error, bucket: &str) -> StoreError {
         {
             StoreError::Credentials(short_reason(&text))
         }
-        _ => StoreError::Unreachable(text),
+        // object_store says where and how often before the cause: the cause is what helps.
+        _ => StoreError::Unreachable(match text.rsplit_once(" - ") {
+            Some((_, cause)) if cause.len() > 10 => cause.to_owned(),
+            _ => text,
+        }),
     }
 }
 

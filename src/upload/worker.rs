@@ -22,6 +22,9 @@ use crate::record::manifest::unix_ms;
 
 /// How long the check before recording may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between tries while the store fails: a store that comes back is used
+/// again within this.
+const RETRY_CAP: Duration = Duration::from_secs(60);
 /// At most one "still failing" warning this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -197,9 +200,10 @@ pub async fn start(config: UploadConfig) -> Result<UploadHandle, StartError> {
         sizes: HashMap::new(),
         in_flight: JoinSet::new(),
         attempts: HashMap::new(),
-        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+        backoff: Backoff::new(Duration::from_secs(1), RETRY_CAP),
         retry_at: None,
-        failing: false,
+        // A failed check already said it: the next warning waits its minute.
+        failing: last_warn.is_some(),
         last_warn,
         status,
         status_tx,
@@ -298,6 +302,8 @@ impl Worker {
                     Some(Cmd::Finish(grace)) => {
                         deadline = Some(tokio::time::Instant::now() + grace);
                         open = false;
+                        // One more try now, even while backing off: the store may be back.
+                        self.retry_at = None;
                     }
                     None => {
                         deadline.get_or_insert_with(tokio::time::Instant::now);

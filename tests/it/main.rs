@@ -19,3 +19,4 @@ mod sync_media;
 mod testsrc;
 mod ts_writer;
 mod unattended;
+mod upload;

@@ -82,8 +82,14 @@ pub(crate) struct Process {
 
 impl Process {
     pub(crate) fn start(args: &[String]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables for the child.
+    pub(crate) fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ninjarec"))
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
