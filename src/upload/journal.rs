@@ -129,7 +129,10 @@ impl Journal {
                 }
             }
             JournalLine::Closed { bytes, .. } => {
-                if matches!(now, None | Some(FileState::Opened) | Some(FileState::Closed(_))) {
+                if matches!(
+                    now,
+                    None | Some(FileState::Opened) | Some(FileState::Closed(_))
+                ) {
                     self.files.insert(name, FileState::Closed(*bytes));
                 }
             }

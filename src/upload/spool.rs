@@ -277,7 +277,11 @@ mod tests {
         assert_eq!(adopted.skipped_lines, 1);
         assert_eq!(next.state().state("a.ts"), Some(FileState::Closed(5)));
         assert_eq!(next.state().to_upload(false), ["a.ts", "b.ts", "c.ts"]);
-        assert_eq!(next.state().state("live.ts"), None, "the live journal is not taken");
+        assert_eq!(
+            next.state().state("live.ts"),
+            None,
+            "the live journal is not taken"
+        );
         assert!(!dir.join(format!("{STEM}1-1.journal")).exists());
         assert!(!dir.join(format!("{STEM}1-1.lock")).exists());
         assert!(live.path().exists());

@@ -54,7 +54,9 @@ pub enum StoreError {
     #[error("bucket {0:?} does not exist")]
     NoBucket(String),
     /// The store refused our credentials.
-    #[error("the store refused the credentials ({0}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")]
+    #[error(
+        "the store refused the credentials ({0}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    )]
     Credentials(String),
     /// The store could not be reached or failed.
     #[error("{0}")]
@@ -100,7 +102,11 @@ pub fn build(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let options = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(300))
-        .with_allow_http(endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+        .with_allow_http(
+            endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://")),
+        );
     // Short retries inside a request; the uploader's own backoff covers long outages.
     let retry = RetryConfig {
         backoff: BackoffConfig {
@@ -257,7 +263,8 @@ fn classify(e: &object_store::Error, bucket: &str) -> StoreError {
     let has = |s: &str| text.contains(s);
     match e {
         _ if has("NoSuchBucket") => StoreError::NoBucket(bucket.to_owned()),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
             StoreError::Credentials(short_reason(&text))
         }
         _ if has("InvalidAccessKeyId")

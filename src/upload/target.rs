@@ -19,7 +19,9 @@ pub enum TargetError {
     )]
     Bucket(String),
     /// The prefix has an empty, `.` or `..` part, or a character S3 tools choke on.
-    #[error("--upload: prefix {0:?} is not valid (parts must be non-empty, not . or .., printable)")]
+    #[error(
+        "--upload: prefix {0:?} is not valid (parts must be non-empty, not . or .., printable)"
+    )]
     Prefix(String),
 }
 
@@ -165,7 +167,12 @@ mod tests {
                 "{b}"
             );
         }
-        for p in ["s3://rec/a//b", "s3://rec/../x", "s3://rec/a/./b", "s3://rec/a\u{7}"] {
+        for p in [
+            "s3://rec/a//b",
+            "s3://rec/../x",
+            "s3://rec/a/./b",
+            "s3://rec/a\u{7}",
+        ] {
             assert!(
                 matches!(UploadTarget::parse(p, &v), Err(TargetError::Prefix(_))),
                 "{p}"

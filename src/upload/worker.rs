@@ -424,11 +424,17 @@ impl Worker {
                 let delay = self.backoff.next_delay();
                 self.retry_at = Some(tokio::time::Instant::now() + delay);
                 let now = Instant::now();
-                let due = self.last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY);
+                let due = self
+                    .last_warn
+                    .is_none_or(|t| now.duration_since(t) >= WARN_EVERY);
                 if !self.failing || due {
                     warn!(
                         "upload: {name} failed ({e}){}; {} file(s) waiting, next try in {:.0} s; recording continues",
-                        if n > 1 { format!(", attempt {n}") } else { String::new() },
+                        if n > 1 {
+                            format!(", attempt {n}")
+                        } else {
+                            String::new()
+                        },
                         self.sizes.len(),
                         delay.as_secs_f64().ceil()
                     );
@@ -470,7 +476,10 @@ impl Worker {
             Ok((spool, r)) => {
                 if let Err(e) = r {
                     let now = Instant::now();
-                    if self.last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                    if self
+                        .last_warn
+                        .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+                    {
                         warn!(journal = %spool.path().display(), "upload: journal write failed: {e}");
                         self.last_warn = Some(now);
                     }

@@ -92,7 +92,13 @@ impl S3Server {
     /// Freezes or thaws the process: requests hang, as on a dead link.
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     fn endpoint(&self) -> String {
@@ -210,7 +216,7 @@ fn closed_spans(dir: &Path) -> BTreeMap<String, Vec<(u64, u64)>> {
         for line in String::from_utf8(bytes).unwrap().lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             if v["event"] == "file-closed" {
-                let f = &v["file"];
+                let f = &v;
                 out.entry(f["stream_id"].as_str().unwrap().to_owned())
                     .or_default()
                     .push((
@@ -280,7 +286,9 @@ async fn a_room_of_three_in_segments_lands_in_the_bucket_through_a_30_s_outage()
             let j: serde_json::Value =
                 serde_json::from_str(&http_get(&base, "/status.json").await.body).unwrap();
             assert!(
-                j["upload"]["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+                j["upload"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
                 "{j}"
             );
             seen_failing = true;
@@ -331,7 +339,19 @@ async fn a_room_of_three_in_segments_lands_in_the_bucket_through_a_30_s_outage()
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("upload:"))
         .count();
-    assert!((1..=3).contains(&warnings), "{warnings} upload warnings\n{log}");
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} upload warnings\n{log}"
+    );
+    eprintln!(
+        "upload outage: {segments} segments + timeline, {} objects ({before_outage} before the \
+         outage), {warnings} warning line(s); upload lines:\n{}",
+        s3.objects().len(),
+        log.lines()
+            .filter(|l| l.contains("upload:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(log.contains("answers again"), "{log}");
 }
 
@@ -371,7 +391,11 @@ async fn uploads_pending_at_kill_9_are_resumed_at_the_next_start_and_deleted_onl
     let before = local_files(dir.path());
     let recorded = before.keys().filter(|n| n.ends_with(".ts")).count();
     assert!(recorded >= 4, "{before:?}");
-    assert!(hidden_files(dir.path()).iter().any(|n| n.ends_with(".journal")));
+    assert!(
+        hidden_files(dir.path())
+            .iter()
+            .any(|n| n.ends_with(".journal"))
+    );
     assert!(s3.objects().is_empty());
 
     // The store is back (the frozen one is replaced); a new run resumes everything.
@@ -401,7 +425,11 @@ async fn uploads_pending_at_kill_9_are_resumed_at_the_next_start_and_deleted_onl
         "{:?}",
         local_files(dir.path()).keys()
     );
-    assert!(hidden_files(dir.path()).is_empty(), "{:?}", hidden_files(dir.path()));
+    assert!(
+        hidden_files(dir.path()).is_empty(),
+        "{:?}",
+        hidden_files(dir.path())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +441,12 @@ async fn wrong_credentials_or_a_missing_bucket_are_one_line_at_start_and_recordi
     let p = Publisher::start(source_config(&url, "b1", Some("broom")));
     for (case, bucket, secret, expect) in [
         ("creds", "rec", "not-the-secret", "refused the credentials"),
-        ("bucket", "nosuchbucket", SECRET_KEY, "bucket \"nosuchbucket\" does not exist"),
+        (
+            "bucket",
+            "nosuchbucket",
+            SECRET_KEY,
+            "bucket \"nosuchbucket\" does not exist",
+        ),
     ] {
         let dir = TestDir::new(&format!("upload-bad-{case}"));
         let mut args = recorder_args(
@@ -518,10 +551,7 @@ fn the_systemd_template_unit_verifies() {
         .output()
         .expect("systemd-analyze (Debian package systemd) runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("ninjarec@"))
-        .collect();
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("ninjarec@")).collect();
     assert!(
         out.status.success() && problems.is_empty(),
         "systemd-analyze verify: {}\n{stderr}",
