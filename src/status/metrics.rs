@@ -128,8 +128,8 @@ pub fn render_metrics(s: &Snapshot) -> String {
         );
         w.gauge(
             "ninjarec_upload_failing",
-            "--upload: 1 while the store is failing and uploads wait for a retry, else 0.",
-            bool_value(u.retry_in_seconds.is_some()),
+            "--upload: 1 from a failed try until the store answers again (retries go on), else 0.",
+            bool_value(u.failing),
         );
         if let Some(ms) = u.last_success_unix_ms {
             w.gauge(
@@ -461,6 +461,7 @@ mod tests {
                 uploaded_files: 11,
                 failed_attempts: 2,
                 retry_in_seconds: Some(4.0),
+                failing: true,
                 last_error_unix_ms: Some(1_700_000_100_000),
                 ..Default::default()
             }),

@@ -168,9 +168,9 @@ function renderSummary(s) {
   if (u) {
     const pending = num(u.pending_files) || 0;
     let sub = count(u.uploaded_files) + " uploaded · " + bytes(u.pending_bytes) + " waiting";
-    if (u.last_error && (num(u.retry_in_seconds) !== null || pending)) sub += " · " + u.last_error;
+    if (u.last_error && u.failing) sub += " · " + u.last_error;
     setCard("up", count(pending) + " pending", sub,
-            num(u.retry_in_seconds) !== null ? "bad" : (pending > 10 ? "warn" : "ok"));
+            u.failing ? "bad" : (pending > 10 ? "warn" : "ok"));
   }
 }
 

@@ -76,6 +76,22 @@ fn health_line(s: &Snapshot) -> String {
     } else {
         " | SIGNALING DOWN"
     });
+    if let Some(u) = &s.upload {
+        if u.failing {
+            let _ = write!(
+                line,
+                " | UPLOAD FAILING, {} waiting ({})",
+                u.pending_files,
+                bytes(u.pending_bytes)
+            );
+        } else {
+            let _ = write!(
+                line,
+                " | upload {} done, {} waiting",
+                u.uploaded_files, u.pending_files
+            );
+        }
+    }
     let _ = write!(
         line,
         " | cpu {:.1} s | rss {}",
@@ -246,6 +262,16 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("SIGNALING DOWN"), "{t}");
+        assert!(!t.contains("upload"), "no --upload, no word of it: {t}");
+        s.upload = Some(crate::upload::UploadStatus {
+            pending_files: 3,
+            pending_bytes: 2_000_000,
+            retry_in_seconds: Some(8.0),
+            failing: true,
+            ..Default::default()
+        });
+        let t = render_table(&s, 300);
+        assert!(t.contains("UPLOAD FAILING, 3 waiting (2.0 MB)"), "{t}");
         assert!(t.contains("recording (DISK ERR)"), "{t}");
         s.disk_free_bytes = None;
         assert!(render_table(&s, 300).contains("disk free unknown"));

@@ -101,7 +101,7 @@ pub fn build(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
         .unwrap_or_else(|| "us-east-1".to_owned());
     let options = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(300))
+        .with_timeout(Duration::from_secs(120))
         .with_allow_http(
             endpoint
                 .as_deref()

@@ -21,7 +21,7 @@ use crate::record::disk::Backoff;
 use crate::record::manifest::unix_ms;
 
 /// How long the check before recording may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait between tries while the store fails: a store that comes back is used
 /// again within this.
 const RETRY_CAP: Duration = Duration::from_secs(60);
@@ -68,7 +68,9 @@ pub struct UploadStatus {
     pub last_error_unix_ms: Option<u64>,
     /// When the last upload was confirmed (Unix ms).
     pub last_success_unix_ms: Option<u64>,
-    /// Seconds until the next try, while the store is failing.
+    /// The store failed the last try and has not answered since (retries go on).
+    pub failing: bool,
+    /// Seconds until the next try, while waiting after a failure.
     pub retry_in_seconds: Option<f64>,
     /// Names of the pending files: retention must not delete them.
     #[serde(skip)]
@@ -300,6 +302,13 @@ impl Worker {
                         self.enqueue(name, bytes);
                     }
                     Some(Cmd::Finish(grace)) => {
+                        if !self.sizes.is_empty() {
+                            info!(
+                                "upload: {} file(s) still to upload; trying for up to {} s (a second Ctrl-C leaves them for the next start)",
+                                self.sizes.len(),
+                                grace.as_secs()
+                            );
+                        }
                         deadline = Some(tokio::time::Instant::now() + grace);
                         open = false;
                         // One more try now, even while backing off: the store may be back.
@@ -494,6 +503,7 @@ impl Worker {
         self.status.pending_files = self.sizes.len() as u64;
         self.status.pending_bytes = self.sizes.values().sum();
         self.status.uploading = self.in_flight.len() as u64;
+        self.status.failing = self.failing;
         self.status.retry_in_seconds = self.retry_at.map(|t| {
             t.saturating_duration_since(tokio::time::Instant::now())
                 .as_secs_f64()
