@@ -463,10 +463,18 @@ impl Run {
     /// A recording ended.
     fn finished(&mut self, summary: &StreamSummary) {
         self.finished += 1;
-        let reason = summary.close_reason.as_ref().map_or_else(
-            || "shutdown".to_owned(),
-            |r| format!("{r:?}").to_lowercase(),
-        );
+        let reason = if summary.crashed.is_some() {
+            // Its last file was never reported closed: it is as finished as it will be.
+            if let (Some(u), Some(path)) = (&self.upload, &summary.path) {
+                u.closed(path, std::fs::metadata(path).map_or(0, |m| m.len()));
+            }
+            "crashed".to_owned()
+        } else {
+            summary.close_reason.as_ref().map_or_else(
+                || "shutdown".to_owned(),
+                |r| format!("{r:?}").to_lowercase(),
+            )
+        };
         self.manifest.emit(ManifestEvent::PublisherLeft {
             stream_id: summary.stream_id.clone(),
             reason,

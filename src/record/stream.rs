@@ -116,6 +116,9 @@ pub struct StreamSummary {
     pub disk_error: Option<String>,
     /// Files written (more than one with segments, codec changes or disk errors).
     pub files: u64,
+    /// Set when the recorder task panicked: what it said. The file stays playable up to its
+    /// last write; the counters are the last ones published.
+    pub crashed: Option<String>,
 }
 
 impl std::fmt::Display for StreamSummary {
@@ -159,6 +162,9 @@ impl std::fmt::Display for StreamSummary {
         }
         if let Some(e) = &self.disk_error {
             write!(f, ", DISK ERROR: {e}")?;
+        }
+        if let Some(e) = &self.crashed {
+            write!(f, ", RECORDER CRASHED: {e}")?;
         }
         Ok(())
     }
@@ -240,7 +246,14 @@ pub fn spawn(
 ) -> (mpsc::Sender<StreamCommand>, watch::Receiver<LiveStats>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (live_tx, live_rx) = watch::channel(LiveStats::default());
-    tokio::spawn(run(
+    let watched = Watched {
+        peer: identity.peer.clone(),
+        generation: identity.generation,
+        stream_id: identity.stream_id.clone(),
+        live: live_rx.clone(),
+        reports: reports.clone(),
+    };
+    let task = tokio::spawn(run(
         settings,
         identity,
         offer_sdp,
@@ -249,7 +262,58 @@ pub fn spawn(
         live_tx,
         wait_for_disk,
     ));
+    tokio::spawn(supervise(task, watched));
     (cmd_tx, live_rx)
+}
+
+/// What the supervisor of a recorder task needs to report its end if the task cannot.
+struct Watched {
+    peer: PeerId,
+    generation: u64,
+    stream_id: String,
+    live: watch::Receiver<LiveStats>,
+    reports: mpsc::Sender<StreamReport>,
+}
+
+/// Waits for a recorder task; if it panicked, reports its end in its place (the mini-redis
+/// way: the end of a task is always noticed), so the orchestrator removes its entry and asks
+/// the publisher again, and the other recordings never notice.
+async fn supervise(task: tokio::task::JoinHandle<()>, w: Watched) {
+    let Err(e) = task.await else { return };
+    let why = if e.is_panic() {
+        let payload = e.into_panic();
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned())
+    } else {
+        "cancelled".to_owned()
+    };
+    let live = w.live.borrow().clone();
+    error!(
+        stream = %w.stream_id,
+        "recorder crashed ({why}); its file stays playable up to its last write, and the publisher is asked again"
+    );
+    let summary = StreamSummary {
+        stream_id: w.stream_id,
+        files: live.segment + u64::from(live.path.is_some()),
+        path: live.path,
+        bytes: live.bytes,
+        core: live.core,
+        close_reason: None,
+        media_dropped: live.media_dropped,
+        disk_error: live.disk_error,
+        crashed: Some(why),
+    };
+    let _ = w
+        .reports
+        .send(StreamReport::Finished {
+            peer: w.peer,
+            generation: w.generation,
+            summary: Box::new(summary),
+        })
+        .await;
 }
 
 struct Recorder {
@@ -436,6 +500,8 @@ async fn run(
                 rec.media_dropped = session.media_dropped();
                 rec.publish_live();
                 rec.report_silent_tracks(now);
+                #[cfg(debug_assertions)]
+                test_panic(&rec);
             }
         }
         for report in rec.outbox.drain(..) {
@@ -453,6 +519,23 @@ async fn run(
     });
     for report in rec.outbox.drain(..) {
         let _ = reports.send(report).await;
+    }
+}
+
+/// A test-only trigger (debug builds): the recorder of the stream named by
+/// `NINJAREC_TEST_PANIC_STREAM` panics once per process, after ~150 kB are written, so tests
+/// can check that a crashed recorder is noticed, cleaned up and replaced.
+#[cfg(debug_assertions)]
+fn test_panic(rec: &Recorder) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if rec.bytes_closed + rec.file.bytes_written() < 150_000 || DONE.load(Ordering::Relaxed) {
+        return;
+    }
+    if std::env::var("NINJAREC_TEST_PANIC_STREAM").is_ok_and(|s| s == rec.id.stream_id)
+        && !DONE.swap(true, Ordering::Relaxed)
+    {
+        panic!("test panic (NINJAREC_TEST_PANIC_STREAM)");
     }
 }
 
@@ -527,6 +610,7 @@ impl Recorder {
             media_dropped,
             disk_error: self.disk_error.clone(),
             files: self.files_closed + u64::from(self.file.path().is_some()),
+            crashed: None,
         }
     }
 

@@ -249,6 +249,55 @@ enum Phase {
 struct StreamState {
     peer: Option<PeerId>,
     phase: Phase,
+    /// Recordings of this stream in a row that ended within [`SHORT_SESSION`] (a publisher
+    /// whose offers cannot be answered, or that drops at once): each doubles the wait.
+    failures: u32,
+    /// When the current recording was accepted.
+    active_since: Option<Instant>,
+    /// No `play`, and no unasked offer accepted, before this (the backoff after failures).
+    hold_until: Option<Instant>,
+}
+
+impl StreamState {
+    fn new(peer: Option<PeerId>, now: Instant) -> StreamState {
+        StreamState {
+            peer,
+            phase: waiting(now, now),
+            failures: 0,
+            active_since: None,
+            hold_until: None,
+        }
+    }
+
+    fn held(&self, now: Instant) -> bool {
+        self.hold_until.is_some_and(|t| now < t)
+    }
+}
+
+/// A recording that ends sooner than this after its offer counts as a failure.
+pub const SHORT_SESSION: Duration = Duration::from_secs(20);
+/// After this many failures in a row the stream is said to be set aside (retried at most
+/// every [`MAX_FAILURE_BACKOFF`]).
+pub const SET_ASIDE_AFTER: u32 = 5;
+/// The longest wait between tries of a failing stream.
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait after `failures` failures in a row: none after the first (a publisher that
+/// vanished is best asked again at once), then 1 s doubling up to 60 s, minus up to a quarter
+/// (spread by the stream's name, so streams failing together do not retry together; the state
+/// machine stays deterministic).
+fn failure_backoff(failures: u32, wire: &str) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let step = Duration::from_secs(1)
+        .saturating_mul(1u32 << (failures - 2).min(16))
+        .min(MAX_FAILURE_BACKOFF);
+    let mut h: u32 = 2_166_136_261;
+    for b in wire.bytes().chain(failures.to_le_bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
+    }
+    step - step / 4 * (h % 1000) / 1000
 }
 
 /// Candidates received before the offer: (session, candidates).
@@ -367,8 +416,35 @@ impl Room {
             RoomEvent::StreamClosed { peer } => {
                 if let Some(p) = self.peers.remove(&peer) {
                     self.queued.remove(&peer);
+                    let mut set_aside = None;
                     if let Some(s) = self.streams.get_mut(&p.wire_stream) {
-                        s.phase = waiting(now, now);
+                        let short = s
+                            .active_since
+                            .is_none_or(|t| now.duration_since(t) < SHORT_SESSION);
+                        s.failures = if short {
+                            s.failures.saturating_add(1)
+                        } else {
+                            0
+                        };
+                        s.active_since = None;
+                        let delay = failure_backoff(s.failures, &p.wire_stream);
+                        s.hold_until = (!delay.is_zero()).then(|| now + delay);
+                        s.phase = waiting(now, now + delay);
+                        if s.failures == SET_ASIDE_AFTER {
+                            set_aside = Some(s.failures);
+                        }
+                    }
+                    if let Some(n) = set_aside {
+                        let raw = self.cfg.security.desalt_stream_id(&p.wire_stream);
+                        let wait = MAX_FAILURE_BACKOFF.as_secs();
+                        self.report(
+                            format!("failing:{}", p.wire_stream),
+                            format!(
+                                "stream '{raw}' failed {n} times in a row (each recording ended within {} s); set aside: asked again at most every {wait} s",
+                                SHORT_SESSION.as_secs()
+                            ),
+                            &mut out,
+                        );
                     }
                     self.on_tick(now, &mut out);
                 }
@@ -418,12 +494,13 @@ impl Room {
         match &self.cfg.mode {
             Mode::Single { stream, .. } => {
                 let wire = self.cfg.security.hash_stream_id(stream);
-                let st = self.streams.entry(wire).or_insert(StreamState {
-                    peer: None,
-                    phase: waiting(now, now),
-                });
+                let st = self
+                    .streams
+                    .entry(wire)
+                    .or_insert_with(|| StreamState::new(None, now));
+                let at = st.hold_until.unwrap_or(now).max(now);
                 if let Phase::Waiting { next_play, .. } = &mut st.phase {
-                    *next_play = now;
+                    *next_play = at;
                 }
             }
             Mode::Room { .. } => {
@@ -515,19 +592,21 @@ impl Room {
             self.stats.ignored += 1;
             return;
         }
-        let st = self.streams.entry(wire.to_string()).or_insert(StreamState {
-            peer: None,
-            phase: waiting(now, now),
-        });
+        let st = self
+            .streams
+            .entry(wire.to_string())
+            .or_insert_with(|| StreamState::new(None, now));
         if matches!(st.phase, Phase::Active(_)) {
             return;
         }
         if peer.is_some() {
             st.peer = peer;
         }
-        // Ask right away (a new announcement is the best moment), then keep the schedule.
+        // Ask right away (a new announcement is the best moment), then keep the schedule;
+        // a stream that keeps failing waits out its backoff however often it is announced.
+        let at = st.hold_until.unwrap_or(now).max(now);
         if let Phase::Waiting { next_play, .. } = &mut st.phase {
-            *next_play = now;
+            *next_play = at;
         }
         self.on_tick(now, out);
     }
@@ -705,6 +784,16 @@ impl Room {
             self.stats.ignored += 1;
             return;
         }
+        // A stream backing off after failures takes no offer before its time (a publisher
+        // sending offers we cannot answer would otherwise start a recorder per offer).
+        if self
+            .streams
+            .get(&wire)
+            .is_some_and(|s| s.held(now) && !matches!(s.phase, Phase::Active(_)))
+        {
+            self.stats.ignored += 1;
+            return;
+        }
         // A new session from a peer we already record, or another peer now serving the
         // stream: the old recording ends first.
         if let Some(old) = self.peers.get(&peer)
@@ -735,12 +824,15 @@ impl Room {
                 stream_id: raw.clone(),
             });
         }
-        let _ = now;
+        let failures = self.streams.get(&wire).map_or(0, |s| s.failures);
         self.streams.insert(
             wire.clone(),
             StreamState {
                 peer: Some(peer.clone()),
                 phase: Phase::Active(peer.clone()),
+                failures,
+                active_since: Some(now),
+                hold_until: None,
             },
         );
         self.peers.insert(
@@ -1125,6 +1217,73 @@ mod tests {
                 peer: PeerId("pub".into()),
             },
         );
+        assert_eq!(
+            sends(&a),
+            vec![json!({"request":"play","streamID":"cam808d64","UUID":"pub"})]
+        );
+    }
+
+    #[test]
+    fn a_stream_whose_recordings_keep_failing_backs_off_and_is_set_aside_once() {
+        let t0 = Instant::now();
+        let mut r = single(Dialect::Official);
+        r.handle(t0, RoomEvent::Connected);
+        let pubr = || PeerId("pub".into());
+        let mut t = t0;
+        let mut waits = Vec::new();
+        let mut errors = Vec::new();
+        for i in 0..9 {
+            let a = r.handle(t, msg(offer_json("pub", "cam808d64", &format!("s{i}"))));
+            assert!(
+                a.iter().any(|x| matches!(x, Action::Offer { .. })),
+                "offer {i} taken: {a:?}"
+            );
+            // The recording fails at once (an offer that cannot be answered).
+            let a = r.handle(t, RoomEvent::StreamClosed { peer: pubr() });
+            errors.extend(a.iter().filter_map(|x| match x {
+                Action::UserError(e) => Some(e.clone()),
+                _ => None,
+            }));
+            if i == 0 {
+                // The first failure is asked again at once.
+                assert_eq!(sends(&a).len(), 1, "{a:?}");
+                waits.push(0.0);
+                continue;
+            }
+            assert!(
+                sends(&a).is_empty(),
+                "no play at once after a failure: {a:?}"
+            );
+            // Offers nobody asked for wait out the backoff too.
+            let a = r.handle(t, msg(offer_json("pub", "cam808d64", "unasked")));
+            assert!(
+                !a.iter().any(|x| matches!(x, Action::Offer { .. })),
+                "{a:?}"
+            );
+            let mut u = t;
+            loop {
+                u += Duration::from_millis(50);
+                assert!(u - t <= MAX_FAILURE_BACKOFF, "no play within the cap");
+                if !sends(&r.handle(u, RoomEvent::Tick)).is_empty() {
+                    break;
+                }
+            }
+            waits.push((u - t).as_secs_f64());
+            t = u;
+        }
+        // At once, then 1 s doubling (less up to a quarter for spread), capped at a minute.
+        for (i, w) in waits.iter().enumerate().skip(1) {
+            let step = 2f64.powi(i as i32 - 1).min(60.0);
+            assert!(
+                *w >= step * 0.75 - 0.06 && *w <= step + 0.06,
+                "wait {i}: {w} s for a step of {step} s ({waits:?})"
+            );
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("set aside"), "{errors:?}");
+        // A recording that lasts resets the count: the next end is answered with a play at once.
+        r.handle(t, msg(offer_json("pub", "cam808d64", "good")));
+        let a = r.handle(t + SHORT_SESSION, RoomEvent::StreamClosed { peer: pubr() });
         assert_eq!(
             sends(&a),
             vec![json!({"request":"play","streamID":"cam808d64","UUID":"pub"})]

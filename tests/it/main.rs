@@ -14,6 +14,7 @@ mod record_e2e;
 mod rtp_clip;
 mod signaling;
 mod status_page;
+mod supervision;
 mod support;
 mod sync_media;
 mod testsrc;

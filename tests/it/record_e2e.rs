@@ -945,7 +945,11 @@ pub(crate) fn video_span(path: &Path) -> (f64, f64, usize) {
             path.to_str().unwrap(),
         ],
     );
-    let times: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    // Packets with side data print a trailing comma (and a blank line): keep their time too.
+    let times: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
     let first = times.iter().copied().fold(f64::INFINITY, f64::min);
     let last = times.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (first, last, times.len())
