@@ -46,10 +46,13 @@ impl Spool {
     /// Creates this run's journal in `dir` and adopts the journals of dead recorders.
     /// `keep_uploaded`: uploaded files still owe a local deletion (`--upload-delete-local`).
     pub fn open(dir: &Path, keep_uploaded: bool) -> io::Result<(Spool, Adopted)> {
+        // Unique per open: time, process, and a counter (two opens in one millisecond).
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = format!(
-            "{}-{}",
+            "{}-{}-{}",
             crate::record::manifest::unix_ms(),
-            std::process::id()
+            std::process::id(),
+            OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let lock_path = dir.join(format!("{STEM}{id}.lock"));
         let journal_path = dir.join(format!("{STEM}{id}.journal"));
