@@ -174,12 +174,7 @@ pub async fn upload(
     let size = file.metadata().await.map_err(local)?.len();
     let location = KeyPath::from(key);
     let expected = if size <= PART_SIZE as u64 {
-        let mut buf = Vec::with_capacity(size as usize);
-        (&mut file)
-            .take(size)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(local)?;
+        let buf = read_chunk(&mut file, size).await?;
         let md5 = hex::encode(Md5::digest(&buf));
         store
             .put(&location, PutPayload::from(Bytes::from(buf)))
@@ -196,15 +191,7 @@ pub async fn upload(
         let result: Result<(), StoreError> = async {
             while left > 0 {
                 let n = left.min(PART_SIZE as u64);
-                let mut buf = Vec::with_capacity(n as usize);
-                (&mut file)
-                    .take(n)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(local)?;
-                if buf.len() as u64 != n {
-                    return Err(StoreError::Local("file shrank while uploading".into()));
-                }
+                let buf = read_chunk(&mut file, n).await?;
                 left -= n;
                 part_md5s.extend_from_slice(&Md5::digest(&buf));
                 upload
@@ -255,6 +242,20 @@ pub async fn upload(
         etag,
         etag_checked: md5_like,
     })
+}
+
+/// The next `n` bytes of the file, all of them (a closed file does not shrink; if it did, the
+/// upload fails rather than send less than the journal promised).
+async fn read_chunk(file: &mut tokio::fs::File, n: u64) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::with_capacity(n as usize);
+    file.take(n)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| StoreError::Local(e.to_string()))?;
+    if buf.len() as u64 != n {
+        return Err(StoreError::Local("file shrank while uploading".into()));
+    }
+    Ok(buf)
 }
 
 /// Sorts an `object_store` error into what the user must do about it.

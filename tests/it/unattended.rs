@@ -55,7 +55,7 @@ fn events<'a>(lines: &'a [ManifestLine], name: &str) -> Vec<&'a ManifestLine> {
 }
 
 /// A TCP port free right now on loopback (for `--http`).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -19,6 +19,7 @@ use ninjarec::upload::{PrefixVars, UploadTarget};
 use crate::record_e2e::{Process, Publisher, source_config, ts_files};
 use crate::status_page::http_get;
 use crate::support::fixtures::{TestDir, TestServer, recorder_args};
+use crate::unattended::free_port;
 
 const ACCESS_KEY: &str = "ninjarec-test";
 const SECRET_KEY: &str = "ninjarec-test-secret";
@@ -134,14 +135,6 @@ impl Drop for S3Server {
         }
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The recorder's flags for uploading to `server` under `prefix`.
