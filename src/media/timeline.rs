@@ -48,6 +48,10 @@ const MAX_READY: usize = 1000;
 const SR_KEPT: usize = 4;
 /// Two reports of different tracks this close in sender time (0.1 s) describe one instant.
 const SR_PAIR_TICKS: i64 = TICKS_PER_SEC / 10;
+/// Two same-instant report pairs further apart than this (25 ms, the jitter of GStreamer's
+/// reports) are not averaged: one of them may be far off, and the newer alone is within the
+/// jitter when both are right.
+const SR_PAIR_AGREE_TICKS: i64 = TICKS_PER_SEC / 40;
 /// A track whose report deltas move less than this (1 %) has reports that can be trusted on
 /// their own (a right sender drifts by parts per million).
 const SR_SANE_DRIFT: f64 = 0.01;
@@ -480,20 +484,23 @@ impl<A> Timeline<A> {
         }
     }
 
-    /// True once the Sender Reports say enough to place the tracks against each other: a
-    /// report of each track for (nearly) the same instant, or reports of a track whose
-    /// mapping does not drift (so pairing reports of different instants is right), or two
-    /// reports of each (so the drift is known). Only raw reports are looked at, so this
-    /// works before anything was timed.
+    /// True once the Sender Reports say enough to place the tracks against each other: two
+    /// pairs of reports of (nearly) one instant, or reports of a track whose mapping does
+    /// not drift (so pairing reports of different instants is right), or, with no pair at
+    /// all, two reports of each (so the drift is known). Only raw reports are looked at, so
+    /// this works before anything was timed.
     pub fn sender_reports_sufficient(&self) -> bool {
         let (v, a) = (&self.video.srs, &self.audio.srs);
         if v.is_empty() || a.is_empty() {
             return false;
         }
-        let same_instant = v.iter().any(|&(nv, _)| {
-            a.iter()
-                .any(|&(na, _)| (ntp_ticks(nv) - ntp_ticks(na)).abs() <= SR_PAIR_TICKS)
-        });
+        let pairs = v
+            .iter()
+            .filter(|&&(nv, _)| {
+                a.iter()
+                    .any(|&(na, _)| (ntp_ticks(nv) - ntp_ticks(na)).abs() <= SR_PAIR_TICKS)
+            })
+            .count();
         let raw_drift = |srs: &VecDeque<(u64, u32)>, mult: i64| {
             let (&(n1, r1), &(n2, r2)) = (srs.front()?, srs.back()?);
             let dt = ntp_ticks(n2) - ntp_ticks(n1);
@@ -503,10 +510,15 @@ impl<A> Timeline<A> {
             })
         };
         let sane = |d: Option<f64>| d.is_some_and(|d| d.abs() < SR_SANE_DRIFT);
-        same_instant
-            || (v.len() >= 2 && a.len() >= 2)
-            || sane(raw_drift(v, self.video.mult))
-            || sane(raw_drift(a, self.audio.mult))
+        let sane_track = sane(raw_drift(v, self.video.mult)) || sane(raw_drift(a, self.audio.mult));
+        match pairs {
+            // A sender that reports both tracks together (GStreamer): its first pair, sent
+            // while its pipeline starts, was seen 20-380 ms off the truth under load, so a
+            // second pair is awaited (GStreamer sends it about 0.5 s later).
+            0 => (v.len() >= 2 && a.len() >= 2) || sane_track,
+            1 => sane_track,
+            _ => true,
+        }
     }
 
     /// The PTS the file is at, `now`: the newest PTS handed out, advanced by the time since its
@@ -546,6 +558,13 @@ impl<A> Timeline<A> {
             if let Some(da) = pair {
                 same_instant.push(dv - da);
             }
+        }
+        if let [newest, older] = same_instant[..]
+            && (newest - older).abs() > SR_PAIR_AGREE_TICKS
+        {
+            // Two pairs that disagree: the older is the likelier outlier (a sender's first
+            // report, sent while its pipeline starts); a third pair settles it by the median.
+            return Some(newest);
         }
         if !same_instant.is_empty() {
             same_instant.sort_unstable();
@@ -590,6 +609,14 @@ impl<A> Timeline<A> {
         if wall < t0 || out_of_order || self.ready.len() >= MAX_READY {
             self.stats.dropped_audio += 1;
             return;
+        }
+        if self.last_audio_ext.is_none() {
+            tracing::debug!(
+                correction_ms = self.applied as f64 * 1000.0 / TICKS_PER_SEC as f64,
+                video_reports = self.video.srs.len(),
+                audio_reports = self.audio.srs.len(),
+                "first audio placed"
+            );
         }
         self.audio.frozen = true;
         self.last_audio_ext = Some(ext);
@@ -1022,8 +1049,13 @@ mod tests {
         tl.sender_report(TrackKind::Video, ntp(0.28), 50_400);
         tl.sender_report(TrackKind::Audio, ntp(1.5), 144_000);
         assert!(!tl.sender_reports_sufficient());
-        // A video report of the audio report's instant.
+        // A video report of the audio report's instant: one pair of a sender whose video
+        // reports drift is not trusted yet (its first pairs were seen far off)…
         tl.sender_report(TrackKind::Video, ntp(1.52), 273_600);
+        assert!(!tl.sender_reports_sufficient());
+        // … a second pair is.
+        tl.sender_report(TrackKind::Video, ntp(2.0), 360_000);
+        tl.sender_report(TrackKind::Audio, ntp(2.0), 192_000);
         assert!(tl.sender_reports_sufficient());
         // Chrome: video reports 1 s apart whose RTP time advances as the NTP time does.
         let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
@@ -1032,5 +1064,58 @@ mod tests {
         assert!(!tl.sender_reports_sufficient());
         tl.sender_report(TrackKind::Video, ntp(1.5), 135_000);
         assert!(tl.sender_reports_sufficient());
+    }
+
+    /// GStreamer under load: reports come in same-instant pairs, and the first pair (sent as
+    /// the pipeline starts) put video 377 ms early (seen in the room test). A lone pair is
+    /// not enough to start; two that disagree are settled by the newer; three by the median.
+    #[test]
+    fn a_first_report_pair_far_off_is_outvoted() {
+        let epoch = Instant::now();
+        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+        let ntp = |s: f64| ((3_900_000_000.0 + s) * 4_294_967_296.0) as u64;
+        let vts = |s: f64| 0x1234_5678u32.wrapping_add((s * 90_000.0) as u32);
+        let ats = |s: f64| 0x9ABC_DEF0u32.wrapping_add((s * 48_000.0) as u32);
+        // Video arrives 300 ms later than the audio captured with it (encoder latency).
+        for ms in (0..1500u64).step_by(10) {
+            let s = ms as f64 / 1000.0;
+            if ms % 20 == 0 {
+                tl.push_audio(ats(s), epoch + Duration::from_secs_f64(s + 0.05), 0);
+            }
+            if ms % 30 == 0 {
+                tl.video_pts(vts(s), epoch + Duration::from_secs_f64(s + 0.35), ms == 0);
+            }
+        }
+        let correction = |tl: &Timeline<u32>| tl.av_sync().sr_correction_ms.unwrap();
+        let pair = |tl: &mut Timeline<u32>, s: f64, video_off: f64| {
+            tl.sender_report(TrackKind::Video, ntp(s), vts(s - video_off));
+            tl.sender_report(TrackKind::Audio, ntp(s), ats(s));
+        };
+        pair(&mut tl, 0.6, 0.377);
+        assert!(!tl.sender_reports_sufficient());
+        pair(&mut tl, 1.1, 0.0);
+        assert!(tl.sender_reports_sufficient());
+        assert!((correction(&tl) - 300.0).abs() < 2.0, "{}", correction(&tl));
+        // Two that agree (within the senders' ±25 ms) are averaged.
+        let mut agree: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+        for ms in (0..1500u64).step_by(10) {
+            let s = ms as f64 / 1000.0;
+            if ms % 20 == 0 {
+                agree.push_audio(ats(s), epoch + Duration::from_secs_f64(s + 0.05), 0);
+            }
+            if ms % 30 == 0 {
+                agree.video_pts(vts(s), epoch + Duration::from_secs_f64(s + 0.35), ms == 0);
+            }
+        }
+        pair(&mut agree, 0.6, 0.02);
+        pair(&mut agree, 1.1, 0.0);
+        assert!(
+            (correction(&agree) - 290.0).abs() < 2.0,
+            "{}",
+            correction(&agree)
+        );
+        // A third pair: the median of three, whatever order the outlier came in.
+        pair(&mut tl, 1.6, 0.0);
+        assert!((correction(&tl) - 300.0).abs() < 2.0, "{}", correction(&tl));
     }
 }

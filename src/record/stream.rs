@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::closed::{CloseCause, ClosedFile};
 use super::disk::{self, Backoff};
@@ -253,15 +253,20 @@ pub fn spawn(
         live: live_rx.clone(),
         reports: reports.clone(),
     };
-    let task = tokio::spawn(run(
-        settings,
-        identity,
-        offer_sdp,
-        cmd_rx,
-        reports,
-        live_tx,
-        wait_for_disk,
-    ));
+    // Every line the recording logs (the timeline's, the writer's) names its stream.
+    let span = tracing::info_span!("recording", stream = %identity.stream_id);
+    let task = tokio::spawn(
+        run(
+            settings,
+            identity,
+            offer_sdp,
+            cmd_rx,
+            reports,
+            live_tx,
+            wait_for_disk,
+        )
+        .instrument(span),
+    );
     tokio::spawn(supervise(task, watched));
     (cmd_tx, live_rx)
 }
