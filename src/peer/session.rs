@@ -58,7 +58,7 @@ pub struct SessionConfig {
     /// Close with [`CloseReason::PublisherVanished`] after this long in Disconnected.
     pub vanish_timeout: Duration,
     /// ICE consent timeouts handed to webrtc-rs: (disconnected, failed); `None` = its defaults
-    /// (5 s, 25 s).
+    /// (5 s, 25 s). The recorder's default is (3 s, 25 s), see [`Self::vanish_timeout`].
     pub ice_timeouts: Option<(Duration, Duration)>,
     /// Send a PLI this often, on top of explicit [`SessionHandle::request_keyframe`] calls.
     pub keyframe_interval: Option<Duration>,
@@ -91,8 +91,12 @@ impl Default for SessionConfig {
             want_audio: true,
             want_video: true,
             ice_connect_timeout: Duration::from_secs(20),
-            vanish_timeout: Duration::from_secs(10),
-            ice_timeouts: None,
+            // A publisher that died (killed, unplugged) is noticed ~5 s after its last packet
+            // (3 s to Disconnected, 2 s more): in single-stream mode on the official server
+            // nothing else says it is gone, and its restart is recorded only after this.
+            // Outages shorter than that keep the recording in its file.
+            vanish_timeout: Duration::from_secs(2),
+            ice_timeouts: Some((Duration::from_secs(3), Duration::from_secs(25))),
             keyframe_interval: None,
             label: "ninjarec".to_owned(),
             prefer_video_codec: Some(VideoCodec::H264),
@@ -831,7 +835,9 @@ impl Session {
         self.stats.audio_packets = self.counters.audio_packets.load(Ordering::Relaxed);
         self.stats.sender_reports = self.counters.sender_reports.load(Ordering::Relaxed);
         self.stats.media_dropped = self.counters.media_dropped.load(Ordering::Relaxed);
-        info!(label = %self.config.label, ?reason, stats = ?self.stats, "peer session closed");
+        // The recorder says why in one line (within its per-publisher log budget); the
+        // session's own view is detail.
+        debug!(label = %self.config.label, ?reason, stats = ?self.stats, "peer session closed");
         let stats = self.stats.clone();
         self.emit(SessionEvent::Closed { reason, stats }).await;
     }

@@ -7,5 +7,6 @@ pub mod manifest;
 pub mod naming;
 pub mod offsets;
 pub mod orchestrator;
+pub mod quiet;
 pub mod retention;
 pub mod stream;

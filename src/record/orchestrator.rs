@@ -149,6 +149,8 @@ struct Run {
     signaling_connected: bool,
     started_unix_ms: u64,
     target: String,
+    /// Lines about publishers whose recordings keep failing, one per 10 s each.
+    quiet: super::quiet::LogBudget,
 }
 
 /// Records until `shutdown` turns true (or the signaling task ends), then stops every
@@ -214,6 +216,7 @@ pub async fn run(
         signaling_connected: false,
         started_unix_ms: unix_ms(),
         target: config.target.clone(),
+        quiet: Default::default(),
     };
     let (out_tx, out_rx) = mpsc::channel::<SignalOut>(1024);
     let sender = tokio::spawn(send_outgoing(handle, out_rx));
@@ -250,7 +253,11 @@ pub async fn run(
                             }
                             // The publisher restarted its connection: the old recording ends,
                             // the new one gets its own file.
-                            info!(%stream_id, "publisher sent a new session; starting a new recording");
+                            if run.quiet.failing(&stream_id) {
+                                debug!(%stream_id, "publisher sent a new session; starting a new recording");
+                            } else {
+                                info!(%stream_id, "publisher sent a new session; starting a new recording");
+                            }
                             e.stopping = true;
                             let _ = e.commands.try_send(StreamCommand::Stop);
                             // Its summary still arrives as a report and is collected then.
@@ -263,7 +270,7 @@ pub async fn run(
                                 stream_id,
                                 reason: format!("--max-streams {} reached", config.max_streams),
                             });
-                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
+                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer, false));
                             continue;
                         }
                         let wait_for_disk = match run.guard.check() {
@@ -274,7 +281,11 @@ pub async fn run(
                             }
                         };
                         generation += 1;
-                        info!(%stream_id, "publisher offered its stream; recording");
+                        if run.quiet.failing(&stream_id) {
+                            debug!(%stream_id, "publisher offered its stream again; recording");
+                        } else {
+                            info!(%stream_id, "publisher offered its stream; recording");
+                        }
                         run.manifest.emit(ManifestEvent::PublisherJoined {
                             stream_id: stream_id.clone(),
                         });
@@ -337,9 +348,19 @@ pub async fn run(
                         }
                     }
                     StreamReport::Finished { peer, generation, summary } => {
+                        let recorded = summary.core.frames_written + summary.core.audio_written > 0;
+                        let line = if recorded || summary.crashed.is_some() {
+                            run.quiet.recorded(&summary.stream_id);
+                            Some(0)
+                        } else {
+                            run.quiet.failed(&summary.stream_id, Instant::now())
+                        };
+                        if let Some(left_out) = line {
+                            stream::explain_end(&summary, left_out);
+                        }
                         if entries.get(&peer).is_some_and(|e| e.generation == generation) {
                             entries.remove(&peer);
-                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer));
+                            let _ = out_tx.try_send(SignalOut::StreamClosed(peer, recorded));
                         }
                         run.finished(&summary);
                         summaries.push(*summary);
@@ -610,7 +631,7 @@ async fn send_outgoing(handle: SignalingHandle, mut rx: mpsc::Receiver<SignalOut
                 session,
                 candidates,
             } => handle.send_candidates(peer, session, candidates).await,
-            SignalOut::StreamClosed(peer) => handle.stream_closed(peer).await,
+            SignalOut::StreamClosed(peer, recorded) => handle.stream_closed(peer, recorded).await,
         };
         if sent.is_err() {
             break;

@@ -195,7 +195,9 @@ pub enum SignalOut {
         candidates: Vec<IceCandidate>,
     },
     /// The recording of this publisher ended, so the room may ask for its stream again.
-    StreamClosed(PeerId),
+    /// The publisher's recording ended; `true` when it recorded media (then its end is
+    /// the publisher leaving, not a failure to back off from).
+    StreamClosed(PeerId, bool),
 }
 
 /// What a recorder task tells the orchestrator.
@@ -480,7 +482,6 @@ async fn run(
                         rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
                     }
                     SessionEvent::Closed { reason, stats } => {
-                        explain_close(&rec.id.stream_id, &reason);
                         close_reason = Some(reason);
                         media_dropped = stats.media_dropped;
                         break;
@@ -515,8 +516,9 @@ async fn run(
     }
     rec.finish_file(CloseCause::End);
     rec.publish_live();
+    // Its end is said by the orchestrator (see `explain_end`), within a per-publisher log
+    // budget.
     let summary = rec.summary(close_reason, media_dropped);
-    info!(stream = %summary.stream_id, "recording finished: {summary}");
     rec.outbox.push(StreamReport::Finished {
         peer: rec.id.peer.clone(),
         generation: rec.id.generation,
@@ -973,6 +975,23 @@ impl Recorder {
             disk_error: self.disk_error.clone(),
             media_dropped: self.media_dropped,
         });
+    }
+}
+
+/// The lines that end a recording: why its connection closed (one line a user can act on
+/// when it ended badly; normal ends stay at info level) and its summary. `left_out`: lines
+/// like these not written since the last ones (a publisher failing again and again).
+pub fn explain_end(summary: &StreamSummary, left_out: u64) {
+    if let Some(reason) = &summary.close_reason {
+        explain_close(&summary.stream_id, reason);
+    }
+    if left_out > 0 {
+        info!(
+            stream = %summary.stream_id,
+            "recording finished: {summary} ({left_out} more like it since the last line)"
+        );
+    } else {
+        info!(stream = %summary.stream_id, "recording finished: {summary}");
     }
 }
 

@@ -82,7 +82,7 @@ impl SignalingConfig {
                 Duration::from_secs(45),
                 Duration::from_secs(180),
             ],
-            no_offer_timeout: Duration::from_secs(30),
+            no_offer_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -250,8 +250,9 @@ impl SignalingHandle {
     }
 
     /// Tells the room the connection with `peer` ended, so its stream is requested again.
-    pub async fn stream_closed(&self, peer: PeerId) -> Result<(), SignalingClosed> {
-        self.command(RoomEvent::StreamClosed { peer }).await
+    pub async fn stream_closed(&self, peer: PeerId, recorded: bool) -> Result<(), SignalingClosed> {
+        self.command(RoomEvent::StreamClosed { peer, recorded })
+            .await
     }
 
     /// The cipher for encrypted data-channel payloads (`None` with `--password false`).
@@ -513,10 +514,8 @@ impl Task {
                 Action::StreamEnded { peer, stream_id } => {
                     SignalingEvent::StreamEnded { peer, stream_id }
                 }
-                Action::UserError(e) => {
-                    tracing::warn!("{e}");
-                    SignalingEvent::UserError(e)
-                }
+                // Said once, by whoever consumes the event (the recorder logs it as an error).
+                Action::UserError(e) => SignalingEvent::UserError(e),
             };
             if !self.emit(ev).await {
                 return Err(End::Shutdown);

@@ -13,6 +13,9 @@ use super::crypto::{Cipher, CryptoError};
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Longest UUID / stream id / room id we accept; real ones are < 80 characters.
 pub const MAX_ID_CHARS: usize = 128;
+/// Longest stream id parsed at all: longer ones up to this are passed on so the room can say
+/// once that it skips them (the limit itself stays [`MAX_ID_CHARS`]).
+pub const MAX_PARSED_STREAM_ID_CHARS: usize = 1024;
 /// Most members we take from one `listing`; the official server caps rooms near 80.
 pub const MAX_LISTING: usize = 512;
 /// Most ICE candidates we take from one bundle.
@@ -175,10 +178,15 @@ pub struct Inbound {
 }
 
 fn id_field(obj: &Map<String, Value>, key: &'static str) -> Result<Option<String>, ParseError> {
+    let max = if key == "streamID" {
+        MAX_PARSED_STREAM_ID_CHARS
+    } else {
+        MAX_ID_CHARS
+    };
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(ParseError::BadField(key)),
     }
@@ -677,10 +685,15 @@ mod tests {
             parse_inbound(r#"{"request":"listing","list":"x"}"#),
             Err(ParseError::BadField("list"))
         );
-        let long_id = "x".repeat(MAX_ID_CHARS + 1);
+        let long_id = "x".repeat(MAX_PARSED_STREAM_ID_CHARS + 1);
         assert_eq!(
             parse_inbound(&json!({"request":"seed","streamID":long_id}).to_string()),
             Err(ParseError::BadField("streamID"))
+        );
+        let long_uuid = "x".repeat(MAX_ID_CHARS + 1);
+        assert_eq!(
+            parse_inbound(&json!({"request":"seed","UUID":long_uuid}).to_string()),
+            Err(ParseError::BadField("UUID"))
         );
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
         assert!(matches!(parse_inbound(&big), Err(ParseError::TooLarge(_))));

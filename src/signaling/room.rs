@@ -130,13 +130,14 @@ pub struct RoomConfig {
     pub security: Security,
     /// Delays between repeated `play` requests while no offer arrives; the last repeats.
     pub replay_schedule: Vec<Duration>,
-    /// After this long without an offer for a requested stream, report a user error once.
+    /// After this long without an offer for a requested stream, or (room mode) without any
+    /// publisher in the room, report a user error once: a wrong password looks like this.
     pub no_offer_timeout: Duration,
 }
 
 impl RoomConfig {
     /// Configuration with the Raspberry Ninja retry schedule (15 s, 45 s, then every 180 s)
-    /// and a 30 s no-offer warning.
+    /// and a 10 s no-offer warning.
     pub fn new(mode: Mode, dialect: Dialect, self_id: String, security: Security) -> Self {
         RoomConfig {
             mode,
@@ -149,7 +150,7 @@ impl RoomConfig {
                 Duration::from_secs(45),
                 Duration::from_secs(180),
             ],
-            no_offer_timeout: Duration::from_secs(30),
+            no_offer_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -189,6 +190,8 @@ pub enum RoomEvent {
     StreamClosed {
         /// The publisher whose connection ended.
         peer: PeerId,
+        /// Media was recorded: the end is the publisher leaving (or dying), not a failure.
+        recorded: bool,
     },
 }
 
@@ -249,8 +252,9 @@ enum Phase {
 struct StreamState {
     peer: Option<PeerId>,
     phase: Phase,
-    /// Recordings of this stream in a row that ended within [`SHORT_SESSION`] (a publisher
-    /// whose offers cannot be answered, or that drops at once): each doubles the wait.
+    /// Recordings of this stream in a row that ended within [`SHORT_SESSION`] without any
+    /// media (a publisher whose offers cannot be answered, or that drops at once): each
+    /// doubles the wait. A recording with media that ends is the publisher leaving.
     failures: u32,
     /// When the current recording was accepted.
     active_since: Option<Instant>,
@@ -330,8 +334,19 @@ pub struct Room {
     peers: HashMap<PeerId, PeerState>,
     queued: HashMap<PeerId, VecDeque<QueuedBundle>>,
     reported: std::collections::HashSet<String>,
+    /// Room mode: when the room was first joined, until a publisher is heard of (then
+    /// `None`), for the wrong-password hint.
+    room_quiet_since: Option<Instant>,
+    /// Distinct over-long stream IDs reported so far (bounded by [`MAX_LONG_ID_REPORTS`]).
+    long_ids_reported: usize,
     stats: RoomStats,
 }
+
+/// Stream IDs longer than this (characters) are skipped: VDO.Ninja's are at most 50.
+pub const MAX_STREAM_ID_CHARS: usize = super::message::MAX_ID_CHARS;
+/// Distinct over-long stream IDs named in a line; more are only counted (a hostile client
+/// could send endless distinct ones).
+const MAX_LONG_ID_REPORTS: usize = 8;
 
 impl Room {
     /// A fresh, disconnected room.
@@ -343,6 +358,8 @@ impl Room {
             peers: HashMap::new(),
             queued: HashMap::new(),
             reported: Default::default(),
+            room_quiet_since: None,
+            long_ids_reported: 0,
             stats: RoomStats::default(),
         }
     }
@@ -413,44 +430,50 @@ impl Room {
                     vector,
                 )));
             }
-            RoomEvent::StreamClosed { peer } => {
+            RoomEvent::StreamClosed { peer, recorded } => {
                 if let Some(p) = self.peers.remove(&peer) {
                     self.queued.remove(&peer);
-                    let mut set_aside = None;
-                    if let Some(s) = self.streams.get_mut(&p.wire_stream) {
-                        let short = s
-                            .active_since
-                            .is_none_or(|t| now.duration_since(t) < SHORT_SESSION);
-                        s.failures = if short {
-                            s.failures.saturating_add(1)
-                        } else {
-                            0
-                        };
-                        s.active_since = None;
-                        let delay = failure_backoff(s.failures, &p.wire_stream);
-                        s.hold_until = (!delay.is_zero()).then(|| now + delay);
-                        s.phase = waiting(now, now + delay);
-                        if s.failures == SET_ASIDE_AFTER {
-                            set_aside = Some(s.failures);
-                        }
-                    }
-                    if let Some(n) = set_aside {
-                        let raw = self.cfg.security.desalt_stream_id(&p.wire_stream);
-                        let wait = MAX_FAILURE_BACKOFF.as_secs();
-                        self.report(
-                            format!("failing:{}", p.wire_stream),
-                            format!(
-                                "stream '{raw}' failed {n} times in a row (each recording ended within {} s); set aside: asked again at most every {wait} s",
-                                SHORT_SESSION.as_secs()
-                            ),
-                            &mut out,
-                        );
-                    }
+                    let short = self.streams.get(&p.wire_stream).is_some_and(|s| {
+                        s.active_since
+                            .is_none_or(|t| now.duration_since(t) < SHORT_SESSION)
+                    });
+                    self.recording_ended(now, &p.wire_stream, short && !recorded, &mut out);
                     self.on_tick(now, &mut out);
                 }
             }
         }
         out
+    }
+
+    /// A recording of `wire` ended; `failed`: it was short and had no media, or a new offer
+    /// replaced it at once. Failures in a row back the stream off (see [`failure_backoff`])
+    /// and the fifth is said once; anything else resets them.
+    fn recording_ended(&mut self, now: Instant, wire: &str, failed: bool, out: &mut Vec<Action>) {
+        let Some(s) = self.streams.get_mut(wire) else {
+            return;
+        };
+        s.failures = if failed {
+            s.failures.saturating_add(1)
+        } else {
+            0
+        };
+        s.active_since = None;
+        let delay = failure_backoff(s.failures, wire);
+        s.hold_until = (!delay.is_zero()).then(|| now + delay);
+        s.phase = waiting(now, now + delay);
+        if s.failures == SET_ASIDE_AFTER {
+            let n = s.failures;
+            let raw = self.cfg.security.desalt_stream_id(wire);
+            let wait = MAX_FAILURE_BACKOFF.as_secs();
+            self.report(
+                format!("failing:{wire}"),
+                format!(
+                    "stream '{raw}' failed {n} times in a row (each recording ended within {} s with no media, or was replaced by a new offer); set aside: asked again at most every {wait} s",
+                    SHORT_SESSION.as_secs()
+                ),
+                out,
+            );
+        }
     }
 
     fn send(&self, msg: Outbound) -> Action {
@@ -508,6 +531,9 @@ impl Room {
                 // the streams being recorded.
                 self.streams
                     .retain(|_, s| matches!(s.phase, Phase::Active(_)));
+                if !self.reported.contains("quiet-room") && self.streams.is_empty() {
+                    self.room_quiet_since.get_or_insert(now);
+                }
             }
         }
         self.on_tick(now, out);
@@ -516,6 +542,25 @@ impl Room {
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         if !self.connected {
             return;
+        }
+        if let Some(since) = self.room_quiet_since
+            && now.duration_since(since) >= self.cfg.no_offer_timeout
+        {
+            self.room_quiet_since = None;
+            let room = self.room_name().unwrap_or_default().to_string();
+            let secs = self.cfg.no_offer_timeout.as_secs();
+            let password = if self.cfg.security.enabled() {
+                "a password"
+            } else {
+                "no password (--password false)"
+            };
+            self.report(
+                "quiet-room".into(),
+                format!(
+                    "no publisher in room '{room}' {secs}s after joining; if they are there, check --password/--salt: we use {password}, and another password is another room on the server"
+                ),
+                out,
+            );
         }
         let schedule = &self.cfg.replay_schedule;
         let mut sends = Vec::new();
@@ -576,8 +621,13 @@ impl Room {
         wire: &str,
         out: &mut Vec<Action>,
     ) {
+        self.room_quiet_since = None;
+        if self.too_long(wire, out) {
+            return;
+        }
         if !self.wanted(wire) {
             self.stats.ignored += 1;
+            self.other_password(wire, out);
             return;
         }
         if !self.cfg.security.has_our_suffix(wire) {
@@ -596,12 +646,40 @@ impl Room {
             .streams
             .entry(wire.to_string())
             .or_insert_with(|| StreamState::new(None, now));
-        if matches!(st.phase, Phase::Active(_)) {
-            return;
+        let replaced = match (&st.phase, &peer) {
+            (Phase::Active(old), Some(new)) if old != new => Some(old.clone()),
+            (Phase::Active(_), _) => return,
+            _ => None,
+        };
+        if let Some(p) = &peer
+            && st.peer.as_ref() != Some(p)
+        {
+            // Another publisher instance (a restart, with a new id): its predecessor's
+            // failures are not its own.
+            st.failures = 0;
+            st.hold_until = None;
         }
         if peer.is_some() {
             st.peer = peer;
         }
+        if let Some(old) = replaced {
+            // The publisher restarted (or another one took the stream ID) while the old
+            // connection has not noticed yet: that recording ends and the new one is asked.
+            st.phase = waiting(now, now);
+            st.active_since = None;
+            let raw = self.cfg.security.desalt_stream_id(wire);
+            tracing::info!(stream = %raw, "publisher announced again under a new id; recording it anew");
+            self.queued.remove(&old);
+            if self.peers.remove(&old).is_some() {
+                out.push(Action::StreamEnded {
+                    peer: old,
+                    stream_id: raw,
+                });
+            }
+        }
+        let Some(st) = self.streams.get_mut(wire) else {
+            return;
+        };
         // Ask right away (a new announcement is the best moment), then keep the schedule;
         // a stream that keeps failing waits out its backoff however often it is announced.
         let at = st.hold_until.unwrap_or(now).max(now);
@@ -609,6 +687,70 @@ impl Room {
             *next_play = at;
         }
         self.on_tick(now, out);
+    }
+
+    /// True (and said once per ID, for the first few) when a stream ID is longer than any
+    /// VDO.Ninja publisher sends: it is skipped.
+    fn too_long(&mut self, wire: &str, out: &mut Vec<Action>) -> bool {
+        let n = wire.chars().count();
+        if n <= MAX_STREAM_ID_CHARS {
+            return false;
+        }
+        self.stats.ignored += 1;
+        if self.long_ids_reported < MAX_LONG_ID_REPORTS {
+            let head: String = wire.chars().take(40).collect();
+            let key = format!("long:{head}:{n}");
+            if !self.reported.contains(&key) {
+                self.long_ids_reported += 1;
+                self.report(
+                    key,
+                    format!(
+                        "skipping stream ID '{head}…' ({n} characters; at most {MAX_STREAM_ID_CHARS} are accepted)"
+                    ),
+                    out,
+                );
+            }
+        }
+        true
+    }
+
+    /// Single mode: an announced stream that is ours under another password's hash suffix
+    /// (or none) says the passwords differ, sooner than the no-offer timeout can.
+    fn other_password(&mut self, wire: &str, out: &mut Vec<Action>) {
+        let Mode::Single { stream, .. } = &self.cfg.mode else {
+            return;
+        };
+        let ours = self.cfg.security.hash_stream_id(stream);
+        let base_len = ours.chars().count()
+            - self
+                .cfg
+                .security
+                .stream_suffix()
+                .map_or(0, |s| s.chars().count());
+        let base: String = ours.chars().take(base_len).collect();
+        let Some(rest) = wire.strip_prefix(base.as_str()) else {
+            return;
+        };
+        let suffix_like = rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(rest.is_empty() || suffix_like) {
+            return;
+        }
+        let theirs = if rest.is_empty() {
+            "no password".to_string()
+        } else {
+            format!("hash suffix {rest}")
+        };
+        let mine = match self.cfg.security.stream_suffix() {
+            Some(s) => format!("ours is {s}"),
+            None => "our password is disabled".to_string(),
+        };
+        self.report(
+            format!("other-password:{wire}"),
+            format!(
+                "stream '{stream}' is published with another password ({theirs}; {mine}): check --password/--salt"
+            ),
+            out,
+        );
     }
 
     /// With `auto_dialect`, a relay guess is corrected by what the server does: only an
@@ -755,6 +897,9 @@ impl Room {
             self.stats.ignored += 1;
             return;
         };
+        if self.too_long(&wire, out) {
+            return;
+        }
         if !self.wanted(&wire) {
             self.stats.ignored += 1;
             return;
@@ -808,6 +953,18 @@ impl Room {
             self.peers.remove(&peer);
             if old_wire != wire {
                 self.streams.remove(&old_wire);
+            } else {
+                // A new offer right after the last one (a publisher whose offers cannot be
+                // answered sends them in a stream): the churn is backed off like failures.
+                let short = self.streams.get(&wire).is_some_and(|s| {
+                    s.active_since
+                        .is_some_and(|t| now.duration_since(t) < SHORT_SESSION)
+                });
+                self.recording_ended(now, &wire, short, out);
+                if self.streams.get(&wire).is_some_and(|s| s.held(now)) {
+                    self.stats.ignored += 1;
+                    return;
+                }
             }
         }
         if let Some(StreamState {
@@ -1145,16 +1302,21 @@ mod tests {
             vec![json!({"request":"play","streamID":"cam808d64"})]
         );
         assert!(
+            r.handle(t0 + Duration::from_secs(9), RoomEvent::Tick)
+                .is_empty()
+        );
+        let a = r.handle(t0 + Duration::from_secs(10), RoomEvent::Tick);
+        assert_eq!(a.len(), 1);
+        assert!(
+            matches!(&a[0], Action::UserError(e) if e.contains("'cam'") && e.contains("--password"))
+        );
+        assert!(
             r.handle(t0 + Duration::from_secs(14), RoomEvent::Tick)
                 .is_empty()
         );
         let a = r.handle(t0 + Duration::from_secs(15), RoomEvent::Tick);
         assert_eq!(sends(&a).len(), 1);
-        let a = r.handle(t0 + Duration::from_secs(30), RoomEvent::Tick);
-        assert_eq!(a.len(), 1);
-        assert!(
-            matches!(&a[0], Action::UserError(e) if e.contains("'cam'") && e.contains("--password"))
-        );
+        assert_eq!(a.len(), 1, "warned once");
         assert!(
             r.handle(t0 + Duration::from_secs(59), RoomEvent::Tick)
                 .is_empty()
@@ -1215,6 +1377,7 @@ mod tests {
             t0,
             RoomEvent::StreamClosed {
                 peer: PeerId("pub".into()),
+                recorded: true,
             },
         );
         assert_eq!(
@@ -1239,7 +1402,13 @@ mod tests {
                 "offer {i} taken: {a:?}"
             );
             // The recording fails at once (an offer that cannot be answered).
-            let a = r.handle(t, RoomEvent::StreamClosed { peer: pubr() });
+            let a = r.handle(
+                t,
+                RoomEvent::StreamClosed {
+                    peer: pubr(),
+                    recorded: false,
+                },
+            );
             errors.extend(a.iter().filter_map(|x| match x {
                 Action::UserError(e) => Some(e.clone()),
                 _ => None,
@@ -1283,7 +1452,13 @@ mod tests {
         assert!(errors[0].contains("set aside"), "{errors:?}");
         // A recording that lasts resets the count: the next end is answered with a play at once.
         r.handle(t, msg(offer_json("pub", "cam808d64", "good")));
-        let a = r.handle(t + SHORT_SESSION, RoomEvent::StreamClosed { peer: pubr() });
+        let a = r.handle(
+            t + SHORT_SESSION,
+            RoomEvent::StreamClosed {
+                peer: pubr(),
+                recorded: false,
+            },
+        );
         assert_eq!(
             sends(&a),
             vec![json!({"request":"play","streamID":"cam808d64","UUID":"pub"})]
@@ -1608,5 +1783,196 @@ mod tests {
         let a = r.handle(t0, msg(json!({"request":"listing","list":list})));
         assert_eq!(sends(&a).len(), MAX_TRACKED);
         assert!(r.streams.len() <= MAX_TRACKED);
+    }
+
+    /// A publisher killed and started again announces itself under a new id while our
+    /// connection to the old one has not noticed: the old recording ends and the new
+    /// instance is asked at once, however many short sessions came before.
+    #[test]
+    fn a_restarted_publisher_is_asked_again_under_its_new_id() {
+        let t0 = Instant::now();
+        let mut r = single(Dialect::Relay);
+        r.handle(t0, RoomEvent::Connected);
+        let seed = |from: &str| msg(json!({"request":"seed","streamID":"cam808d64","from":from}));
+        let offer = |from: &str| {
+            msg(
+                json!({"UUID":"me","from":from,"streamID":"cam808d64","session":from,"description":{"type":"offer","sdp":"v=0"}}),
+            )
+        };
+        let mut t = t0;
+        for k in 0..5 {
+            let (old, new) = (format!("pub{k}"), format!("pub{}", k + 1));
+            if k == 0 {
+                r.handle(t, seed(&old));
+                r.handle(t, offer(&old));
+            }
+            assert_eq!(r.active_peers(), vec![PeerId(old.clone())]);
+            t += Duration::from_secs(5);
+            // The same instance announcing again changes nothing.
+            assert!(r.handle(t, seed(&old)).is_empty());
+            let a = r.handle(t, seed(&new));
+            assert!(
+                matches!(&a[0], Action::StreamEnded { peer, stream_id } if peer.0 == old && stream_id == "cam"),
+                "{a:?}"
+            );
+            assert_eq!(
+                sends(&a),
+                vec![json!({"request":"play","streamID":"cam808d64","UUID":new,"from":"me"})]
+            );
+            // The old connection's end, noticed later, costs the new instance nothing.
+            assert!(
+                sends(&r.handle(
+                    t,
+                    RoomEvent::StreamClosed {
+                        peer: PeerId(old),
+                        recorded: true
+                    }
+                ))
+                .is_empty()
+            );
+            let a = r.handle(t, offer(&new));
+            assert!(
+                matches!(&a[..], [Action::Offer { peer, .. }] if peer.0 == new),
+                "{a:?}"
+            );
+        }
+    }
+
+    /// A wrong password shows within the no-offer timeout (10 s): in a room nobody is heard
+    /// of (another password is another room), and in single mode an announcement of our
+    /// stream under another hash suffix says it at once.
+    #[test]
+    fn a_wrong_password_is_said_once_and_soon() {
+        let t0 = Instant::now();
+        for dialect in [Dialect::Official, Dialect::Relay] {
+            let mut r = room_mode(&[], dialect);
+            r.handle(t0, RoomEvent::Connected);
+            assert!(
+                r.handle(t0 + Duration::from_secs(9), RoomEvent::Tick)
+                    .is_empty()
+            );
+            let a = r.handle(t0 + Duration::from_secs(10), RoomEvent::Tick);
+            assert!(
+                matches!(&a[..], [Action::UserError(e)] if e.contains("no publisher in room 'myroom' 10s") && e.contains("--password")),
+                "{a:?}"
+            );
+            assert!(
+                r.handle(t0 + Duration::from_secs(30), RoomEvent::Tick)
+                    .is_empty()
+            );
+            r.handle(t0 + Duration::from_secs(31), RoomEvent::Disconnected);
+            assert!(
+                r.handle(t0 + Duration::from_secs(32), RoomEvent::Connected)
+                    .iter()
+                    .all(|a| !matches!(a, Action::UserError(_)))
+            );
+            assert!(
+                r.handle(t0 + Duration::from_secs(60), RoomEvent::Tick)
+                    .is_empty()
+            );
+            // A room with a publisher says nothing.
+            let mut r = room_mode(&[], dialect);
+            r.handle(t0, RoomEvent::Connected);
+            let seed = match dialect {
+                Dialect::Official => json!({"request":"seed","streamID":"a808d64","UUID":"p"}),
+                Dialect::Relay => json!({"request":"seed","streamID":"a808d64","from":"p"}),
+            };
+            r.handle(t0, msg(seed));
+            assert!(
+                r.handle(t0 + Duration::from_secs(11), RoomEvent::Tick)
+                    .iter()
+                    .all(|a| !matches!(a, Action::UserError(e) if e.contains("no publisher")))
+            );
+        }
+        let mut r = single(Dialect::Relay);
+        r.handle(t0, RoomEvent::Connected);
+        for wire in ["camabc123", "cam"] {
+            let a = r.handle(
+                t0,
+                msg(json!({"request":"seed","streamID":wire,"from":"p"})),
+            );
+            assert!(
+                matches!(&a[..], [Action::UserError(e)] if e.contains("'cam' is published with another password") && e.contains("ours is 808d64")),
+                "{wire}: {a:?}"
+            );
+            assert!(
+                r.handle(
+                    t0,
+                    msg(json!({"request":"seed","streamID":wire,"from":"p"}))
+                )
+                .is_empty()
+            );
+        }
+        // Other streams are not ours: no line.
+        assert!(
+            r.handle(
+                t0,
+                msg(json!({"request":"seed","streamID":"camera808d64","from":"q"}))
+            )
+            .is_empty()
+        );
+    }
+
+    /// A stream ID longer than 128 characters is skipped with one line per ID (for the
+    /// first few IDs; a flood of distinct ones is only counted).
+    #[test]
+    fn over_long_stream_ids_are_skipped_with_one_line_each() {
+        let t0 = Instant::now();
+        let mut r = room_mode(&[], Dialect::Relay);
+        r.handle(t0, RoomEvent::Connected);
+        let long = format!("{}808d64", "L".repeat(200));
+        let a = r.handle(
+            t0,
+            msg(json!({"request":"seed","streamID":long,"from":"p"})),
+        );
+        assert!(
+            matches!(&a[..], [Action::UserError(e)] if e.contains("skipping stream ID 'LLLL") && e.contains("206 characters")),
+            "{a:?}"
+        );
+        assert!(
+            r.handle(
+                t0,
+                msg(json!({"request":"seed","streamID":long,"from":"p"}))
+            )
+            .is_empty()
+        );
+        let offer = json!({"UUID":"me","from":"p","streamID":long,"session":"s","description":{"type":"offer","sdp":"v=0"}});
+        assert!(r.handle(t0, msg(offer)).is_empty());
+        let mut lines = 1;
+        for k in 0..100 {
+            let id = format!("{k:03}{}", "x".repeat(200));
+            lines += r
+                .handle(t0, msg(json!({"request":"seed","streamID":id,"from":"p"})))
+                .len();
+        }
+        assert_eq!(lines, MAX_LONG_ID_REPORTS);
+        assert!(r.active_peers().is_empty());
+    }
+
+    /// A publisher whose offers come faster than they fail (garbage SDP, a new session each
+    /// time) is backed off by the offers themselves: a handful of recordings in 60 s of a
+    /// flood of 50 offers a second, and one "set aside" line.
+    #[test]
+    fn a_flood_of_new_offers_is_backed_off() {
+        let t0 = Instant::now();
+        let mut r = room_mode(&[], Dialect::Relay);
+        r.handle(t0, RoomEvent::Connected);
+        let mut offers = 0;
+        let mut errors = Vec::new();
+        for k in 0..3000u64 {
+            let t = t0 + Duration::from_millis(20 * k);
+            let m = json!({"from":"junk","streamID":"junk808d64","session":format!("s{k}"),
+                "description":{"type":"offer","sdp":"garbage"}});
+            for a in r.handle(t, msg(m)) {
+                match a {
+                    Action::Offer { .. } => offers += 1,
+                    Action::UserError(e) => errors.push(e),
+                    _ => {}
+                }
+            }
+        }
+        assert!((5..=12).contains(&offers), "{offers} recordings started");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("set aside"), "{errors:?}");
     }
 }

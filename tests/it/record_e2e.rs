@@ -112,6 +112,11 @@ impl Process {
         self.log.lock().unwrap().iter().any(|l| pred(l))
     }
 
+    /// The recorder's process id (for /proc measurements).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -283,7 +288,12 @@ fn av_error_ms(path: &Path, clip: &Clip, truncated: bool, at_end: bool) -> f64 {
 /// video, audio starting with video, and ffmpeg/ffprobe agreeing it is clean H.264 + Opus 48 kHz
 /// stereo. `truncated` accepts a file cut by SIGKILL: then ffmpeg may only complain about the
 /// last, partial access unit (the H.264 decoder concealing it), as `tests/ts_writer.rs` defines.
-fn check_recording(path: &Path, clip: &Clip, truncated: bool, min_seconds: f64) -> Verified {
+pub(crate) fn check_recording(
+    path: &Path,
+    clip: &Clip,
+    truncated: bool,
+    min_seconds: f64,
+) -> Verified {
     let v = verify_file(path, clip, truncated)
         .unwrap_or_else(|e| panic!("{}: not a faithful recording: {e}", path.display()));
     assert!(
@@ -648,14 +658,14 @@ async fn sigterm_finishes_every_file_and_prints_summaries() {
 
 /// A test publisher on its own runtime (own threads), so it can be made to vanish: shutting the
 /// runtime down drops every task of it at once — no bye, no close, no more packets.
-struct Vanishing {
+pub(crate) struct Vanishing {
     runtime: tokio::runtime::Runtime,
     _stop: watch::Sender<bool>,
     _source: TestSource,
 }
 
 impl Vanishing {
-    fn start(cfg: TestSourceConfig) -> Self {
+    pub(crate) fn start(cfg: TestSourceConfig) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -673,7 +683,7 @@ impl Vanishing {
         }
     }
 
-    fn vanish(self) {
+    pub(crate) fn vanish(self) {
         self.runtime.shutdown_background();
     }
 }

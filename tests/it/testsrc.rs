@@ -163,7 +163,7 @@ fn start_viewer(server: &Server, dialect: Dialect, password: Password) -> Viewer
                                     }),
                                 SessionEvent::Closed { reason, .. } => {
                                     st.send_modify(|s| s.closed.push(reason));
-                                    let _ = h.stream_closed(peer.clone()).await;
+                                    let _ = h.stream_closed(peer.clone(), true).await;
                                 }
                                 _ => {}
                             }
