@@ -33,6 +33,21 @@ use webrtc::peer_connection::{
 pub use crate::signaling::message::IceCandidate;
 
 /// The webrtc-rs form of a candidate.
+/// Text that came from a remote peer (an error quoting its SDP, say) made fit for one log
+/// line: control characters (CR/LF would start forged log lines) become spaces, and it is cut
+/// at `max_chars`.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 pub(crate) fn candidate_init(c: &IceCandidate) -> RTCIceCandidateInit {
     RTCIceCandidateInit {
         candidate: c.candidate.clone(),
@@ -352,6 +367,12 @@ pub(crate) async fn say_bye(channels: &[Arc<dyn DataChannel>]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printable_text_is_one_short_line() {
+        assert_eq!(super::printable("v=0\r\nbad\tsdp", 100), "v=0  bad sdp");
+        assert_eq!(super::printable("abcdef", 3), "abc…");
+    }
+
     use super::*;
     use crate::media::VideoCodec;
 

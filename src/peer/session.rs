@@ -456,10 +456,14 @@ async fn run(
                 None | Some(Command::Close) => break CloseReason::LocalClose,
                 Some(Command::Offer(sdp)) => {
                     if let Err(e) = s.negotiate(sdp, Reply::WebSocket).await {
-                        warn!(label = %s.config.label, "offer rejected: {e}");
+                        // The error can quote the publisher's SDP: one short line.
+                        let e = super::printable(&e.to_string(), 200);
                         if !s.remote_set {
-                            break CloseReason::Negotiation(e.to_string());
+                            // Said by the recorder, within its per-publisher log budget.
+                            debug!(label = %s.config.label, "offer rejected: {e}");
+                            break CloseReason::Negotiation(e);
                         }
+                        warn!(label = %s.config.label, "offer rejected: {e}");
                     }
                 }
                 Some(Command::Candidate(c)) => s.remote_candidate(c).await,
@@ -792,8 +796,14 @@ impl Session {
                     encrypted: description.encrypted,
                 };
                 if let Err(e) = self.negotiate(description.sdp, reply).await {
-                    warn!(label = %self.config.label, "renegotiation failed: {e}");
+                    let e = super::printable(&e.to_string(), 200);
                     self.stats.dc_dropped += 1;
+                    // Once per session at warn: a publisher can send these as fast as it likes.
+                    if self.stats.dc_dropped == 1 {
+                        warn!(label = %self.config.label, "renegotiation failed: {e}");
+                    } else {
+                        debug!(label = %self.config.label, "renegotiation failed: {e}");
+                    }
                 }
             }
             DcMessage::Candidates(list) => {

@@ -246,6 +246,7 @@ pub async fn run(
                 };
                 match ev {
                     SignalingEvent::Offer { peer, stream_id, session, sdp, encrypted } => {
+                        let mut replaced = false;
                         if let Some(e) = entries.get_mut(&peer) {
                             if e.session == session && !e.stopping {
                                 debug!(%stream_id, "repeated offer for a running session ignored");
@@ -258,6 +259,7 @@ pub async fn run(
                             } else {
                                 info!(%stream_id, "publisher sent a new session; starting a new recording");
                             }
+                            replaced = true;
                             e.stopping = true;
                             let _ = e.commands.try_send(StreamCommand::Stop);
                             // Its summary still arrives as a report and is collected then.
@@ -281,7 +283,7 @@ pub async fn run(
                             }
                         };
                         generation += 1;
-                        if run.quiet.failing(&stream_id) {
+                        if replaced || run.quiet.failing(&stream_id) {
                             debug!(%stream_id, "publisher offered its stream again; recording");
                         } else {
                             info!(%stream_id, "publisher offered its stream; recording");
@@ -315,7 +317,11 @@ pub async fn run(
                     }
                     SignalingEvent::StreamEnded { peer, stream_id } => {
                         if let Some(e) = entries.get_mut(&peer) && !e.stopping {
-                            info!(%stream_id, "publisher left");
+                            if run.quiet.failing(&stream_id) {
+                                debug!(%stream_id, "publisher left");
+                            } else {
+                                info!(%stream_id, "publisher left");
+                            }
                             e.stopping = true;
                             let _ = e.commands.try_send(StreamCommand::Stop);
                         }

@@ -979,49 +979,58 @@ impl Recorder {
 }
 
 /// The lines that end a recording: why its connection closed (one line a user can act on
-/// when it ended badly; normal ends stay at info level) and its summary. `left_out`: lines
-/// like these not written since the last ones (a publisher failing again and again).
+/// when it ended badly; normal ends stay at info level) and its summary. A recording that
+/// failed before any media gets the first line only. `left_out`: ends like this one not said
+/// since the last line (a publisher failing again and again, see `record::quiet`).
 pub fn explain_end(summary: &StreamSummary, left_out: u64) {
-    if let Some(reason) = &summary.close_reason {
-        explain_close(&summary.stream_id, reason);
-    }
-    if left_out > 0 {
-        info!(
-            stream = %summary.stream_id,
-            "recording finished: {summary} ({left_out} more like it since the last line)"
-        );
+    let more = if left_out > 0 {
+        format!(" ({left_out} more like it since the last line)")
     } else {
-        info!(stream = %summary.stream_id, "recording finished: {summary}");
-    }
-}
-
-/// One line a user can act on when a connection ends badly; normal ends stay at info level.
-fn explain_close(stream_id: &str, reason: &CloseReason) {
-    match reason {
-        CloseReason::IceTimeout => error!(
-            stream = %stream_id,
-            "could not connect to the publisher: ICE did not connect in time \
-             (check that UDP can flow between you; behind strict NAT use --turn; see --ice-timeout)"
-        ),
-        CloseReason::IceFailed => error!(
-            stream = %stream_id,
-            "connection to the publisher failed (ICE): check UDP reachability, --stun, --turn"
-        ),
-        CloseReason::Negotiation(e) => error!(
-            stream = %stream_id,
-            "the publisher's offer could not be answered: {e}"
-        ),
-        CloseReason::Setup(e) => error!(
-            stream = %stream_id,
-            "could not create a WebRTC connection: {e}"
-        ),
-        CloseReason::PublisherVanished => warn!(
-            stream = %stream_id,
-            "the publisher stopped responding (gone without saying bye); file closed"
-        ),
-        CloseReason::Bye | CloseReason::DataChannelClosed | CloseReason::LocalClose => {
-            info!(stream = %stream_id, ?reason, "connection closed")
+        String::new()
+    };
+    let id = summary.stream_id.as_str();
+    let nothing = summary.core.frames_written + summary.core.audio_written == 0;
+    let failed = match &summary.close_reason {
+        Some(CloseReason::IceTimeout) => {
+            error!(
+                stream = %id,
+                "could not connect to the publisher: ICE did not connect in time \
+                 (check that UDP can flow between you; behind strict NAT use --turn; see --ice-timeout){more}"
+            );
+            true
         }
+        Some(CloseReason::IceFailed) => {
+            error!(
+                stream = %id,
+                "connection to the publisher failed (ICE): check UDP reachability, --stun, --turn{more}"
+            );
+            true
+        }
+        Some(CloseReason::Negotiation(e)) => {
+            error!(stream = %id, "the publisher's offer could not be answered: {e}{more}");
+            true
+        }
+        Some(CloseReason::Setup(e)) => {
+            error!(stream = %id, "could not create a WebRTC connection: {e}{more}");
+            true
+        }
+        Some(CloseReason::PublisherVanished) => {
+            warn!(
+                stream = %id,
+                "the publisher stopped responding (gone without saying bye); file closed"
+            );
+            false
+        }
+        Some(
+            reason @ (CloseReason::Bye | CloseReason::DataChannelClosed | CloseReason::LocalClose),
+        ) => {
+            info!(stream = %id, ?reason, "connection closed");
+            false
+        }
+        None => false,
+    };
+    if !(failed && nothing) {
+        info!(stream = %id, "recording finished: {summary}{more}");
     }
 }
 

@@ -82,7 +82,7 @@ impl SignalingConfig {
                 Duration::from_secs(45),
                 Duration::from_secs(180),
             ],
-            no_offer_timeout: Duration::from_secs(10),
+            no_offer_timeout: Duration::from_secs(8),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),

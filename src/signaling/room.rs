@@ -137,7 +137,7 @@ pub struct RoomConfig {
 
 impl RoomConfig {
     /// Configuration with the Raspberry Ninja retry schedule (15 s, 45 s, then every 180 s)
-    /// and a 10 s no-offer warning.
+    /// and an 8 s no-offer warning.
     pub fn new(mode: Mode, dialect: Dialect, self_id: String, security: Security) -> Self {
         RoomConfig {
             mode,
@@ -150,7 +150,8 @@ impl RoomConfig {
                 Duration::from_secs(45),
                 Duration::from_secs(180),
             ],
-            no_offer_timeout: Duration::from_secs(10),
+            // Said within 10 s of joining, the 1 s tick included.
+            no_offer_timeout: Duration::from_secs(8),
         }
     }
 }
@@ -591,9 +592,12 @@ impl Room {
                     *attempt += 1;
                     *next_play = now + delay;
                 }
+                // A stream whose recordings fail was said to fail; no-offer is for silence.
                 if !*warned && now.duration_since(*since) >= self.cfg.no_offer_timeout {
                     *warned = true;
-                    warn.push(wire.clone());
+                    if st.failures == 0 {
+                        warn.push(wire.clone());
+                    }
                 }
             }
         }
@@ -607,9 +611,13 @@ impl Room {
                 Some(s) => format!("our hash suffix is {s}"),
                 None => "password disabled".to_string(),
             };
-            out.push(Action::UserError(format!(
-                "no offer for stream '{raw}' after {secs}s: is it publishing, and do --password/--salt match the publisher ({hint})?"
-            )));
+            self.report(
+                format!("no-offer:{wire}"),
+                format!(
+                    "no offer for stream '{raw}' after {secs}s: is it publishing, and do --password/--salt match the publisher ({hint})?"
+                ),
+                out,
+            );
         }
     }
 
@@ -940,18 +948,19 @@ impl Room {
             return;
         }
         // A new session from a peer we already record, or another peer now serving the
-        // stream: the old recording ends first.
+        // stream: the old recording ends first (for a new session of the same stream, the
+        // offer itself tells the recorder to replace it).
         if let Some(old) = self.peers.get(&peer)
             && (old.session != m.session || old.wire_stream != wire)
         {
             let old_raw = self.cfg.security.desalt_stream_id(&old.wire_stream);
             let old_wire = old.wire_stream.clone();
-            out.push(Action::StreamEnded {
-                peer: peer.clone(),
-                stream_id: old_raw,
-            });
             self.peers.remove(&peer);
             if old_wire != wire {
+                out.push(Action::StreamEnded {
+                    peer: peer.clone(),
+                    stream_id: old_raw,
+                });
                 self.streams.remove(&old_wire);
             } else {
                 // A new offer right after the last one (a publisher whose offers cannot be
@@ -963,6 +972,10 @@ impl Room {
                 self.recording_ended(now, &wire, short, out);
                 if self.streams.get(&wire).is_some_and(|s| s.held(now)) {
                     self.stats.ignored += 1;
+                    out.push(Action::StreamEnded {
+                        peer: peer.clone(),
+                        stream_id: old_raw,
+                    });
                     return;
                 }
             }
@@ -1302,10 +1315,10 @@ mod tests {
             vec![json!({"request":"play","streamID":"cam808d64"})]
         );
         assert!(
-            r.handle(t0 + Duration::from_secs(9), RoomEvent::Tick)
+            r.handle(t0 + Duration::from_secs(7), RoomEvent::Tick)
                 .is_empty()
         );
-        let a = r.handle(t0 + Duration::from_secs(10), RoomEvent::Tick);
+        let a = r.handle(t0 + Duration::from_secs(8), RoomEvent::Tick);
         assert_eq!(a.len(), 1);
         assert!(
             matches!(&a[0], Action::UserError(e) if e.contains("'cam'") && e.contains("--password"))
@@ -1471,10 +1484,9 @@ mod tests {
         let mut r = single(Dialect::Official);
         r.handle(t0, RoomEvent::Connected);
         r.handle(t0, msg(offer_json("pub", "cam808d64", "s1")));
+        // The new offer itself replaces the recording (the recorder stops the old one).
         let a = r.handle(t0, msg(offer_json("pub", "cam808d64", "s2")));
-        assert!(
-            matches!(&a[..], [Action::StreamEnded { .. }, Action::Offer { session, .. }] if *session == Some(json!("s2")))
-        );
+        assert!(matches!(&a[..], [Action::Offer { session, .. }] if *session == Some(json!("s2"))));
         // Another peer taking over the stream ends the first.
         let a = r.handle(t0, msg(offer_json("pub9", "cam808d64", "s3")));
         assert!(
@@ -1848,12 +1860,12 @@ mod tests {
             let mut r = room_mode(&[], dialect);
             r.handle(t0, RoomEvent::Connected);
             assert!(
-                r.handle(t0 + Duration::from_secs(9), RoomEvent::Tick)
+                r.handle(t0 + Duration::from_secs(7), RoomEvent::Tick)
                     .is_empty()
             );
-            let a = r.handle(t0 + Duration::from_secs(10), RoomEvent::Tick);
+            let a = r.handle(t0 + Duration::from_secs(8), RoomEvent::Tick);
             assert!(
-                matches!(&a[..], [Action::UserError(e)] if e.contains("no publisher in room 'myroom' 10s") && e.contains("--password")),
+                matches!(&a[..], [Action::UserError(e)] if e.contains("no publisher in room 'myroom' 8s") && e.contains("--password")),
                 "{a:?}"
             );
             assert!(
@@ -1879,7 +1891,7 @@ mod tests {
             };
             r.handle(t0, msg(seed));
             assert!(
-                r.handle(t0 + Duration::from_secs(11), RoomEvent::Tick)
+                r.handle(t0 + Duration::from_secs(9), RoomEvent::Tick)
                     .iter()
                     .all(|a| !matches!(a, Action::UserError(e) if e.contains("no publisher")))
             );

@@ -36,7 +36,7 @@ async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one
     let server = TestServer::start().await;
     let url = server.url.clone();
     let dir = TestDir::new("garbage");
-    let room = "junkroom";
+    let room = "floodroom";
     let good = Publisher::start(source_config(&url, "good", Some(room)));
     let recorder = Process::start(&recorder_args(
         &url,
@@ -100,9 +100,10 @@ async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one
     for l in &junk_lines {
         eprintln!("  {l}");
     }
-    // One line per 10 s of flood, the "set aside" line, the room's own lines (joined/left).
+    // One line per 10 s of flood (6), the "set aside" line, and the first recording's start
+    // (before it is known to fail).
     assert!(
-        junk_lines.len() <= 10,
+        junk_lines.len() <= 9,
         "{} lines about the garbage publisher:\n{}",
         junk_lines.len(),
         junk_lines.join("\n")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ninjarec::signaling::Dialect;
 
-use crate::record_e2e::{Vanishing, source_config, ts_files};
+use crate::record_e2e::{Publisher, Vanishing, source_config, ts_files};
 use crate::support::ffmpeg::probe;
 use crate::support::fixtures::{InProcess, TestDir, TestServer, recorder_args};
 
@@ -138,6 +138,99 @@ async fn restarted_publishers_are_recorded_again_within_5_s_in_both_modes_and_di
             }
             Err(e) => problems.push(e),
         }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A recorder with the wrong password says so in one line within 10 s, in both dialects and
+/// both modes (issue 14): with another password the room name hashes differently, so a room
+/// looks empty; a stream announced to us under another hash suffix says it at once; a stream
+/// that never answers `play` says it after 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_said_in_one_line_within_10_s() {
+    use crate::record_e2e::Process;
+    use ninjarec::signaling::Password;
+
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let cases = [
+        (Dialect::Relay, false),
+        (Dialect::Relay, true),
+        (Dialect::Official, false),
+        (Dialect::Official, true),
+    ];
+    let mut running = Vec::new();
+    for (dialect, room) in cases {
+        let name = format!(
+            "{}{}",
+            if dialect == Dialect::Official {
+                "off"
+            } else {
+                "rel"
+            },
+            if room { "room" } else { "solo" }
+        );
+        let stream = format!("pw{name}");
+        let room_name = format!("pwroom{name}");
+        let mut cfg = source_config(&url, &stream, room.then_some(room_name.as_str()));
+        cfg.dialect = Some(dialect);
+        cfg.password = Password::parse(Some("hunter2"));
+        let publisher = Publisher::start(cfg);
+        let dir = TestDir::new(&format!("pw-{name}"));
+        let mut args = vec![
+            "--dialect".to_string(),
+            if dialect == Dialect::Official {
+                "official"
+            } else {
+                "relay"
+            }
+            .to_string(),
+        ];
+        if room {
+            args.extend(["--room".into(), room_name, "--record-room".into()]);
+        } else {
+            args.extend(["--record".into(), stream]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The publisher is up first, as a user would have it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let recorder = Process::start(&recorder_args(&url, &dir, &args));
+        running.push((name, started, recorder, publisher, dir));
+    }
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let said = |p: &Process| {
+        p.log_text()
+            .lines()
+            .filter(|l| l.contains("--password"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut first_line = vec![None; running.len()];
+    while Instant::now() < deadline {
+        for (k, (_, started, recorder, _, _)) in running.iter().enumerate() {
+            if first_line[k].is_none() && !said(recorder).is_empty() {
+                first_line[k] = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut problems = Vec::new();
+    for (k, (name, _, recorder, publisher, dir)) in running.into_iter().enumerate() {
+        let lines = said(&recorder);
+        eprintln!("{name}: said after {:?}: {lines:?}", first_line[k]);
+        match first_line[k] {
+            Some(t) if t <= Duration::from_secs(10) => {}
+            other => problems.push(format!("{name}: first line after {other:?}: {lines:?}")),
+        }
+        if lines.len() != 1 {
+            problems.push(format!("{name}: {} lines: {lines:?}", lines.len()));
+        }
+        if !ts_files(&dir).is_empty() {
+            problems.push(format!("{name}: recorded with the wrong password?"));
+        }
+        drop(recorder);
+        publisher.stop().await;
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
