@@ -234,3 +234,119 @@ async fn a_wrong_password_is_said_in_one_line_within_10_s() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// One GStreamer case (Raspberry Ninja's pipeline, killed with SIGKILL like `kill -9`):
+/// returns the time from each return (the publisher announced on the server) to its file.
+async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
+    use crate::support::gst::{GstPublisher, GstPublisherConfig};
+    let name = format!(
+        "g{}{}",
+        if dialect == Dialect::Official {
+            "off"
+        } else {
+            "rel"
+        },
+        if room { "room" } else { "solo" }
+    );
+    let dir = TestDir::new(&format!("restart-{name}"));
+    let stream = format!("r{name}");
+    let room_name = format!("rr{name}");
+    let mut args = vec![
+        "--dialect".to_string(),
+        if dialect == Dialect::Official {
+            "official"
+        } else {
+            "relay"
+        }
+        .to_string(),
+    ];
+    if room {
+        args.extend(["--room".into(), room_name.clone(), "--record-room".into()]);
+    } else {
+        args.extend(["--record".into(), stream.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cfg = GstPublisherConfig::new(url, &[stream.as_str()]);
+    cfg.room = room.then(|| room_name.clone());
+    cfg.dialect = dialect;
+    cfg.width = 640;
+    cfg.height = 360;
+    cfg.bitrate_kbps = 800;
+    let start = || {
+        let p = GstPublisher::start(&cfg);
+        tokio::task::block_in_place(|| p.wait_ready(Duration::from_secs(30)));
+        p
+    };
+    let recorder = InProcess::start(&recorder_args(url, &dir, &args));
+    let mut publisher = start();
+    wait_for_file(&dir, 1, Duration::from_secs(20))
+        .await
+        .ok_or_else(|| format!("{name}: no first file: {:?}", ts_files(&dir)))?;
+    let mut delays = Vec::new();
+    for k in 0..RESTARTS {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(publisher); // SIGKILL to its process group
+        tokio::time::sleep(AWAY).await;
+        publisher = start();
+        let back = Instant::now();
+        match wait_for_file(&dir, k + 2, Duration::from_secs(20)).await {
+            Some(at) => delays.push(at - back),
+            None => {
+                return Err(format!(
+                    "{name}: return {} not recorded within 20 s: {:?}",
+                    k + 1,
+                    ts_files(&dir)
+                ));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    recorder.stop().await;
+    drop(publisher);
+    let files = ts_files(&dir);
+    if files.len() != RESTARTS + 1 {
+        return Err(format!("{name}: want {} files: {files:?}", RESTARTS + 1));
+    }
+    for file in files.keys() {
+        let streams = probe(&dir.join(file));
+        if !streams.iter().any(|s| s.starts_with("h264,"))
+            || !streams.iter().any(|s| s.starts_with("opus,"))
+        {
+            return Err(format!("{name}: {file}: {streams:?}"));
+        }
+    }
+    eprintln!("{name}: returns recorded after {delays:?}");
+    Ok(delays)
+}
+
+/// The same with Raspberry Ninja's GStreamer pipeline (a real publisher), killed with
+/// SIGKILL: each return (announced on the server) is recorded within 5 s, in both modes and
+/// dialects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_gstreamer_publishers_are_recorded_again_within_5_s() {
+    crate::support::gst::require_gstreamer();
+    let _heavy = crate::support::fixtures::heavy().await;
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let cases = [
+        (Dialect::Relay, false),
+        (Dialect::Relay, true),
+        (Dialect::Official, false),
+        (Dialect::Official, true),
+    ];
+    let results =
+        futures_util::future::join_all(cases.iter().map(|&(d, room)| gst_case(&url, d, room)))
+            .await;
+    let mut problems = Vec::new();
+    for r in results {
+        match r {
+            Ok(delays) => {
+                for d in delays.iter().filter(|d| **d > BACK_WITHIN) {
+                    problems.push(format!("a return took {d:?} to be recorded: {delays:?}"));
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
