@@ -344,7 +344,7 @@ pub struct Room {
 }
 
 /// Stream IDs longer than this (characters) are skipped: VDO.Ninja's are at most 50.
-pub const MAX_STREAM_ID_CHARS: usize = super::message::MAX_ID_CHARS;
+pub const MAX_ACCEPTED_STREAM_ID_CHARS: usize = super::message::MAX_ID_CHARS;
 /// Distinct over-long stream IDs named in a line; more are only counted (a hostile client
 /// could send endless distinct ones).
 const MAX_LONG_ID_REPORTS: usize = 8;
@@ -701,7 +701,7 @@ impl Room {
     /// VDO.Ninja publisher sends: it is skipped.
     fn too_long(&mut self, wire: &str, out: &mut Vec<Action>) -> bool {
         let n = wire.chars().count();
-        if n <= MAX_STREAM_ID_CHARS {
+        if n <= MAX_ACCEPTED_STREAM_ID_CHARS {
             return false;
         }
         self.stats.ignored += 1;
@@ -713,7 +713,7 @@ impl Room {
                 self.report(
                     key,
                     format!(
-                        "skipping stream ID '{head}…' ({n} characters; at most {MAX_STREAM_ID_CHARS} are accepted)"
+                        "skipping stream ID '{head}…' ({n} characters; at most {MAX_ACCEPTED_STREAM_ID_CHARS} are accepted)"
                     ),
                     out,
                 );
