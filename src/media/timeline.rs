@@ -1072,20 +1072,25 @@ mod tests {
     #[test]
     fn a_first_report_pair_far_off_is_outvoted() {
         let epoch = Instant::now();
-        let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
         let ntp = |s: f64| ((3_900_000_000.0 + s) * 4_294_967_296.0) as u64;
         let vts = |s: f64| 0x1234_5678u32.wrapping_add((s * 90_000.0) as u32);
         let ats = |s: f64| 0x9ABC_DEF0u32.wrapping_add((s * 48_000.0) as u32);
-        // Video arrives 300 ms later than the audio captured with it (encoder latency).
-        for ms in (0..1500u64).step_by(10) {
-            let s = ms as f64 / 1000.0;
-            if ms % 20 == 0 {
-                tl.push_audio(ats(s), epoch + Duration::from_secs_f64(s + 0.05), 0);
+        // 1.5 s of media; video arrives 300 ms later than the audio captured with it
+        // (encoder latency).
+        let fed = || {
+            let mut tl: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
+            for ms in (0..1500u64).step_by(10) {
+                let s = ms as f64 / 1000.0;
+                if ms % 20 == 0 {
+                    tl.push_audio(ats(s), epoch + Duration::from_secs_f64(s + 0.05), 0);
+                }
+                if ms % 30 == 0 {
+                    tl.video_pts(vts(s), epoch + Duration::from_secs_f64(s + 0.35), ms == 0);
+                }
             }
-            if ms % 30 == 0 {
-                tl.video_pts(vts(s), epoch + Duration::from_secs_f64(s + 0.35), ms == 0);
-            }
-        }
+            tl
+        };
+        let mut tl = fed();
         let correction = |tl: &Timeline<u32>| tl.av_sync().sr_correction_ms.unwrap();
         let pair = |tl: &mut Timeline<u32>, s: f64, video_off: f64| {
             tl.sender_report(TrackKind::Video, ntp(s), vts(s - video_off));
@@ -1097,16 +1102,7 @@ mod tests {
         assert!(tl.sender_reports_sufficient());
         assert!((correction(&tl) - 300.0).abs() < 2.0, "{}", correction(&tl));
         // Two that agree (within the senders' ±25 ms) are averaged.
-        let mut agree: Timeline<u32> = Timeline::new(TimelineConfig::new(true, true));
-        for ms in (0..1500u64).step_by(10) {
-            let s = ms as f64 / 1000.0;
-            if ms % 20 == 0 {
-                agree.push_audio(ats(s), epoch + Duration::from_secs_f64(s + 0.05), 0);
-            }
-            if ms % 30 == 0 {
-                agree.video_pts(vts(s), epoch + Duration::from_secs_f64(s + 0.35), ms == 0);
-            }
-        }
+        let mut agree = fed();
         pair(&mut agree, 0.6, 0.02);
         pair(&mut agree, 1.1, 0.0);
         assert!(

@@ -38,34 +38,48 @@ async fn wait_for_file(dir: &Path, n: usize, limit: Duration) -> Option<Instant>
     None
 }
 
-/// One case: returns the time from each return to its new file, or what went wrong.
-async fn case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
+/// A case's name (`relsolo`, `offroom`…) and the recorder's mode and dialect flags for it.
+fn case_setup(prefix: &str, dialect: Dialect, room: bool) -> (String, Vec<String>) {
+    let official = dialect == Dialect::Official;
     let name = format!(
-        "{}{}",
-        if dialect == Dialect::Official {
-            "off"
-        } else {
-            "rel"
-        },
+        "{prefix}{}{}",
+        if official { "off" } else { "rel" },
         if room { "room" } else { "solo" }
     );
+    let mut args = vec![
+        "--dialect".to_string(),
+        if official { "official" } else { "relay" }.to_string(),
+    ];
+    if room {
+        args.extend(["--room".into(), format!("rr{name}"), "--record-room".into()]);
+    } else {
+        args.extend(["--record".into(), format!("r{name}")]);
+    }
+    (name, args)
+}
+
+/// Every case ran, and every return was recorded within [`BACK_WITHIN`].
+fn assert_all_back_in_time(results: Vec<Result<Vec<Duration>, String>>) {
+    let mut problems = Vec::new();
+    for r in results {
+        match r {
+            Ok(delays) => {
+                for d in delays.iter().filter(|d| **d > BACK_WITHIN) {
+                    problems.push(format!("a return took {d:?} to be recorded: {delays:?}"));
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// One case: returns the time from each return to its new file, or what went wrong.
+async fn case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
+    let (name, args) = case_setup("", dialect, room);
     let dir = TestDir::new(&format!("restart-{name}"));
     let stream = format!("r{name}");
     let room_name = format!("rr{name}");
-    let mut args = vec![
-        "--dialect".to_string(),
-        if dialect == Dialect::Official {
-            "official"
-        } else {
-            "relay"
-        }
-        .to_string(),
-    ];
-    if room {
-        args.extend(["--room".into(), room_name.clone(), "--record-room".into()]);
-    } else {
-        args.extend(["--record".into(), stream.clone()]);
-    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cfg = || {
         let mut c = source_config(url, &stream, room.then_some(room_name.as_str()));
@@ -128,18 +142,7 @@ async fn restarted_publishers_are_recorded_again_within_5_s_in_both_modes_and_di
     ];
     let results =
         futures_util::future::join_all(cases.iter().map(|&(d, room)| case(&url, d, room))).await;
-    let mut problems = Vec::new();
-    for r in results {
-        match r {
-            Ok(delays) => {
-                for d in delays.iter().filter(|d| **d > BACK_WITHIN) {
-                    problems.push(format!("a return took {d:?} to be recorded: {delays:?}"));
-                }
-            }
-            Err(e) => problems.push(e),
-        }
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_all_back_in_time(results);
 }
 
 /// A recorder with the wrong password says so in one line within 10 s, in both dialects and
@@ -239,32 +242,10 @@ async fn a_wrong_password_is_said_in_one_line_within_10_s() {
 /// returns the time from each return (the publisher announced on the server) to its file.
 async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
     use crate::support::gst::{GstPublisher, GstPublisherConfig};
-    let name = format!(
-        "g{}{}",
-        if dialect == Dialect::Official {
-            "off"
-        } else {
-            "rel"
-        },
-        if room { "room" } else { "solo" }
-    );
+    let (name, args) = case_setup("g", dialect, room);
     let dir = TestDir::new(&format!("restart-{name}"));
     let stream = format!("r{name}");
     let room_name = format!("rr{name}");
-    let mut args = vec![
-        "--dialect".to_string(),
-        if dialect == Dialect::Official {
-            "official"
-        } else {
-            "relay"
-        }
-        .to_string(),
-    ];
-    if room {
-        args.extend(["--room".into(), room_name.clone(), "--record-room".into()]);
-    } else {
-        args.extend(["--record".into(), stream.clone()]);
-    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cfg = GstPublisherConfig::new(url, &[stream.as_str()]);
     cfg.room = room.then(|| room_name.clone());
@@ -337,16 +318,5 @@ async fn restarted_gstreamer_publishers_are_recorded_again_within_5_s() {
     let results =
         futures_util::future::join_all(cases.iter().map(|&(d, room)| gst_case(&url, d, room)))
             .await;
-    let mut problems = Vec::new();
-    for r in results {
-        match r {
-            Ok(delays) => {
-                for d in delays.iter().filter(|d| **d > BACK_WITHIN) {
-                    problems.push(format!("a return took {d:?} to be recorded: {delays:?}"));
-                }
-            }
-            Err(e) => problems.push(e),
-        }
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_all_back_in_time(results);
 }
