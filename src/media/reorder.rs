@@ -7,6 +7,14 @@
 //! (a hole is skipped when the window is full) and in time (a hole is given up after a
 //! deadline), and it resyncs on a confirmed huge sequence jump (publisher restart) instead of
 //! waiting for a hole that will never be filled.
+//!
+//! The deadline follows the path: every packet that fills a hole (a reordered packet or a
+//! NACK repair), and every one that comes after its hole was given up, says how long that
+//! hole really took to fill. The deadline is set from the recent ones (90th percentile, plus
+//! a margin), between [`ReorderConfig::max_delay`] and [`ReorderConfig::max_delay_cap`], so
+//! on a long round trip the repairs that arrive are used, and on a short one a hole costs
+//! little waiting. A track nobody repairs (Opus) only ever sees reordering and keeps a short
+//! deadline.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,8 +44,11 @@ pub struct ReorderConfig {
     /// Most packets held while waiting for a hole to fill.
     pub capacity: usize,
     /// How long (in arrival time) a packet may wait for an earlier hole before the hole is
-    /// given up. Should cover one NACK round trip.
+    /// given up, at least: the deadline starts here and never goes below it.
     pub max_delay: Duration,
+    /// The longest the deadline may grow to when holes are measured to take longer to fill
+    /// (NACK repairs on a long round trip). Bounds the latency and, with `capacity`, memory.
+    pub max_delay_cap: Duration,
     /// A forward jump of more sequence numbers than this is treated as a restart, not loss
     /// (RFC 3550 Appendix A.1 `MAX_DROPOUT`).
     pub max_dropout: u64,
@@ -56,6 +67,7 @@ impl Default for ReorderConfig {
         Self {
             capacity: 512,
             max_delay: Duration::from_millis(150),
+            max_delay_cap: Duration::from_millis(750),
             max_dropout: 3000,
             max_misorder: 1000,
             hold_start: false,
@@ -82,10 +94,20 @@ pub struct ReorderStats {
     pub resyncs: u64,
     /// Packets far outside the window that were never confirmed by a successor (dropped).
     pub stray: u64,
+    /// The hole deadline now in force (follows the measured fill times).
+    pub delay: Duration,
 }
 
 /// How many given-up ranges are remembered to tell late packets from duplicates.
 const LOST_RANGES_KEPT: usize = 64;
+
+/// How many recent hole fill times set the deadline (~15 s of holes at 2 % loss of a
+/// 2 Mb/s stream).
+const FILL_SAMPLES_KEPT: usize = 64;
+
+/// Margin over the measured fill time: a repair slightly slower than the recent ones is
+/// still used.
+const FILL_MARGIN: Duration = Duration::from_millis(20);
 
 /// Reorders one track's packets by extended sequence number. See the module docs.
 #[derive(Debug)]
@@ -98,8 +120,13 @@ pub struct ReorderBuffer {
     held: BTreeMap<i64, (RtpPacket, Instant)>,
     /// Earliest arrival time among `held`, cached.
     oldest: Option<Instant>,
-    /// Ranges `[start, end)` recently given up, to classify stragglers.
-    lost_ranges: VecDeque<(i64, i64)>,
+    /// Ranges `[start, end)` recently given up, to classify stragglers, with the arrival of
+    /// the packet that first waited behind each (to time a late repair).
+    lost_ranges: VecDeque<(i64, i64, Instant)>,
+    /// How long recent holes took to fill (oldest first).
+    fill_times: VecDeque<Duration>,
+    /// The deadline now in force, in `[max_delay, max_delay_cap]`.
+    delay: Duration,
     /// A packet far outside the window, waiting for its successor to confirm a restart.
     probation: Option<(RtpPacket, Instant)>,
     /// Nothing was handed on yet and `hold_start` is set: `next` may still move back.
@@ -124,6 +151,8 @@ impl ReorderBuffer {
             held: BTreeMap::new(),
             oldest: None,
             lost_ranges: VecDeque::new(),
+            fill_times: VecDeque::new(),
+            delay: config.max_delay,
             probation: None,
             starting: false,
             stats: ReorderStats::default(),
@@ -132,7 +161,10 @@ impl ReorderBuffer {
 
     /// The counters so far.
     pub fn stats(&self) -> ReorderStats {
-        self.stats
+        ReorderStats {
+            delay: self.delay,
+            ..self.stats
+        }
     }
 
     /// Packets currently held back.
@@ -142,7 +174,7 @@ impl ReorderBuffer {
 
     /// When [`Self::poll_timeout`] should next be called, if anything is held.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.config.max_delay)
+        self.oldest.map(|t| t + self.delay)
     }
 
     /// Takes one packet that arrived at `now`; hands on everything that is now in order.
@@ -190,8 +222,14 @@ impl ReorderBuffer {
             self.stats.stray += 1;
         }
         if ahead < 0 {
-            if self.lost_ranges.iter().any(|&(s, e)| (s..e).contains(&ext)) {
+            let given_up = self
+                .lost_ranges
+                .iter()
+                .find(|&&(s, e, _)| (s..e).contains(&ext))
+                .map(|&(_, _, since)| since);
+            if let Some(since) = given_up {
                 self.stats.late += 1;
+                self.record_fill(now.saturating_duration_since(since));
             } else {
                 self.stats.duplicates += 1;
             }
@@ -199,9 +237,10 @@ impl ReorderBuffer {
         }
         self.unwrapper.unwrap(u32::from(pkt.sequence));
         if ahead == 0 {
-            if !self.held.is_empty() {
+            if let Some(waiting) = self.oldest.filter(|_| !self.held.is_empty()) {
                 // This packet fills a hole that later packets are waiting behind.
                 self.stats.reordered += 1;
+                self.record_fill(now.saturating_duration_since(waiting));
             }
             self.next = Some(next + 1);
             self.release(pkt, now, out);
@@ -213,13 +252,18 @@ impl ReorderBuffer {
             }
             // Make room: a hole that does not fit in the window is given up.
             while ext - self.next.unwrap_or(ext) >= self.config.capacity as i64 {
-                self.skip_hole(ext, out);
+                self.skip_hole(ext, now, out);
             }
             if ext == self.next.unwrap_or(ext) {
                 self.next = Some(ext + 1);
                 self.release(pkt, now, out);
                 self.release_in_order(out);
             } else {
+                // A packet inside a hole further on: it filled (part of) that hole, which the
+                // next held packet has been waiting behind since it arrived.
+                if let Some((_, &(_, waiting))) = self.held.range(ext + 1..).next() {
+                    self.record_fill(now.saturating_duration_since(waiting));
+                }
                 self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
                 self.held.insert(ext, (pkt, now));
             }
@@ -233,21 +277,22 @@ impl ReorderBuffer {
             if now < deadline {
                 break;
             }
-            self.skip_hole(i64::MAX, out);
+            self.skip_hole(i64::MAX, now, out);
         }
     }
 
     /// Hands on everything held, in order, reporting the holes between (end of stream).
     pub fn flush(&mut self, out: &mut impl FnMut(Ordered)) {
-        while !self.held.is_empty() {
-            self.skip_hole(i64::MAX, out);
+        while let Some((_, &(_, arrival))) = self.held.first_key_value() {
+            self.skip_hole(i64::MAX, arrival, out);
         }
         self.probation = None;
     }
 
     /// Gives up the hole at `next`: jumps to the first held packet (or to `limit` if it comes
-    /// first) and hands on the run that follows.
-    fn skip_hole(&mut self, limit: i64, out: &mut impl FnMut(Ordered)) {
+    /// first) and hands on the run that follows. `now`: when the hole is given up (the wait
+    /// is timed from the first held packet's arrival, or from `now` if none is held).
+    fn skip_hole(&mut self, limit: i64, now: Instant, out: &mut impl FnMut(Ordered)) {
         let Some(next) = self.next else { return };
         let first_held = self.held.keys().next().copied().unwrap_or(i64::MAX);
         let target = first_held.min(limit);
@@ -257,7 +302,9 @@ impl ReorderBuffer {
             if self.lost_ranges.len() == LOST_RANGES_KEPT {
                 self.lost_ranges.pop_front();
             }
-            self.lost_ranges.push_back((next, target));
+            let since = self.held.first_key_value().map(|(_, &(_, t))| t);
+            self.lost_ranges
+                .push_back((next, target, since.unwrap_or(now)));
             out(Ordered::Gap { lost });
             self.next = Some(target);
         }
@@ -276,6 +323,22 @@ impl ReorderBuffer {
             self.release(pkt, arrival, out);
         }
         self.oldest = self.held.values().map(|&(_, t)| t).min();
+    }
+
+    /// Remembers how long a hole took to fill and sets the deadline from the recent ones:
+    /// their 90th percentile plus [`FILL_MARGIN`], within the configured bounds.
+    fn record_fill(&mut self, took: Duration) {
+        if self.fill_times.len() == FILL_SAMPLES_KEPT {
+            self.fill_times.pop_front();
+        }
+        self.fill_times.push_back(took.min(self.config.max_delay_cap));
+        let mut sorted: Vec<Duration> = self.fill_times.iter().copied().collect();
+        sorted.sort_unstable();
+        let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
+        self.delay = (p90 + FILL_MARGIN).clamp(
+            self.config.max_delay,
+            self.config.max_delay_cap.max(self.config.max_delay),
+        );
     }
 
     fn release(&mut self, pkt: RtpPacket, arrival: Instant, out: &mut impl FnMut(Ordered)) {
@@ -379,6 +442,75 @@ mod tests {
         assert_eq!(r.take(), ["10", "11", "12", "13", "14"]);
         assert_eq!(r.buf.held(), 0);
         assert_eq!(r.buf.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_deadline_grows_to_use_slow_repairs_and_shrinks_back() {
+        // Every 20th packet is repaired 300 ms after the packet behind it arrived: longer
+        // than the 150 ms the buffer starts with.
+        let mut r = Run::new();
+        let repair = 300u64;
+        let mut repairs: Vec<(u64, u16)> = Vec::new();
+        for s in 0..2000u16 {
+            let ms = u64::from(s) * 10;
+            while let Some(&(at, seq)) = repairs.first() {
+                if at > ms {
+                    break;
+                }
+                r.poll(at);
+                r.push(seq, at);
+                repairs.remove(0);
+            }
+            if s % 20 == 10 {
+                repairs.push((ms + 10 + repair, s));
+            } else {
+                r.push(s, ms);
+            }
+            r.poll(ms);
+        }
+        let s = r.buf.stats();
+        // The first holes are given up (their repairs come late and are counted so), then
+        // the deadline covers the repairs: almost every hole is filled.
+        assert!(s.late >= 1, "{s:?}");
+        assert!(s.lost <= 12, "most of 100 holes filled: {s:?}");
+        assert!(
+            s.delay >= Duration::from_millis(300) && s.delay <= Duration::from_millis(400),
+            "{s:?}"
+        );
+
+        // Repairs become fast (30 ms): the deadline comes back down to its floor's side.
+        for s in 2000..4000u16 {
+            let ms = u64::from(s) * 10;
+            while let Some(&(at, seq)) = repairs.first() {
+                if at > ms {
+                    break;
+                }
+                r.poll(at);
+                r.push(seq, at);
+                repairs.remove(0);
+            }
+            if s % 20 == 10 {
+                repairs.push((ms + 10 + 30, s));
+            } else {
+                r.push(s, ms);
+            }
+            r.poll(ms);
+        }
+        assert_eq!(r.buf.stats().delay, Duration::from_millis(150));
+    }
+
+    #[test]
+    fn the_deadline_never_passes_its_cap() {
+        let mut r = Run::new();
+        // Holes filled 5 s later: the deadline stops at the cap (750 ms).
+        for k in 0..100u64 {
+            let s = (k * 3) as u16;
+            r.push(s, k * 1000);
+            r.push(s + 2, k * 1000 + 1);
+            r.push(s + 1, k * 1000 + 5000);
+            r.poll(k * 1000 + 5000);
+        }
+        assert_eq!(r.buf.stats().delay, Duration::from_millis(750));
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct StreamConfig {
     pub keyframe_request_interval: Duration,
     /// While no keyframe has been written, ask again this often (a PLI can be lost).
     pub keyframe_retry: Duration,
+    /// Until the first keyframe arrives, ask this often instead (both limits above): the
+    /// publisher's own first keyframe went out before the connection was up, and a GStreamer
+    /// publisher ignores a PLI that comes before our first receiver report (measured: 26-29
+    /// frames, ~0.9 s of audio and video, before the first keyframe with one early PLI).
+    pub first_keyframe_retry: Duration,
     /// Longest the start of a file with both tracks waits for Sender Reports that relate the
     /// tracks (6 s: Chrome sends audio reports every 5 s, GStreamer every 1-4 s). Without
     /// them the tracks are placed by arrival and corrected later.
@@ -92,6 +97,7 @@ impl Default for StreamConfig {
             container: ContainerChoice::default(),
             keyframe_request_interval: Duration::from_secs(1),
             keyframe_retry: Duration::from_secs(2),
+            first_keyframe_retry: Duration::from_millis(300),
             sync_wait: Duration::from_secs(6),
             max_sync_hold_bytes: 8 << 20,
             interleave_wait: Duration::from_millis(1500),
@@ -406,9 +412,33 @@ impl StreamMuxer {
         if self.waiting_for_keyframe()
             && self
                 .last_keyframe_request
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry)
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.keyframe_retry())
         {
             self.want_keyframe = true;
+        }
+    }
+
+    /// No keyframe has come from the publisher yet (see
+    /// [`StreamConfig::first_keyframe_retry`]).
+    fn before_first_keyframe(&self) -> bool {
+        self.video.as_ref().is_some_and(|v| v.stats().keyframes_out == 0)
+    }
+
+    /// The shortest time between two keyframe requests now.
+    fn keyframe_request_interval(&self) -> Duration {
+        if self.before_first_keyframe() {
+            self.config.first_keyframe_retry
+        } else {
+            self.config.keyframe_request_interval
+        }
+    }
+
+    /// How often to ask again while video waits for a keyframe now.
+    fn keyframe_retry(&self) -> Duration {
+        if self.before_first_keyframe() {
+            self.config.first_keyframe_retry
+        } else {
+            self.config.keyframe_retry
         }
     }
 
@@ -428,12 +458,12 @@ impl StreamMuxer {
         let holes = [self.video_in.next_deadline(), self.audio_in.next_deadline()];
         let keyframe = if self.want_keyframe {
             match self.last_keyframe_request {
-                Some(t) => Some(t + self.config.keyframe_request_interval),
+                Some(t) => Some(t + self.keyframe_request_interval()),
                 None => self.last_now,
             }
         } else if self.waiting_for_keyframe() {
             self.last_keyframe_request
-                .map(|t| t + self.config.keyframe_retry)
+                .map(|t| t + self.keyframe_retry())
         } else {
             None
         };
@@ -474,9 +504,11 @@ impl StreamMuxer {
         if !self.want_keyframe && !for_cut {
             return false;
         }
-        if self.last_keyframe_request.is_some_and(|t| {
-            now.saturating_duration_since(t) < self.config.keyframe_request_interval
-        }) {
+        let interval = self.keyframe_request_interval();
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
             return false;
         }
         self.want_keyframe = false;
@@ -1169,25 +1201,27 @@ mod tests {
         let mut m = StreamMuxer::new(cfg.clone(), Some(VideoCodec::H264), true).unwrap();
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // Asked for at once (the stream starts), then not again within the interval.
+        // Asked for at once (the stream starts), then not again within the interval, which
+        // is the short one until the first keyframe.
         assert!(m.waiting_for_keyframe());
         assert_eq!(m.next_deadline(), None);
         assert!(m.take_keyframe_request(at(0)));
         assert!(!m.take_keyframe_request(at(1)));
-        assert_eq!(m.next_deadline(), Some(at(0) + cfg.keyframe_retry));
+        let retry = cfg.first_keyframe_retry;
+        assert_eq!(m.next_deadline(), Some(at(0) + retry));
         // No keyframe came: the request is re-armed only after the retry time.
-        m.poll(at(1999));
-        assert!(!m.take_keyframe_request(at(1999)));
-        m.poll(at(2000));
-        assert_eq!(m.next_deadline(), Some(at(1000)));
-        assert!(m.take_keyframe_request(at(2000)));
-        m.poll(at(4100));
-        assert!(m.take_keyframe_request(at(4100)));
+        let ms = retry.as_millis() as u64;
+        m.poll(at(ms - 1));
+        assert!(!m.take_keyframe_request(at(ms - 1)));
+        m.poll(at(ms));
+        assert!(m.take_keyframe_request(at(ms)));
+        m.poll(at(2 * ms + 100));
+        assert!(m.take_keyframe_request(at(2 * ms + 100)));
         assert_eq!(m.stats().keyframe_requests, 3);
         // A GOP starting with a keyframe: written, and no more requests.
         let clip = Clip::builtin();
         let sent = clip_packets(&clip);
-        let late = at(5000);
+        let late = at(2 * ms + 150);
         let gop: Vec<&Sent> = sent
             .iter()
             .filter(|s| s.kind == TrackKind::Video && s.unit < 30)

@@ -587,7 +587,10 @@ impl Session {
             media_ssrc: *ssrc,
         };
         match track.write_rtcp(vec![Box::new(pli)]).await {
-            Ok(()) => self.stats.plis_sent += 1,
+            Ok(()) => {
+                self.stats.plis_sent += 1;
+                debug!(label = %self.config.label, n = self.stats.plis_sent, "PLI sent");
+            }
             Err(e) => debug!("PLI not sent: {e}"),
         }
     }
@@ -642,10 +645,17 @@ impl Session {
                 self.ice_deadline = None;
                 self.vanish_deadline = None;
             }
-            RTCPeerConnectionState::Disconnected if self.vanish_deadline.is_none() => {
+            // Only a publisher that was connected can vanish: before that the connect timeout
+            // rules, and a handshake slowed by loss (nothing flows but its retransmissions)
+            // lets ICE report Disconnected between them without anyone being gone.
+            RTCPeerConnectionState::Disconnected
+                if self.connected_once && self.vanish_deadline.is_none() =>
+            {
                 self.vanish_deadline =
                     Some(tokio::time::Instant::now() + self.config.vanish_timeout);
             }
+            // ICE is back (its path works again): whatever comes next, nobody vanished.
+            RTCPeerConnectionState::Connecting => self.vanish_deadline = None,
             RTCPeerConnectionState::Failed => {
                 return Some(if self.connected_once {
                     CloseReason::PublisherVanished

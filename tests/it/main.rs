@@ -9,6 +9,7 @@ mod core_clip;
 mod gst;
 mod hooks_retention;
 mod hostile_peer;
+mod impaired;
 mod mkv_writer;
 mod peer_loopback;
 mod record_e2e;

@@ -553,7 +553,7 @@ class Peer:
         )
         self.pipe = Gst.parse_launch(desc)
         self.webrtc = self.pipe.get_by_name("webrtc")
-        loopback_only(self.webrtc)
+        local_ip_only(self.webrtc, a.local_ip)
 
         self.vbufs, self.wbuf = frames_for(a.width, a.height, a.pattern)
         self.vn = 0
@@ -1227,6 +1227,7 @@ def parse_args(argv):
     ap.add_argument("--x264-threads", type=int, default=1)
     ap.add_argument("--stats-interval", type=float, default=1.0)
     ap.add_argument("--report-sr", action="store_true", help="report every Sender Report sent")
+    ap.add_argument("--local-ip", default="127.0.0.1", help="the one address ICE uses")
     ap.add_argument("--connect-timeout", type=float, default=15.0)
     args = ap.parse_args(argv)
     if args.check:
@@ -1248,12 +1249,13 @@ def parse_args(argv):
     return args
 
 
-def loopback_only(webrtc):
-    """ICE on 127.0.0.1 only: no other interfaces, no TCP candidates, no STUN (none is set),
-    and no UPnP (libnice would look for an Internet gateway by SSDP multicast)."""
+def local_ip_only(webrtc, address="127.0.0.1"):
+    """ICE on `address` only (--local-ip; loopback by default): no other interfaces, no TCP
+    candidates, no STUN (none is set), and no UPnP (libnice would look for an Internet gateway
+    by SSDP multicast)."""
     ice = webrtc.get_property("ice-agent")
     _KEEP_ALIVE.append(ice)
-    ice.emit("add-local-ip-address", "127.0.0.1")
+    ice.emit("add-local-ip-address", address)
     ice.set_property("ice-tcp", False)
     agent = ice.get_property("agent")
     if agent is not None:
@@ -1274,7 +1276,7 @@ def warm_up():
         "appsrc ! clocksync ! fakesink"
     )
     w = pipe.get_by_name("w")
-    loopback_only(w)
+    local_ip_only(w)
     pipe.set_state(Gst.State.READY)
     w.emit("create-data-channel", "warmup", None)
     promise = Gst.Promise.new()

@@ -159,3 +159,38 @@ pub fn start_times(path: &Path) -> (Option<f64>, Option<f64>) {
     }
     (video, audio)
 }
+
+/// Presentation times (seconds) of every packet of the file's first `kind` stream (`v` or
+/// `a`), sorted: what a player would show, for finding holes.
+pub fn packet_times(path: &Path, kind: &str) -> Vec<f64> {
+    let (out, _) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            &format!("{kind}:0"),
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    // Lines are `1.406500,` (and blank ones for side data).
+    let mut times: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// The longest gap between consecutive times and where it starts, in seconds (0 for fewer
+/// than two times).
+pub fn longest_gap(times: &[f64]) -> (f64, f64) {
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
+}

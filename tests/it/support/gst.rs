@@ -110,6 +110,10 @@ pub struct GstPublisherConfig {
     pub report_sender_reports: bool,
     /// `noise` (default: encoder works like with a camera) or `black` frames between flashes.
     pub pattern: String,
+    /// Run inside this network namespace (`ip netns exec`), e.g. behind an impaired link.
+    pub netns: Option<String>,
+    /// The one address ICE gathers on (`None`: 127.0.0.1).
+    pub local_ip: Option<String>,
 }
 
 impl GstPublisherConfig {
@@ -133,6 +137,8 @@ impl GstPublisherConfig {
             stats_interval: Duration::from_secs(1),
             report_sender_reports: false,
             pattern: "noise".to_owned(),
+            netns: None,
+            local_ip: None,
         }
     }
 
@@ -162,6 +168,9 @@ impl GstPublisherConfig {
             "--pattern".into(),
             self.pattern.clone(),
         ];
+        if let Some(ip) = &self.local_ip {
+            a.extend(["--local-ip".into(), ip.clone()]);
+        }
         if let Some(r) = &self.room {
             a.extend(["--room".into(), r.clone()]);
         }
@@ -332,7 +341,14 @@ impl GstPublisher {
     /// Panics (one line) if the interpreter cannot be started; call [`require_gstreamer`] first
     /// for a message naming the missing packages.
     pub fn start(cfg: &GstPublisherConfig) -> Self {
-        let mut cmd = Command::new(PYTHON);
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, PYTHON]);
+                c
+            }
+            None => Command::new(PYTHON),
+        };
         cmd.arg("-u")
             .arg(script_path())
             .args(cfg.args())
@@ -357,9 +373,13 @@ impl GstPublisher {
                 let Some(json) = line.strip_prefix(REPORT_PREFIX) else {
                     continue;
                 };
-                let Ok(v) = serde_json::from_str::<Value>(json) else {
+                let Ok(mut v) = serde_json::from_str::<Value>(json) else {
                     continue;
                 };
+                // When the test saw it (unix ms), for timing events that carry no time.
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("rx_ms".into(), unix_ms().into());
+                }
                 let (lock, cv) = &*sh;
                 let mut s = lock.lock().unwrap();
                 Self::absorb(&mut s, v);
@@ -593,4 +613,12 @@ fn wait_bounded(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Now as Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

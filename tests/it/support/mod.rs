@@ -6,6 +6,7 @@ pub mod chromium;
 pub mod ffmpeg;
 pub mod fixtures;
 pub mod gst;
+pub mod impair;
 pub mod ivf;
 pub mod sim;
 pub mod sync;
