@@ -331,7 +331,8 @@ impl ReorderBuffer {
         if self.fill_times.len() == FILL_SAMPLES_KEPT {
             self.fill_times.pop_front();
         }
-        self.fill_times.push_back(took.min(self.config.max_delay_cap));
+        self.fill_times
+            .push_back(took.min(self.config.max_delay_cap));
         let mut sorted: Vec<Duration> = self.fill_times.iter().copied().collect();
         sorted.sort_unstable();
         let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];

@@ -13,8 +13,8 @@
 //!
 //! Needs root (CI runs as root) and `/dev/net/tun`.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -117,9 +117,15 @@ impl ImpairedNet {
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_dev]);
         ip(&["link", "set", &host_dev, "up"]);
         ipn(&ns, &["link", "set", "lo", "up"]);
-        ipn(&ns, &["addr", "add", &format!("{peer_ip}/30"), "dev", &peer_dev]);
+        ipn(
+            &ns,
+            &["addr", "add", &format!("{peer_ip}/30"), "dev", &peer_dev],
+        );
         ipn(&ns, &["link", "set", &peer_dev, "up"]);
-        ipn(&ns, &["route", "add", "default", "via", &host_ip.to_string()]);
+        ipn(
+            &ns,
+            &["route", "add", "default", "via", &host_ip.to_string()],
+        );
 
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -237,7 +243,12 @@ fn open_tun(name: &str) -> File {
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes an ifreq-sized struct at the pointer.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
-    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
     f
 }
 
@@ -327,7 +338,11 @@ fn bridge(mut peer: File, mut host: File, shared: Arc<Shared>, seed: u64) {
                 let delay = (p.delay.as_secs_f64() + jitter).max(0.0);
                 seq += 1;
                 packets.insert(seq, buf[..len].to_vec());
-                queue.push(Reverse((arrived + Duration::from_secs_f64(delay), seq, dir)));
+                queue.push(Reverse((
+                    arrived + Duration::from_secs_f64(delay),
+                    seq,
+                    dir,
+                )));
             }
         }
     }
