@@ -108,6 +108,8 @@ pub struct BrowserPublisherConfig {
     pub audio_file: Option<PathBuf>,
     /// Extra Chromium switches (field trials, verbose WebRTC logging while debugging).
     pub extra_args: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`), e.g. behind an impaired link.
+    pub netns: Option<String>,
 }
 
 impl BrowserPublisherConfig {
@@ -124,6 +126,7 @@ impl BrowserPublisherConfig {
             video_file: None,
             audio_file: None,
             extra_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -511,7 +514,14 @@ impl BrowserPublisher {
         let (cdp_out_read, cdp_out_write) = std::io::pipe().expect("pipe");
         let child_in: RawFd = cdp_in_read.as_raw_fd();
         let child_out: RawFd = cdp_out_write.as_raw_fd();
-        let mut cmd = Command::new(&chromium);
+        let mut cmd = match &config.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&chromium);
+                c
+            }
+            None => Command::new(&chromium),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
