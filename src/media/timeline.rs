@@ -204,10 +204,21 @@ impl Track {
         Some((d2 - d1) as f64 / (t2 - t1) as f64)
     }
 
+    /// [`Self::slope`] over all kept reports (oldest to newest, at least 0.5 s apart): one
+    /// report whose RTP time a busy sender extrapolated 10 ms off is a 2 % slope against a
+    /// report 0.5 s older, but a third of that over the ~3 s the kept reports span. Used to
+    /// judge whether the sender's clock can be given for a file, not to place the tracks.
+    fn wide_slope(&self) -> Option<f64> {
+        let mut all = self.srs.iter().filter_map(|&sr| self.sr_delta(sr));
+        let (t1, d1) = all.next()?;
+        let (t2, d2) = all.next_back()?;
+        (t2 - t1 >= TICKS_PER_SEC / 2).then(|| (d2 - d1) as f64 / (t2 - t1) as f64)
+    }
+
     /// The sender's wall clock (ticks since the NTP epoch) at `wall` on this track's
     /// mapping, when its reports agree with its media clock (see [`WallClock`]).
     fn sender_ticks(&self, wall: i64) -> Option<i64> {
-        let slope = self.slope()?;
+        let slope = self.wide_slope()?;
         if slope.abs() >= SR_SANE_DRIFT {
             return None;
         }
