@@ -445,14 +445,15 @@ mod tests {
         assert_eq!(r.buf.next_deadline(), None);
     }
 
-    #[test]
-    fn the_deadline_grows_to_use_slow_repairs_and_shrinks_back() {
-        // Every 20th packet is repaired 300 ms after the packet behind it arrived: longer
-        // than the 150 ms the buffer starts with.
-        let mut r = Run::new();
-        let repair = 300u64;
-        let mut repairs: Vec<(u64, u16)> = Vec::new();
-        for s in 0..2000u16 {
+    /// Packets `seqs` at 100 per second, every 20th (s % 20 == 10) arriving as a repair
+    /// `repair_ms` after the packet behind it; `repairs` carries repairs still on the way.
+    fn stream_with_repairs(
+        r: &mut Run,
+        seqs: std::ops::Range<u16>,
+        repair_ms: u64,
+        repairs: &mut Vec<(u64, u16)>,
+    ) {
+        for s in seqs {
             let ms = u64::from(s) * 10;
             while let Some(&(at, seq)) = repairs.first() {
                 if at > ms {
@@ -463,12 +464,21 @@ mod tests {
                 repairs.remove(0);
             }
             if s % 20 == 10 {
-                repairs.push((ms + 10 + repair, s));
+                repairs.push((ms + 10 + repair_ms, s));
             } else {
                 r.push(s, ms);
             }
             r.poll(ms);
         }
+    }
+
+    #[test]
+    fn the_deadline_grows_to_use_slow_repairs_and_shrinks_back() {
+        // Every 20th packet is repaired 300 ms after the packet behind it arrived: longer
+        // than the 150 ms the buffer starts with.
+        let mut r = Run::new();
+        let mut repairs = Vec::new();
+        stream_with_repairs(&mut r, 0..2000, 300, &mut repairs);
         let s = r.buf.stats();
         // The first holes are given up (their repairs come late and are counted so), then
         // the deadline covers the repairs: almost every hole is filled.
@@ -479,24 +489,8 @@ mod tests {
             "{s:?}"
         );
 
-        // Repairs become fast (30 ms): the deadline comes back down to its floor's side.
-        for s in 2000..4000u16 {
-            let ms = u64::from(s) * 10;
-            while let Some(&(at, seq)) = repairs.first() {
-                if at > ms {
-                    break;
-                }
-                r.poll(at);
-                r.push(seq, at);
-                repairs.remove(0);
-            }
-            if s % 20 == 10 {
-                repairs.push((ms + 10 + 30, s));
-            } else {
-                r.push(s, ms);
-            }
-            r.poll(ms);
-        }
+        // Repairs become fast (30 ms): the deadline comes back down to its floor.
+        stream_with_repairs(&mut r, 2000..4000, 30, &mut repairs);
         assert_eq!(r.buf.stats().delay, Duration::from_millis(150));
     }
 
