@@ -153,8 +153,8 @@ fn state_time(p: &GstPublisher, stream: &str, state: &str) -> Option<u64> {
 }
 
 /// One GStreamer publisher (Raspberry Ninja's 720p30 x264 + Opus) recorded for `seconds`
-/// behind `path` (both directions); returns `(report line, problems)` checked against the
-/// shares of video frames and audio packets and the longest hole allowed.
+/// behind `path` (both directions); prints what the file holds and fails unless the shares of
+/// video frames and audio packets and the longest hole are within the limits.
 async fn record_through(
     name: &str,
     path: Impairment,
@@ -162,7 +162,9 @@ async fn record_through(
     min_video: f64,
     min_audio: f64,
     max_hole_s: f64,
-) -> (String, Vec<String>) {
+) {
+    require_gstreamer();
+    let _heavy = heavy().await;
     let net = ImpairedNet::new(path, path);
     let dir = TestDir::new(name);
     let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
@@ -180,10 +182,7 @@ async fn record_through(
 
     let mut problems = Vec::new();
     let Some(summary) = summaries.iter().find(|s| s.path.is_some()) else {
-        return (
-            String::new(),
-            vec![format!("{name}: no recording: {summaries:#?}")],
-        );
+        panic!("{name}: no recording: {summaries:#?}");
     };
     let file = summary.path.clone().unwrap();
     let wire = &sent[name].total;
@@ -222,7 +221,8 @@ async fn record_through(
         "{line}\n  ffmpeg decode check: {} error lines",
         errors.lines().count()
     );
-    (line, problems)
+    eprintln!("{line}");
+    assert!(problems.is_empty(), "{line}\n{}", problems.join("\n"));
 }
 
 /// The recorder's flags for a test behind `net`: media on the host side of the bridge.
@@ -246,12 +246,7 @@ fn impaired_recorder_args(
 /// connection was up) is not in the file. Asserted here: ≥ 95 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gst_through_two_percent_loss_and_100ms_rtt() {
-    require_gstreamer();
-    let _heavy = heavy().await;
-    let (line, problems) =
-        record_through("lossrtt", Impairment::new(0.02, 50, 0), 60, 0.95, 0.95, 1.0).await;
-    eprintln!("{line}");
-    assert!(problems.is_empty(), "{line}\n{}", problems.join("\n"));
+    record_through("lossrtt", Impairment::new(0.02, 50, 0), 60, 0.95, 0.95, 1.0).await;
 }
 
 /// The second loss figure: 5 % loss + 40 ms round trip: ≥ 90 % of video frames
@@ -261,12 +256,7 @@ async fn gst_through_two_percent_loss_and_100ms_rtt() {
 /// hit), so only holes over 3 s fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gst_through_five_percent_loss() {
-    require_gstreamer();
-    let _heavy = heavy().await;
-    let (line, problems) =
-        record_through("loss5", Impairment::new(0.05, 20, 0), 60, 0.90, 0.93, 3.0).await;
-    eprintln!("{line}");
-    assert!(problems.is_empty(), "{line}\n{}", problems.join("\n"));
+    record_through("loss5", Impairment::new(0.05, 20, 0), 60, 0.90, 0.93, 3.0).await;
 }
 
 /// A 3 s outage (both directions) in the middle of a recording: the recording goes on in the

@@ -164,13 +164,6 @@ impl ImpairedNet {
         *self.shared.stats.lock().unwrap()
     }
 
-    /// `program` run inside the namespace.
-    pub fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, program]);
-        c
-    }
-
     /// A `ws://host_ip:0`-style address for a server this side.
     pub fn host_addr(&self) -> std::net::SocketAddr {
         (self.host_ip, 0).into()
