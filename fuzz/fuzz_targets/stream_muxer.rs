@@ -249,7 +249,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let opts = CheckOptions {
             // A file may start with audio when no keyframe came within `idr_wait`.
-            audio_starts_with_video: false,
+            max_audio_lead_90k: None,
             ..CheckOptions::default()
         };
         let r = check(file, &opts);

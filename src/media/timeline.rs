@@ -14,10 +14,12 @@
 //!   never moved; audio is corrected at once if it has not been written yet, otherwise slewed
 //!   by at most [`TimelineConfig::max_slew_ppm`] (5 ms per second by default), so there are no
 //!   jumps.
-//! * File time zero (T0) is the first keyframe: it gets PTS [`TimelineConfig::origin_pts_90k`]
-//!   (1 s, so the PCR, which lags the PTS, stays positive). Audio before T0 is dropped; audio
-//!   that arrives before the keyframe but belongs after T0 is held (bounded) and released when
-//!   T0 is known. Audio-only files start at their first audio packet.
+//! * File time zero (T0) is the first keyframe, or the oldest audio held while it was awaited
+//!   (at most [`TimelineConfig::audio_hold`] before it): it gets PTS
+//!   [`TimelineConfig::origin_pts_90k`] (1 s, so the PCR, which lags the PTS, stays positive).
+//!   Audio is held (bounded) until the first keyframe and released then, so a file may begin
+//!   with audio alone; video never starts before its keyframe. Audio-only files start at their
+//!   first audio packet.
 //! * No keyframe for [`TimelineConfig::idr_wait`] while audio flows (camera off, lost PLIs):
 //!   recording starts with the audio held so far, and video joins at its first keyframe after
 //!   T0. A file of audio with late video beats a file that lost its first seconds of audio.
@@ -389,8 +391,18 @@ impl<A> Timeline<A> {
         }
         let wall = self.video.map(ext);
         if self.t0.is_none() {
-            self.t0 = Some(wall);
-            tracing::debug!("timeline origin at the first keyframe");
+            // The audio held while the keyframe was awaited starts the file, not the
+            // keyframe: a publisher's first keyframe often comes a second after its audio (or
+            // later, when loss takes the first one), and that audio is recording too.
+            let first_audio = self
+                .held
+                .front()
+                .map(|&(e, _)| self.audio.map(e) + self.sr_target().unwrap_or(self.applied));
+            self.t0 = Some(first_audio.map_or(wall, |a| a.min(wall)));
+            tracing::debug!(
+                audio_first_ms = (wall - self.t0.unwrap_or(wall)) * 1000 / TICKS_PER_SEC,
+                "timeline origin at the first keyframe or the audio held before it"
+            );
             self.release_held();
         }
         if wall < self.t0.unwrap_or(wall) {
@@ -807,8 +819,16 @@ mod tests {
         };
         let out = sim.run(TimelineConfig::new(true, true));
         let tl = out.tl.as_ref().unwrap();
-        // First written unit: the first keyframe, at the origin.
-        assert_eq!(out.video[0], (10, 90_000));
+        // The file starts with the audio held while the first keyframe (frame 10, 1/3 s)
+        // was awaited; the keyframe follows by about its capture time, give or take the
+        // arrival-time error before the reports (the 60 ms delay gap, the jitter).
+        assert_eq!(out.audio[0], (0, 90_000));
+        assert_eq!(out.video[0].0, 10);
+        let first_video = out.video[0].1 as f64;
+        assert!(
+            (first_video - 120_000.0).abs() < 0.1 * 90_000.0,
+            "{first_video}"
+        );
         assert_no_jumps(&out);
         // The Sender Reports measure the 60 ms extra video delay within 20 ms.
         let sync = tl.av_sync();
@@ -835,13 +855,14 @@ mod tests {
         assert_no_jumps(&out);
         let errors = sync_errors(&out, 0.0);
         assert!(errors.iter().all(|e| e.abs() <= 1800), "{errors:?}");
-        // T0 is frame 10 (t = 0.333 s): audio before it is dropped, the first audio packet
-        // after it (k = 17, t = 0.34 s) is kept although it arrived before the keyframe.
-        let (k, pts) = out.audio[0];
-        assert_eq!(k, 17);
-        assert!((90_000..90_000 + 1800).contains(&pts), "{pts}");
-        assert!(out.audio_arrival[17] < out.first_key_arrival.unwrap());
-        assert!(out.tl.as_ref().unwrap().stats().dropped_audio >= 17);
+        // The first keyframe is frame 10 (t = 0.333 s); the audio captured before it is
+        // kept (it starts the file) and placed against the keyframe by the reports.
+        assert_eq!(out.audio[0], (0, 90_000));
+        assert!(out.audio_arrival[16] < out.first_key_arrival.unwrap());
+        assert_eq!(out.tl.as_ref().unwrap().stats().dropped_audio, 0);
+        let (k, v) = out.video[0];
+        assert_eq!(k, 10);
+        assert!((v as i64 - 120_000).abs() <= 1800, "{v}");
     }
 
     #[test]
@@ -853,13 +874,15 @@ mod tests {
         };
         let out = sim.run(TimelineConfig::new(true, true));
         let tl = out.tl.as_ref().unwrap();
-        // The first keyframe (frame 10, sent at t = 1/3 s) is at the origin PTS.
-        let first = tl.wall_clock(90_000).unwrap();
+        // The first keyframe: frame 10, sent at t = 1/3 s.
+        let (k, key_pts) = out.video[0];
+        assert_eq!(k, 10);
+        let first = tl.wall_clock(key_pts).unwrap();
         let expect_ms = (NTP_BASE - NTP_UNIX_OFFSET_SECS as f64 + 10.0 / 30.0) * 1000.0;
         let got = first.sender_unix_ms.expect("right reports are trusted");
         assert!((got - expect_ms).abs() < 20.0, "{got} vs {expect_ms}");
         // Both clocks advance with the PTS.
-        let later = tl.wall_clock(90_000 + 3 * 90_000).unwrap();
+        let later = tl.wall_clock(key_pts + 3 * 90_000).unwrap();
         assert_eq!(later.local - first.local, Duration::from_secs(3));
         let step = later.sender_unix_ms.unwrap() - got;
         assert!((step - 3000.0).abs() < 0.01, "{step}");
@@ -965,11 +988,18 @@ mod tests {
         }
         assert!(tl.pop_audio().is_none());
         assert_eq!(tl.now_pts(start), None);
+        // The keyframe at 40 s comes after the 2.5 s of audio still held, which start the
+        // file.
         let t = start + Duration::from_secs(40);
-        assert_eq!(tl.video_pts(0, t, true), Some(90_000));
+        let key = tl.video_pts(0, t, true).unwrap();
+        assert!(
+            (90_000 + 224_000..=90_000 + 228_000).contains(&key),
+            "{key}"
+        );
+        assert_eq!(tl.pop_audio().map(|(pts, _)| pts), Some(90_000));
         assert_eq!(
             tl.now_pts(t + Duration::from_millis(500)),
-            Some(90_000 + 45_000)
+            Some(key + 45_000)
         );
     }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -310,7 +310,7 @@ pub fn manifest_path(dir: &Path, prefix: &str, unix_seconds: u64, attempt: u32) 
 /// Where recorders send timeline events; cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct Manifest {
-    tx: mpsc::Sender<ManifestEvent>,
+    tx: mpsc::SyncSender<ManifestEvent>,
     dropped: Arc<AtomicU64>,
     path: Arc<PathBuf>,
 }
@@ -331,9 +331,14 @@ impl Manifest {
                 Err(source) => return Err(ManifestError::Create { path, source }),
             }
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(write_lines(file, path.clone(), rx, dropped.clone()));
+        // Its own thread (of tokio's blocking pool), not a runtime thread: a stalled disk
+        // stalls the timeline only.
+        let writer_path = path.clone();
+        let writer_dropped = dropped.clone();
+        let task =
+            tokio::task::spawn_blocking(move || write_lines(file, writer_path, rx, writer_dropped));
         Ok((
             Manifest {
                 tx,
@@ -363,25 +368,29 @@ const MAX_UNWRITTEN: usize = 4096;
 /// How often lines the disk refused are retried when no new event comes.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The writer task: one `write` per line, appending. A line the disk refuses (full) is cut off
+/// The writer (a blocking thread): one `write` per line, appending. A line the disk refuses (full) is cut off
 /// again (so no half line stays) and kept, with the lines after it, until a write succeeds:
 /// the timeline goes on when space returns, in order. Said once per failure.
-async fn write_lines(
+fn write_lines(
     mut file: File,
     path: PathBuf,
-    mut rx: mpsc::Receiver<ManifestEvent>,
+    rx: mpsc::Receiver<ManifestEvent>,
     dropped: Arc<AtomicU64>,
 ) {
     info!(path = %path.display(), "room timeline");
     let mut len = file.metadata().map_or(0, |m| m.len());
     let mut unwritten: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut failing = false;
-    let mut retry = tokio::time::interval(RETRY_EVERY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            event = rx.recv() => {
-                let Some(event) = event else { break };
+    let mut closing = false;
+    while !closing {
+        // Lines the disk refused are retried with the next event, or after `RETRY_EVERY`.
+        let event = if unwritten.is_empty() {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(RETRY_EVERY)
+        };
+        match event {
+            Ok(event) => {
                 let line = ManifestLine {
                     unix_ms: unix_ms(),
                     dropped_before: dropped.swap(0, Ordering::Relaxed),
@@ -393,7 +402,9 @@ async fn write_lines(
                 }
                 unwritten.push_back(line.to_json_line());
             }
-            _ = retry.tick(), if !unwritten.is_empty() => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Every sender is gone: one last try for what is left, then the end.
+            Err(mpsc::RecvTimeoutError::Disconnected) => closing = true,
         }
         while let Some(line) = unwritten.front() {
             match file.write_all(line.as_bytes()) {

@@ -6,7 +6,7 @@
 //! orchestrator over channels: commands in (remote candidates, stop), [`StreamReport`]s out
 //! (answers and candidates for signaling, live counters, the final summary).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -457,7 +457,7 @@ async fn run(
                             let _ = session.request_keyframe();
                         }
                         if rec.pending() >= rec.settings.flush_bytes {
-                            rec.flush();
+                            rec.flush().await;
                         }
                     }
                     SessionEvent::LocalAnswer { sdp } => {
@@ -476,7 +476,9 @@ async fn run(
                         }));
                     }
                     SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
-                    SessionEvent::TrackStarted { codec: Some(codec), .. } => rec.video_codec(codec),
+                    SessionEvent::TrackStarted { codec: Some(codec), .. } => {
+                        rec.video_codec(codec).await;
+                    }
                     SessionEvent::State(state) => {
                         debug!(stream = %rec.id.stream_id, ?state, "connection state");
                         rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
@@ -501,7 +503,7 @@ async fn run(
                     }
                 }
                 rec.check_disk(now);
-                rec.flush();
+                rec.flush().await;
                 rec.report_timeline();
                 rec.media_dropped = session.media_dropped();
                 rec.publish_live();
@@ -514,7 +516,7 @@ async fn run(
             let _ = reports.send(report).await;
         }
     }
-    rec.finish_file(CloseCause::End);
+    rec.finish_file(CloseCause::End).await;
     rec.publish_live();
     // Its end is said by the orchestrator (see `explain_end`), within a per-publisher log
     // budget.
@@ -543,6 +545,32 @@ fn test_panic(rec: &Recorder) {
         && !DONE.swap(true, Ordering::Relaxed)
     {
         panic!("test panic (NINJAREC_TEST_PANIC_STREAM)");
+    }
+}
+
+/// Runs `f` on the recording's file on tokio's blocking pool and waits for it: a slow or
+/// stalled disk (a full SD card, a hung network mount) then holds up this recording only,
+/// never a runtime thread that the other recordings and the peer connections run on. The
+/// recorder waits meanwhile, so what it writes stays in order and its errors stay its own;
+/// its session's media queue (bounded) absorbs the wait. A panic inside is this recorder's
+/// panic (its supervisor sees it).
+async fn on_disk<R: Send + 'static>(
+    file: &mut RecordingFile,
+    f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
+) -> R {
+    let mut taken = std::mem::replace(file, RecordingFile::new(Path::new(""), "", ""));
+    let done = tokio::task::spawn_blocking(move || {
+        let r = f(&mut taken);
+        (taken, r)
+    })
+    .await;
+    match done {
+        Ok((back, r)) => {
+            *file = back;
+            r
+        }
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("file write not run: {e}"),
     }
 }
 
@@ -624,7 +652,7 @@ impl Recorder {
     /// A video track started and says which codec the publisher really sends. If the file has
     /// started in another codec (or without video), it is finished and a new one begins: a
     /// codec cannot change inside a file.
-    fn video_codec(&mut self, codec: VideoCodec) {
+    async fn video_codec(&mut self, codec: VideoCodec) {
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
@@ -638,19 +666,19 @@ impl Recorder {
             "the publisher now sends {codec} video (was {}): starting a new file",
             before.map_or_else(|| "no".to_owned(), |c| c.to_string())
         );
-        self.finish_file(CloseCause::CodecChange);
+        self.finish_file(CloseCause::CodecChange).await;
         self.muxer = StreamMuxer::new(self.settings.stream.clone(), Some(codec), audio);
     }
 
     /// Ends the recording's current file: the core hands on what it holds, the rest is
     /// written, the container's end patches are applied, the file is synced and reported,
     /// and the next file (if any comes) gets the next segment number.
-    fn finish_file(&mut self, cause: CloseCause) {
+    async fn finish_file(&mut self, cause: CloseCause) {
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
         m.finish(Instant::now());
-        self.flush();
+        self.flush().await;
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
@@ -660,25 +688,27 @@ impl Recorder {
             span: m.span(),
         };
         if matches!(self.disk, DiskState::Ok) {
-            self.close_file(end, cause);
+            self.close_file(end, cause).await;
         }
     }
 
     /// Completes a file the core finished (its tail and patches), syncs it, reports it and
     /// makes the next one.
-    fn close_file(&mut self, end: FileEnd, cause: CloseCause) {
+    async fn close_file(&mut self, end: FileEnd, cause: CloseCause) {
         let mut cause = cause;
-        let written = self
-            .file
-            .append(&end.tail)
-            .and_then(|()| self.file.patch(&end.patches))
-            .and_then(|()| self.file.sync());
+        let (tail, patches, span) = (end.tail, end.patches, end.span);
+        let written = on_disk(&mut self.file, move |file| {
+            file.append(&tail)
+                .and_then(|()| file.patch(&patches))
+                .and_then(|()| file.sync())
+        })
+        .await;
         if let Err(e) = written {
-            self.disk_failed(e, Some(end.span));
+            self.disk_failed(e, Some(span)).await;
             cause = CloseCause::DiskError;
         }
         if cause != CloseCause::DiskError {
-            self.report_closed(end.span, cause);
+            self.report_closed(span, cause);
         }
     }
 
@@ -757,13 +787,13 @@ impl Recorder {
     /// Writes what the core produced: first the files it ended (segments), then the bytes
     /// of the current one. While the disk is failed the bytes are dropped (counted): memory
     /// must not grow, and the file to come starts at a keyframe anyway.
-    fn flush(&mut self) {
+    async fn flush(&mut self) {
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
         for end in m.take_ended() {
             match self.disk {
-                DiskState::Ok => self.close_file(end, CloseCause::Segment),
+                DiskState::Ok => self.close_file(end, CloseCause::Segment).await,
                 DiskState::Failed { .. } => self.bytes_discarded += end.tail.len() as u64,
                 DiskState::Resuming => {
                     self.bytes_discarded += end.tail.len() as u64;
@@ -786,12 +816,21 @@ impl Recorder {
             return;
         }
         let opening = self.file.path().is_none();
-        let result = self.file.append(out);
-        out.clear();
+        // The buffer goes to the blocking pool and comes back emptied, capacity kept.
+        let bytes = std::mem::take(out);
+        let (result, mut bytes) = on_disk(&mut self.file, move |file| {
+            let result = file.append(&bytes);
+            (result, bytes)
+        })
+        .await;
+        bytes.clear();
+        if let Some(m) = self.muxer.as_mut() {
+            *m.output() = bytes;
+        }
         match result {
             Ok(()) if opening => self.file_opened(),
             Ok(()) => {}
-            Err(e) => self.disk_failed(e, None),
+            Err(e) => self.disk_failed(e, None).await,
         }
     }
 
@@ -872,7 +911,7 @@ impl Recorder {
     /// A write failed: the file is closed where its last whole batch ended (a complete
     /// frame), the error is said once, and the recording waits for space (see
     /// [`Self::check_disk`]); the session and the core go on.
-    fn disk_failed(&mut self, e: FileError, span: Option<FileSpan>) {
+    async fn disk_failed(&mut self, e: FileError, span: Option<FileSpan>) {
         let path = self.file.path().map(|p| p.display().to_string());
         error!(
             stream = %self.id.stream_id,
@@ -889,7 +928,7 @@ impl Recorder {
         let span = span
             .or_else(|| self.muxer.as_ref().map(|m| m.span()))
             .unwrap_or_default();
-        let _ = self.file.sync();
+        let _ = on_disk(&mut self.file, |file| file.sync()).await;
         self.report_closed(span, CloseCause::DiskError);
         self.disk = DiskState::failed();
     }

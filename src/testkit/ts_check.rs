@@ -27,9 +27,10 @@ pub struct CheckOptions {
     pub max_pcr_interval_90k: u64,
     /// Largest allowed PCR advance between two PAT+PMT pairs (100 ms).
     pub max_psi_interval_90k: u64,
-    /// Require the first audio PTS to be no earlier than one video frame (3000) before the
-    /// first video PTS, when both tracks are present.
-    pub audio_starts_with_video: bool,
+    /// How far (90 kHz) the first audio PTS may come before the first video PTS, when both
+    /// tracks are present; `None`: any lead. A recording starts with the audio held while
+    /// its first keyframe was awaited (up to 2.5 s), so more means audio from somewhere else.
+    pub max_audio_lead_90k: Option<u64>,
 }
 
 impl Default for CheckOptions {
@@ -38,7 +39,7 @@ impl Default for CheckOptions {
             allow_truncated: false,
             max_pcr_interval_90k: 3_600,
             max_psi_interval_90k: 9_000,
-            audio_starts_with_video: true,
+            max_audio_lead_90k: Some(3 * 90_000),
         }
     }
 }
@@ -189,12 +190,12 @@ pub fn check(data: &[u8], opts: &CheckOptions) -> CheckReport {
     if c.r.has_video && c.r.video.is_empty() && !opts.allow_truncated {
         c.violation("PMT lists video but there is no video PES".into());
     }
-    if opts.audio_starts_with_video
+    if let Some(lead) = opts.max_audio_lead_90k
         && let (Some(v), Some(a)) = (c.r.video.first(), c.r.audio.first())
-        && delta33(v.pts, a.pts) < -3000
+        && delta33(v.pts, a.pts) < -(lead as i64)
     {
         let msg = format!(
-            "first audio PTS {} is before first video PTS {}",
+            "first audio PTS {} is more than {lead} before first video PTS {}",
             a.pts, v.pts
         );
         c.violation(msg);

@@ -32,7 +32,7 @@ fn record(
 }
 
 /// One clean run: `offset_ms` is how much later audio capture starts than video; audio units
-/// before `first_audio` are expected to be cut (they precede the first keyframe);
+/// before `first_audio` are expected to be cut;
 /// `video_delay_ms` is how much later video arrives than audio sent with it.
 fn clean_run(name: &str, wrap: bool, offset_ms: i64, first_audio: usize, video_delay_ms: u64) {
     let seed = test_seed(name);
@@ -148,10 +148,10 @@ fn video_arriving_900ms_after_its_audio_is_in_sync_from_the_start() {
 }
 
 #[test]
-fn audio_captured_before_video_is_cut_at_the_first_keyframe() {
+fn audio_captured_before_the_first_keyframe_starts_the_file() {
     // Audio packet k is captured at −250 ms + 20 ms·k: packets 0..=12 precede the first
-    // keyframe (by 10 ms or more) and are cut, packet 13 follows it by 10 ms.
-    clean_run("early-audio", false, -250, 13, 0);
+    // keyframe and are kept (the file starts with them), in sync with the video after them.
+    clean_run("early-audio", false, -250, 0, 0);
 }
 
 /// 5 % loss, reordering and duplicates on three loops of the clip: the file still decodes
@@ -187,7 +187,7 @@ fn loss_and_reordering_lose_only_whole_gop_tails() {
     // keyframe requests), the timeline rightly starts the file with audio and video joins at
     // its first keyframe; the checker must not insist that audio starts with video then.
     let opts = CheckOptions {
-        audio_starts_with_video: false,
+        max_audio_lead_90k: None,
         ..CheckOptions::default()
     };
     let r = check(&fed.ts, &opts);

@@ -433,7 +433,7 @@ mod tests {
         // At the PCR is still in time.
         w.write_audio(855_000, &[0xFC; 10], &mut out).unwrap();
         let opts = CheckOptions {
-            audio_starts_with_video: false,
+            max_audio_lead_90k: None,
             ..CheckOptions::default()
         };
         let r = check(&out, &opts);
