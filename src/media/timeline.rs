@@ -404,6 +404,15 @@ impl<A> Timeline<A> {
                 "timeline origin at the first keyframe or the audio held before it"
             );
             self.release_held();
+        } else if !self.video_started
+            && let Some(target) = self.sr_target()
+        {
+            // Video joins a file that started with audio alone (no keyframe within
+            // `idr_wait`): the audio so far was placed before the reports were known, and
+            // slewing it to them at 5 ms/s would keep it behind the video for a minute (the
+            // writer refuses audio behind the PCR: it would be lost). Audio alone has no sync
+            // to keep smooth, so it takes the reports' placement now.
+            self.applied = target;
         }
         if wall < self.t0.unwrap_or(wall) {
             self.stats.dropped_video += 1;
@@ -935,6 +944,39 @@ mod tests {
         assert_eq!(out.video.len(), 90 - 5);
         assert_no_jumps(&out);
         assert_eq!(out.tl.unwrap().stats().dropped_video, 5);
+    }
+
+    /// The first keyframe is lost (5 s in), the file starts with audio placed by arrival,
+    /// and only then do the reports say video trails its audio by 0.47 s (GStreamer's
+    /// encoder): when video joins, audio takes the reports' placement at once, so it is in
+    /// sync with the video from there on instead of behind it (and refused) for a minute.
+    #[test]
+    fn audio_that_started_alone_takes_the_reports_placement_when_video_joins() {
+        let sim = Sim {
+            sr_from: Some(3.5),
+            seconds: 10.0,
+            first_key: 150,
+            delay_v: 0.5,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let tl = out.tl.as_ref().unwrap();
+        assert!(tl.stats().started_without_video);
+        let (n0, v0) = out.video[0];
+        assert_eq!(n0, 150);
+        let t_join = n0 as f64 / 30.0;
+        // Audio captured in the 0.5 s before the keyframe arrived was placed already.
+        let errors = sync_errors(&out, t_join + 0.55);
+        assert!(errors.iter().all(|e| e.abs() <= 1800), "{errors:?}");
+        // Audio PTS never go back; the jump leaves a hole in the audio of the file's start,
+        // not in what follows the video's join.
+        assert!(out.audio.windows(2).all(|w| w[1].1 > w[0].1));
+        let after: Vec<_> = out.audio.iter().filter(|(_, pts)| *pts >= v0).collect();
+        assert!(
+            after.len() >= ((10.0 - t_join) * 50.0) as usize - 30,
+            "{}",
+            after.len()
+        );
     }
 
     #[test]
