@@ -133,6 +133,7 @@ pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
     rec.session.ice_connect_timeout = Duration::from_secs(args.ice_timeout.max(1));
     rec.session.keyframe_interval = args.keyframe_interval();
     rec.session.udp_addrs = args.udp_bind.clone();
+    rec.session.udp_port = udp_port_spec(args)?;
     rec.session.ice_servers = ice_servers(args)?;
     if args.max_streams == 0 {
         bail!("--max-streams must be at least 1");
@@ -162,6 +163,56 @@ pub fn run_config(args: &RecordArgs) -> anyhow::Result<RunConfig> {
     }
     config.upload = upload_config(args, &config.target)?;
     Ok(config)
+}
+
+/// `--udp-port` and `--public-ip`: the shared port's bind address (the `--udp-bind` IP when
+/// it names exactly one, else every interface) and the addresses publishers are told.
+fn udp_port_spec(args: &RecordArgs) -> anyhow::Result<Option<crate::peer::session::UdpPortSpec>> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let Some(port) = args.udp_port else {
+        return Ok(None);
+    };
+    if port == 0 {
+        bail!("--udp-port must name a port (1-65535)");
+    }
+    let named: Vec<IpAddr> = args
+        .udp_bind
+        .iter()
+        .filter_map(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let bind_ip = match named[..] {
+        [ip] => ip,
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let announce_ips = if !args.public_ip.is_empty() {
+        args.public_ip.clone()
+    } else if !bind_ip.is_unspecified() {
+        vec![bind_ip]
+    } else {
+        vec![primary_ip().ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell this machine's address for --udp-port: give --public-ip ADDR"
+            )
+        })?]
+    };
+    Ok(Some(crate::peer::session::UdpPortSpec {
+        bind: SocketAddr::new(bind_ip, port),
+        announce: announce_ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+    }))
+}
+
+/// The address this machine sends from to the internet (the route's source address; no
+/// packet is sent), or `None` offline.
+fn primary_ip() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 /// `--upload` and its companions, or `None` without `--upload`.

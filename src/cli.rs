@@ -189,6 +189,16 @@ pub struct RecordArgs {
         value_name = "IP:PORT"
     )]
     pub udp_bind: Vec<String>,
+    /// Take every publisher's media on this one UDP port (open or forward just it in the
+    /// firewall) instead of a port per publisher. STUN and TURN are not used then: publishers
+    /// must reach this port directly.
+    #[arg(long, value_name = "PORT")]
+    pub udp_port: Option<u16>,
+    /// With `--udp-port`: the address(es) publishers are told to send to, for a recorder
+    /// behind 1:1 NAT (a cloud VM's public IP) or a forwarded port; default: this machine's
+    /// address (the `--udp-bind` IP when it names one).
+    #[arg(long, value_delimiter = ',', value_name = "IP", requires = "udp_port")]
+    pub public_ip: Vec<std::net::IpAddr>,
     /// Stop by itself after this many seconds (0 = run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub duration: u64,

@@ -13,6 +13,7 @@ pub mod dc;
 pub mod publisher;
 pub mod session;
 mod sr_tap;
+pub mod udp_mux;
 
 use std::sync::Arc;
 use std::time::Duration;

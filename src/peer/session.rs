@@ -82,6 +82,21 @@ pub struct SessionConfig {
     /// before the publisher can send. Publishers that offer a data channel first (the web
     /// app) add media only later and keep the default.
     pub dtls_server: bool,
+    /// `--udp-port`: where the shared port is to be bound and what publishers are told; the
+    /// recorder binds it at start into [`Self::udp_mux`].
+    pub udp_port: Option<UdpPortSpec>,
+    /// The shared UDP port every connection uses instead of sockets of its own (see
+    /// [`super::udp_mux`]); `None`: a socket per connection on [`Self::udp_addrs`].
+    pub udp_mux: Option<super::udp_mux::UdpMux>,
+}
+
+/// `--udp-port` and `--public-ip` as the recorder binds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpPortSpec {
+    /// The address the shared socket binds.
+    pub bind: std::net::SocketAddr,
+    /// The addresses publishers are told (the shared port at each).
+    pub announce: Vec<std::net::SocketAddr>,
 }
 
 impl Default for SessionConfig {
@@ -104,6 +119,8 @@ impl Default for SessionConfig {
             cipher: None,
             event_capacity: 1024,
             dtls_server: false,
+            udp_port: None,
+            udp_mux: None,
         }
     }
 }
@@ -373,6 +390,22 @@ async fn build_pc(
     let (media_engine, registry) = media_setup()?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+    let mut builder = PeerConnectionBuilder::new();
+    let mut udp_addrs = config.udp_addrs.clone();
+    let mut ice_servers = rtc_ice_servers(&config.ice_servers);
+    if let Some(mux) = &config.udp_mux {
+        // The connection's own socket is a loopback placeholder that names it inside
+        // webrtc-rs; its packets go through the shared port, known by this ufrag. No mDNS
+        // socket, no STUN/TURN: publishers reach the shared port directly.
+        let (ufrag, pwd) = ice_credentials();
+        builder = builder.with_runtime(mux.runtime_for(&ufrag));
+        se = se
+            .with_include_loopback_candidate(true)
+            .with_ice_credentials(ufrag, pwd)
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        udp_addrs = vec!["127.0.0.1:0".to_owned()];
+        ice_servers.clear();
+    }
     if config.dtls_server {
         // See `SessionConfig::dtls_server`.
         se = se.with_answering_dtls_role(RTCDtlsRole::Server);
@@ -384,18 +417,30 @@ async fn build_pc(
         se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
     }
     let rtc_config = RTCConfigurationBuilder::new()
-        .with_ice_servers(rtc_ice_servers(&config.ice_servers))
+        .with_ice_servers(ice_servers)
         .build();
-    let pc = PeerConnectionBuilder::new()
+    let pc = builder
         .with_configuration(rtc_config)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(se.build())
         .with_handler(handler)
-        .with_udp_addrs(config.udp_addrs.clone())
+        .with_udp_addrs(udp_addrs)
         .build()
         .await?;
     Ok(Arc::new(pc))
+}
+
+/// A random ICE username fragment (16 characters, it routes the shared port's datagrams)
+/// and password (24, RFC 8445 asks 22 or more).
+fn ice_credentials() -> (String, String) {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+            .collect()
+    };
+    (pick(16), pick(24))
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -516,7 +561,10 @@ impl Session {
             }
         }
         let answer = self.pc.create_answer(None).await?;
-        let answer_sdp = answer.sdp.clone();
+        let answer_sdp = match &self.config.udp_mux {
+            Some(mux) => super::udp_mux::announce::rewrite_sdp(&answer.sdp, mux.announce()),
+            None => answer.sdp.clone(),
+        };
         let video = if video {
             let codec = super::answer_video_codec(&answer_sdp);
             if codec.is_none() {
@@ -608,12 +656,21 @@ impl Session {
         match ev {
             Internal::Candidate(ev) => match ev.candidate.to_json() {
                 Ok(init) => {
-                    let c = IceCandidate {
-                        candidate: init.candidate,
-                        sdp_mline_index: Some(0),
-                        sdp_mid: self.bundle_mid.clone().or(init.sdp_mid),
+                    let candidates = match &self.config.udp_mux {
+                        Some(mux) => super::udp_mux::announce::rewrite_candidate(
+                            &init.candidate,
+                            mux.announce(),
+                        ),
+                        None => vec![init.candidate],
                     };
-                    self.emit(SessionEvent::LocalCandidate(c)).await;
+                    for candidate in candidates {
+                        let c = IceCandidate {
+                            candidate,
+                            sdp_mline_index: Some(0),
+                            sdp_mid: self.bundle_mid.clone().or(init.sdp_mid.clone()),
+                        };
+                        self.emit(SessionEvent::LocalCandidate(c)).await;
+                    }
                 }
                 Err(e) => debug!("local candidate not serialisable: {e}"),
             },

@@ -121,6 +121,14 @@ pub enum RunError {
     /// `--upload` settings are wrong or its journal cannot be written.
     #[error(transparent)]
     Upload(#[from] crate::upload::worker::StartError),
+    /// `--udp-port` could not be bound.
+    #[error("--udp-port: cannot bind {addr}: {source}")]
+    UdpPort {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 struct Entry {
@@ -160,6 +168,15 @@ pub async fn run(
     mut config: RunConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<StreamSummary>, RunError> {
+    if let Some(spec) = config.recorder.session.udp_port.clone() {
+        let mux = crate::peer::udp_mux::UdpMux::bind(spec.bind, spec.announce)
+            .await
+            .map_err(|source| RunError::UdpPort {
+                addr: spec.bind,
+                source,
+            })?;
+        config.recorder.session.udp_mux = Some(mux);
+    }
     let output_dir = config.recorder.output_dir.clone();
     std::fs::create_dir_all(&output_dir).map_err(|source| RunError::OutputDir {
         path: output_dir.display().to_string(),

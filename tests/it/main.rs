@@ -11,6 +11,7 @@ mod hooks_retention;
 mod hostile_peer;
 mod impaired;
 mod mkv_writer;
+mod one_port;
 mod peer_loopback;
 mod record_e2e;
 mod restart;

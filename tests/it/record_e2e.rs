@@ -184,7 +184,7 @@ pub(crate) fn ts_files(dir: &Path) -> BTreeMap<String, u64> {
 }
 
 /// Waits until `dir` holds at least `n` files of at least 20 kB (media is flowing into each).
-async fn wait_for_files(dir: &Path, n: usize) {
+pub(crate) async fn wait_for_files(dir: &Path, n: usize) {
     let deadline = Instant::now() + APPEAR_WITHIN;
     loop {
         let files = ts_files(dir);

@@ -75,6 +75,18 @@ struct Shared {
     stop: AtomicBool,
     params: Mutex<[Impairment; 2]>,
     stats: Mutex<[DirStats; 2]>,
+    /// A forwarded port (see [`ImpairedNet::forward_udp`]).
+    forward: Mutex<Option<Forward>>,
+}
+
+/// A 1:1 NAT in front of the host side, for one UDP port: the namespace reaches
+/// `public:port`, which is `host_ip:port` here; what `host_ip:port` sends comes from
+/// `public:port`.
+#[derive(Debug, Clone, Copy)]
+struct Forward {
+    public: Ipv4Addr,
+    host: Ipv4Addr,
+    port: u16,
 }
 
 /// The namespace, its two devices and the bridge thread. See the module doc.
@@ -131,6 +143,7 @@ impl ImpairedNet {
             stop: AtomicBool::new(false),
             params: Mutex::new([up, down]),
             stats: Mutex::new([DirStats::default(); 2]),
+            forward: Mutex::new(None),
         });
         let sh = shared.clone();
         let seed = u64::from(pid) << 8 | u64::from(k);
@@ -157,6 +170,19 @@ impl ImpairedNet {
         for p in self.shared.params.lock().unwrap().iter_mut() {
             p.down = down;
         }
+    }
+
+    /// Puts a 1:1 NAT with one forwarded UDP port in front of this side, as a cloud VM or a
+    /// home router has: the namespace sends to `public:port` and it arrives at
+    /// `host_ip:port`; replies from `host_ip:port` leave as `public:port`. The namespace
+    /// knows no other way to `public` (its default route is the bridge), and this side
+    /// never sees `public`.
+    pub fn forward_udp(&self, public: Ipv4Addr, port: u16) {
+        *self.shared.forward.lock().unwrap() = Some(Forward {
+            public,
+            host: self.host_ip,
+            port,
+        });
     }
 
     /// Packets seen so far: `[up, down]`.
@@ -245,6 +271,43 @@ fn open_tun(name: &str) -> File {
     f
 }
 
+/// Applies the forward to one IPv4 packet going `dir` (0: up, from the namespace). Only UDP
+/// to or from the forwarded port is touched: its address is rewritten, the IP header
+/// checksum recomputed and the UDP checksum cleared (optional in IPv4).
+fn translate(p: &mut [u8], dir: usize, f: Forward) {
+    if p.len() < 28 || p[0] >> 4 != 4 || p[9] != 17 {
+        return;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if p.len() < ihl + 8 {
+        return;
+    }
+    let port_at = |off: usize| u16::from_be_bytes([p[ihl + off], p[ihl + off + 1]]);
+    let (addr_off, port, matches) = if dir == 0 {
+        (16, port_at(2), f.public.octets())
+    } else {
+        (12, port_at(0), f.host.octets())
+    };
+    if port != f.port || p[addr_off..addr_off + 4] != matches {
+        return;
+    }
+    let new = if dir == 0 { f.host } else { f.public };
+    p[addr_off..addr_off + 4].copy_from_slice(&new.octets());
+    p[ihl + 6] = 0;
+    p[ihl + 7] = 0;
+    p[10] = 0;
+    p[11] = 0;
+    let mut sum: u32 = p[..ihl]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let checksum = !(sum as u16);
+    p[10..12].copy_from_slice(&checksum.to_be_bytes());
+}
+
 /// splitmix64: a reproducible stream of random numbers per link.
 struct Rng(u64);
 
@@ -327,6 +390,9 @@ fn bridge(mut peer: File, mut host: File, shared: Arc<Shared>, seed: u64) {
                     continue;
                 }
                 stats[dir].passed += 1;
+                if let Some(f) = *shared.forward.lock().unwrap() {
+                    translate(&mut buf[..len], dir, f);
+                }
                 let jitter = p.jitter.as_secs_f64() * (2.0 * rng.unit() - 1.0);
                 let delay = (p.delay.as_secs_f64() + jitter).max(0.0);
                 seq += 1;

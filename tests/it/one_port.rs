@@ -1,0 +1,133 @@
+//! `--udp-port`: every publisher's media through one UDP socket, including publishers behind
+//! a 1:1 NAT that reach the recorder only through a forwarded port and `--public-ip`.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::record_e2e::{
+    Process, Publisher, check_recording, files_with, source_config, wait_for_files,
+};
+use crate::support::ffmpeg::{decode_errors, packet_times};
+use crate::support::fixtures::{TestDir, TestServer, heavy, recorder_args};
+use crate::support::gst::{GstPublisher, GstPublisherConfig, require_gstreamer};
+use crate::support::impair::{ImpairedNet, Impairment};
+use ninjarec::signaling::server::ServerConfig;
+use ninjarec::testkit::clip::Clip;
+
+/// The public address of the NAT in front of the recorder (TEST-NET-2: routed nowhere real).
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// A UDP port free on this machine now.
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// The UDP sockets process `pid` has open, as `ss -uanp` lists them (local addresses).
+fn udp_sockets_of(pid: u32) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-uanp"])
+        .output()
+        .expect("the one-port test needs ss (iproute2)");
+    let tag = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Four webrtc-rs publishers on this machine and two GStreamer publishers (Raspberry Ninja's
+/// pipeline) in a namespace behind a NAT that forwards only the recorder's port: all six are
+/// recorded, and the recorder has exactly one UDP socket, the `--udp-port` one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
+    require_gstreamer();
+    let _heavy = heavy().await;
+    let net = ImpairedNet::new(Impairment::NONE, Impairment::NONE);
+    let port = free_udp_port();
+    net.forward_udp(PUBLIC, port);
+    let dir = TestDir::new("one-port");
+    let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
+    let room = "oneport";
+    let mut args = recorder_args(
+        &server.url,
+        &dir,
+        &[
+            "--room",
+            room,
+            "--record-room",
+            "--udp-port",
+            &port.to_string(),
+            // The NAT's address for the guests outside, this machine's for those on it.
+            "--public-ip",
+            &format!("{PUBLIC},127.0.0.1"),
+        ],
+    );
+    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
+    args[at] = "0.0.0.0:0".to_owned();
+    let recorder = Process::start(&args);
+
+    let local: Vec<Publisher> = (0..4)
+        .map(|k| Publisher::start(source_config(&server.url, &format!("local{k}"), Some(room))))
+        .collect();
+    let mut cfg = GstPublisherConfig::new(&server.url, &["natted0", "natted1"]);
+    cfg.room = Some(room.into());
+    cfg.width = 640;
+    cfg.height = 360;
+    cfg.bitrate_kbps = 800;
+    cfg.netns = Some(net.ns.clone());
+    cfg.local_ip = Some(net.peer_ip.to_string());
+    let gst = GstPublisher::start(&cfg);
+
+    wait_for_files(&dir, 6).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let sockets = udp_sockets_of(recorder.pid());
+    recorder.signal("-TERM");
+    let (status, stdout, log) = recorder.wait(Duration::from_secs(20)).await;
+    for p in local {
+        p.stop().await;
+    }
+    let sent = tokio::task::block_in_place(|| gst.stop());
+    let [up, down] = net.stats();
+    eprintln!("recorder UDP sockets: {sockets:?}\nbridge up {up:?} down {down:?}\n{stdout}");
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        sockets,
+        vec![format!("0.0.0.0:{port}")],
+        "one UDP socket for all media"
+    );
+
+    let files = files_with(&dir, "ts");
+    let clip = Clip::builtin();
+    for k in 0..4 {
+        let name = files
+            .keys()
+            .find(|n| n.starts_with(&format!("{room}_local{k}_")))
+            .unwrap_or_else(|| panic!("no file for local{k}: {files:?}"));
+        check_recording(&dir.join(name), &clip, false, 2.5);
+    }
+    for stream in ["natted0", "natted1"] {
+        let name = files
+            .keys()
+            .find(|n| n.starts_with(&format!("{room}_{stream}_")))
+            .unwrap_or_else(|| panic!("no file for {stream}: {files:?}\n{log}"));
+        let path = dir.join(name);
+        let frames = packet_times(&path, "v").len();
+        let audio = packet_times(&path, "a").len();
+        let wire = &sent[stream].total;
+        eprintln!(
+            "{stream}: {frames} frames, {audio} audio packets (sent {} frames)",
+            wire.video_frames
+        );
+        assert!(frames >= 150, "{stream}: {frames} frames");
+        assert!(audio >= 250, "{stream}: {audio} audio packets");
+        let errors = decode_errors(&path);
+        assert!(errors.is_empty(), "{stream}: {errors}");
+    }
+    assert!(
+        up.passed > 1000 && down.passed > 10,
+        "the NAT carried the media"
+    );
+}
