@@ -21,6 +21,14 @@
 #   BASE_PORT=21000 handshake server port is BASE_PORT + N
 #   REC_BIN=path    recorder binary to measure (default: the freshly built one), e.g. a saved
 #                   copy of an older build, to compare two builds in the same session
+#   PUBLISHER=testsrc  who publishes: `testsrc` (our webrtc-rs clip publisher, N in one process)
+#                   or `gst` (the test suite's GStreamer publisher, Raspberry Ninja's pipeline:
+#                   x264 720p30 2 Mb/s + Opus, encoded live per stream, N in one process)
+#   UDP_PORT=1      record with `--udp-port` (all media on one port) instead of a port per stream
+#   FLOOR=1         after each N, measure the floor at the same packet rate: examples/floor.rs
+#                   receives SRTP packets from a paced sender and only decrypts them
+#                   (FLOOR_VIDEO_PPS, FLOOR_AUDIO_PPS, FLOOR_VIDEO_SIZE per stream; defaults: the
+#                   publisher kind's measured rates)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,15 +38,28 @@ OUT=${OUT:-target/loadbench}
 CLIP=${CLIP:-assets/loadbench-720p.ts}
 SATURATION=${SATURATION:-85}
 BASE_PORT=${BASE_PORT:-21000}
+PUBLISHER=${PUBLISHER:-testsrc}
+UDP_PORT=${UDP_PORT:-}
+FLOOR=${FLOOR:-}
+case "$PUBLISHER" in
+    # Packets per second per stream on the wire, measured: the clip sends ~190 video + 50 audio;
+    # the GStreamer publisher ~225 video + 50 audio (issue 11).
+    testsrc) FLOOR_VIDEO_PPS=${FLOOR_VIDEO_PPS:-190} ;;
+    gst) FLOOR_VIDEO_PPS=${FLOOR_VIDEO_PPS:-225} ;;
+    *) echo "PUBLISHER must be testsrc or gst" >&2; exit 2 ;;
+esac
+FLOOR_AUDIO_PPS=${FLOOR_AUDIO_PPS:-50}
+FLOOR_VIDEO_SIZE=${FLOOR_VIDEO_SIZE:-1150}
 NS=("$@")
 [ ${#NS[@]} -eq 0 ] && NS=(1 8 32 64 100)
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --locked --bin ninjarec --example testsrc
+    cargo build --release --locked --bin ninjarec --example testsrc --example floor
 fi
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/ninjarec
 PUB=$TARGET/release/examples/testsrc
+FLOOR_BIN=$TARGET/release/examples/floor
 REC=${REC_BIN:-$BIN}
 CLK_TCK=$(getconf CLK_TCK)
 CORES=$(nproc)
@@ -59,9 +80,9 @@ wait_port() {
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -srm), $CORES cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "# recorder $REC, clip $CLIP, warmup ${WARMUP}s, measured ${DURATION}s"
-echo "| N | recorder CPU % of a core per stream | publishers CPU % of a core | peak RSS MiB/stream (total) | steady RSS MiB/stream (total) | RSS drift over window MiB | MB written | frames written / received | packets lost | dropped by recorder | UDP RcvbufErrors | files ffmpeg-clean |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "# recorder $REC, publisher $PUBLISHER, ${UDP_PORT:+one UDP port, }warmup ${WARMUP}s, measured ${DURATION}s"
+echo "| N | recorder CPU % of a core per stream | floor CPU % per stream (ratio) | publishers CPU % of a core | peak RSS MiB/stream (total) | steady RSS MiB/stream (total) | RSS drift over window MiB | MB written | frames written / received | packets lost | dropped by recorder | UDP RcvbufErrors | UDP sockets | files ffmpeg-clean |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 for N in "${NS[@]}"; do
     dir=$OUT/n$N
@@ -73,23 +94,37 @@ for N in "${NS[@]}"; do
     "$BIN" serve -q --listen "127.0.0.1:$port" --max-clients-per-ip $((N + 8)) --max-room-members $((N + 8)) >"$dir/serve.log" 2>&1 &
     serve_pid=$!
     wait_port "$port"
-    "$PUB" --server "ws://127.0.0.1:$port" --dialect official --room bench --streams "$streams" \
-        --clip "$CLIP" --password false --mode media-first --udp 127.0.0.1:0 \
-        --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
+    if [ "$PUBLISHER" = gst ]; then
+        python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
+            --room bench --streams "$streams" --password false --width 1280 --height 720 --fps 30 \
+            --bitrate 2000 --local-ip 127.0.0.1 --stats-interval 5 \
+            --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
+    else
+        "$PUB" --server "ws://127.0.0.1:$port" --dialect official --room bench --streams "$streams" \
+            --clip "$CLIP" --password false --mode media-first --udp 127.0.0.1:0 \
+            --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
+    fi
     pub_pid=$!
     sleep $((2 + N / 20))
     rcv0=$(rcvbuf_errors)
 
+    port_args=()
+    [ -n "$UDP_PORT" ] && port_args=(--udp-port $((port + 1000)))
     "$REC" -q --room bench --record-room --server "ws://127.0.0.1:$port" --dialect official \
-        --password false --udp-bind 127.0.0.1:0 --stun none --output-dir "$dir/rec" \
+        --password false --udp-bind 127.0.0.1:0 "${port_args[@]}" --stun none --output-dir "$dir/rec" \
         --max-streams "$N" --duration $((WARMUP + DURATION)) >"$dir/rec.out" 2>"$dir/rec.err" &
     rec_pid=$!
+    sockets=
     t0=$(date +%s.%N)
     # t, recorder ticks, VmRSS KiB, VmHWM KiB, publisher ticks
     while kill -0 "$rec_pid" 2>/dev/null; do
         r=$(ticks "$rec_pid")
         [ -z "$r" ] && break
-        echo "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.2f", a-b}') $r $(mem "$rec_pid") $(ticks "$pub_pid")" >>"$dir/samples"
+        now=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.2f", a-b}')
+        echo "$now $r $(mem "$rec_pid") $(ticks "$pub_pid")" >>"$dir/samples"
+        if [ -z "$sockets" ] && awk -v t="$now" -v w="$WARMUP" 'BEGIN{exit !(t >= w)}'; then
+            sockets=$(ss -uanp 2>/dev/null | grep -c "pid=$rec_pid," || true)
+        fi
         sleep 1
     done
     wait "$rec_pid" || echo "recorder exited with $?" >&2
@@ -120,7 +155,23 @@ for N in "${NS[@]}"; do
         if [ -z "$(ffmpeg -nostdin -v error -i "$f" -f null - 2>&1)" ]; then clean=$((clean + 1)); fi
     done
     per() { awk -v a="$1" -v n="$N" 'BEGIN{ if (a=="nan") print "nan"; else printf "%.2f", a/n }'; }
-    echo "| $N | $(per "$cpu") | $pubcpu | $(per "$hwm") ($hwm) | $(per "$rss") ($rss) | $drift | $bytes | $written / $received | $lost | $behind | $((rcv1 - rcv0)) | $clean / $files of $N (summaries: $nsum) |"
+    floor="-"
+    if [ -n "$FLOOR" ]; then
+        fport=$((port + 2000))
+        "$FLOOR_BIN" recv --listen "127.0.0.1:$fport" --seconds "$DURATION" >"$dir/floor.out" 2>"$dir/floor.err" &
+        floor_pid=$!
+        sleep 0.5
+        "$FLOOR_BIN" send --to "127.0.0.1:$fport" --streams "$N" --seconds $((DURATION + 2)) \
+            --video-pps "$FLOOR_VIDEO_PPS" --audio-pps "$FLOOR_AUDIO_PPS" --video-size "$FLOOR_VIDEO_SIZE" \
+            >"$dir/floor-send.out" 2>&1 || true
+        wait "$floor_pid" || true
+        floor=$(python3 -c 'import json,sys
+f=json.load(open(sys.argv[1])); n=int(sys.argv[2]); rec=sys.argv[3]
+pct=f["cpu_seconds"]/f["seconds"]*100/n
+ratio="" if rec=="nan" else " (%.1f x)" % (float(rec)/n/pct)
+print("%.3f%s" % (pct, ratio))' "$dir/floor.out" "$N" "$cpu" 2>/dev/null || echo "?")
+    fi
+    echo "| $N | $(per "$cpu") | $floor | $pubcpu | $(per "$hwm") ($hwm) | $(per "$rss") ($rss) | $drift | $bytes | $written / $received | $lost | $behind | $((rcv1 - rcv0)) | ${sockets:-?} | $clean / $files of $N (summaries: $nsum) |"
     if awk -v p="$pubcpu" -v c="$CORES" -v s="$SATURATION" 'BEGIN{exit !(p != "nan" && p > c*s)}'; then
         echo "# N=$N: the publishers used $pubcpu % of one core (> $SATURATION % of $CORES cores): machine saturated, stopping here"
         break
