@@ -28,7 +28,7 @@
 #   FLOOR=1         after each N, measure the floor at the same packet rate: examples/floor.rs
 #                   receives SRTP packets from a paced sender and only decrypts them
 #                   (FLOOR_VIDEO_PPS, FLOOR_AUDIO_PPS, FLOOR_VIDEO_SIZE per stream; defaults: the
-#                   publisher kind's measured rates)
+#                   publisher kind's measured rates; FLOOR_PROFILE=gcm|cm, default gcm)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +50,8 @@ case "$PUBLISHER" in
 esac
 FLOOR_AUDIO_PPS=${FLOOR_AUDIO_PPS:-50}
 FLOOR_VIDEO_SIZE=${FLOOR_VIDEO_SIZE:-1150}
+# The cheaper SRTP profile (the floor is then the lowest, the ratio the least flattering).
+FLOOR_PROFILE=${FLOOR_PROFILE:-gcm}
 NS=("$@")
 [ ${#NS[@]} -eq 0 ] && NS=(1 8 32 64 100)
 
@@ -158,11 +160,11 @@ for N in "${NS[@]}"; do
     floor="-"
     if [ -n "$FLOOR" ]; then
         fport=$((port + 2000))
-        "$FLOOR_BIN" recv --listen "127.0.0.1:$fport" --seconds "$DURATION" >"$dir/floor.out" 2>"$dir/floor.err" &
+        "$FLOOR_BIN" recv --listen "127.0.0.1:$fport" --seconds "$DURATION" --profile "$FLOOR_PROFILE" >"$dir/floor.out" 2>"$dir/floor.err" &
         floor_pid=$!
         sleep 0.5
         "$FLOOR_BIN" send --to "127.0.0.1:$fport" --streams "$N" --seconds $((DURATION + 2)) \
-            --video-pps "$FLOOR_VIDEO_PPS" --audio-pps "$FLOOR_AUDIO_PPS" --video-size "$FLOOR_VIDEO_SIZE" \
+            --video-pps "$FLOOR_VIDEO_PPS" --audio-pps "$FLOOR_AUDIO_PPS" --video-size "$FLOOR_VIDEO_SIZE" --profile "$FLOOR_PROFILE" \
             >"$dir/floor-send.out" 2>&1 || true
         wait "$floor_pid" || true
         floor=$(python3 -c 'import json,sys
