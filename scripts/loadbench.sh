@@ -97,7 +97,7 @@ for N in "${NS[@]}"; do
     serve_pid=$!
     wait_port "$port"
     if [ "$PUBLISHER" = gst ]; then
-        python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
+        /usr/bin/python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
             --room bench --streams "$streams" --password false --width 1280 --height 720 --fps 30 \
             --bitrate 2000 --local-ip 127.0.0.1 --stats-interval 5 \
             --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
