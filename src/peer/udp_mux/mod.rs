@@ -178,7 +178,7 @@ async fn read_loop(
     let mut queues: std::collections::HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>> =
         std::collections::HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut tick = tokio::time::interval(READ_EVERY);
+    let mut tick = tokio::time::interval_at(on_grid(tokio::time::Instant::now()), READ_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -230,6 +230,16 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// `at` rounded up to the process-wide [`READ_EVERY`] grid.
+fn on_grid(at: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let step = READ_EVERY.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let steps = since.div_ceil(step);
+    epoch + Duration::from_nanos((steps * step) as u64)
 }
 
 /// tokio's webrtc-rs runtime with the UDP sockets of one connection taken from the shared
@@ -309,8 +319,14 @@ impl Runtime for MuxRuntime {
         self.inner.resolve_host(host)
     }
 
+    /// The connection's protocol timers (ICE consent, DTLS and SCTP retransmits, RTCP
+    /// reports, NACKs) end on the [`READ_EVERY`] grid the port is drained on: all
+    /// connections' timers and reads then share one wake of the runtime instead of each
+    /// waking it on its own (a millisecond-exact timer buys a recorder nothing).
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        self.inner.sleep(duration)
+        Box::pin(tokio::time::sleep_until(on_grid(
+            tokio::time::Instant::now() + duration,
+        )))
     }
 
     fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
