@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, info};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     Transmit,
@@ -185,11 +185,13 @@ async fn read_loop(
             biased;
             c = control.recv() => match c {
                 Some(Control::Register { slot, ufrag, tx }) => {
+                    debug!(slot, ufrag = %String::from_utf8_lossy(&ufrag), "udp mux: connection registered");
                     routes.register(slot, &ufrag);
                     queues.insert(slot, tx);
                 }
                 Some(Control::SentTo { slot, addr }) => routes.sent_to(slot, addr),
                 Some(Control::Unregister(slot)) => {
+                    debug!(slot, "udp mux: connection gone");
                     routes.remove(slot);
                     queues.remove(&slot);
                 }
@@ -210,7 +212,16 @@ async fn read_loop(
                     counters.received.fetch_add(1, Ordering::Relaxed);
                     let datagram = &buf[..n];
                     let Some(slot) = routes.route(from, datagram) else {
-                        counters.unknown.fetch_add(1, Ordering::Relaxed);
+                        let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
+                        if n < 20 || n.is_power_of_two() {
+                            debug!(
+                                %from,
+                                ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
+                                first_byte = datagram.first().copied().unwrap_or(0),
+                                unknown = n + 1,
+                                "udp mux: datagram for no connection"
+                            );
+                        }
                         continue;
                     };
                     let Some(tx) = queues.get(&slot) else {
