@@ -468,21 +468,7 @@ mod tests {
         let pub_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let pub_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
-        let check = |user: &str| {
-            let mut attrs = Vec::new();
-            attrs.extend_from_slice(&6u16.to_be_bytes());
-            attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
-            attrs.extend_from_slice(user.as_bytes());
-            while attrs.len() % 4 != 0 {
-                attrs.push(0);
-            }
-            let mut m = vec![0x00, 0x01];
-            m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-            m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-            m.extend_from_slice(&[1; 12]);
-            m.extend_from_slice(&attrs);
-            m
-        };
+        let check = route::binding;
         pub_b.send_to(&[0x80; 40], port).await.unwrap(); // unknown yet: dropped
         pub_b.send_to(&check("ufragb:x"), port).await.unwrap();
         pub_a.send_to(&check("ufraga:y"), port).await.unwrap();

@@ -148,26 +148,28 @@ impl Routes {
     }
 }
 
+/// A STUN Binding request with `USERNAME = user` (and a PRIORITY attribute before it), for
+/// the tests of the routing and of the port.
+#[cfg(test)]
+pub(crate) fn binding(user: &str) -> Vec<u8> {
+    let mut attrs = vec![0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4];
+    attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
+    attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(user.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    m.extend_from_slice(&MAGIC_COOKIE);
+    m.extend_from_slice(&[7; 12]);
+    m.extend_from_slice(&attrs);
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A Binding request with `USERNAME = user` (and a PRIORITY attribute before it).
-    fn binding(user: &str) -> Vec<u8> {
-        let mut attrs = vec![0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4];
-        attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
-        attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(user.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        m.extend_from_slice(&MAGIC_COOKIE);
-        m.extend_from_slice(&[7; 12]);
-        m.extend_from_slice(&attrs);
-        m
-    }
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], port))
