@@ -177,6 +177,9 @@ async fn read_loop(
     let mut routes = Routes::new();
     let mut queues: std::collections::HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>> =
         std::collections::HashMap::new();
+    // Per connection: datagrams handed on and dropped (queue full), said when it goes.
+    let mut delivered: std::collections::HashMap<SlotId, (u64, u64)> =
+        std::collections::HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tick = tokio::time::interval_at(on_grid(tokio::time::Instant::now()), READ_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,7 +194,8 @@ async fn read_loop(
                 }
                 Some(Control::SentTo { slot, addr }) => routes.sent_to(slot, addr),
                 Some(Control::Unregister(slot)) => {
-                    debug!(slot, "udp mux: connection gone");
+                    let (handed, full) = delivered.remove(&slot).unwrap_or_default();
+                    debug!(slot, handed, full, "udp mux: connection gone");
                     routes.remove(slot);
                     queues.remove(&slot);
                 }
@@ -227,14 +231,17 @@ async fn read_loop(
                     let Some(tx) = queues.get(&slot) else {
                         continue;
                     };
+                    let count = delivered.entry(slot).or_default();
                     match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
-                        Ok(()) => {}
+                        Ok(()) => count.0 += 1,
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            count.1 += 1;
                             counters.queue_full.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
                             routes.remove(slot);
                             queues.remove(&slot);
+                            delivered.remove(&slot);
                         }
                     }
                 }
