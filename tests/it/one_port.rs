@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::record_e2e::{
     Process, Publisher, check_recording, files_with, source_config, wait_for_files,
 };
+use crate::support::chromium::{BrowserPublisher, BrowserPublisherConfig};
 use crate::support::ffmpeg::{decode_errors, packet_times};
-use crate::support::fixtures::{TestDir, TestServer, heavy, recorder_args};
+use crate::support::fixtures::{InProcess, TestDir, TestServer, heavy, recorder_args};
 use crate::support::gst::{GstPublisher, GstPublisherConfig, require_gstreamer};
 use crate::support::impair::{ImpairedNet, Impairment};
 use ninjarec::signaling::server::ServerConfig;
@@ -130,4 +131,60 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
         up.passed > 1000 && down.passed > 10,
         "the NAT carried the media"
     );
+}
+
+/// The VDO.Ninja web app's side, real Chromium, in a namespace behind the NAT that forwards
+/// only the recorder's `--udp-port`: it connects through the forwarded port and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_through_a_forwarded_udp_port() {
+    let _heavy = heavy().await;
+    let net = ImpairedNet::new(Impairment::NONE, Impairment::NONE);
+    let port = free_udp_port();
+    net.forward_udp(PUBLIC, port);
+    let dir = TestDir::new("one-port-chromium");
+    let mut server_cfg = ServerConfig::new(net.host_addr());
+    server_cfg.official_only = true;
+    let server = TestServer::start_with(server_cfg).await;
+    let room = "oneportweb";
+    let mut args = recorder_args(
+        &server.url,
+        &dir,
+        &[
+            "--room",
+            room,
+            "--record-room",
+            "--udp-port",
+            &port.to_string(),
+            "--public-ip",
+            &PUBLIC.to_string(),
+        ],
+    );
+    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
+    args[at] = "0.0.0.0:0".to_owned();
+    let recorder = InProcess::start(&args);
+    let mut cfg = BrowserPublisherConfig::new(&server.url, "webnat".to_owned());
+    cfg.room = Some(room.into());
+    cfg.netns = Some(net.ns.clone());
+    cfg.extra_args.push(format!(
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE {}",
+        net.host_ip
+    ));
+    let browser = BrowserPublisher::start(cfg);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let summaries = recorder.stop().await;
+    let events = browser.events_text();
+    drop(browser);
+    let [up, down] = net.stats();
+    let summary = summaries
+        .iter()
+        .find(|s| s.stream_id == "webnat" && s.path.is_some())
+        .unwrap_or_else(|| panic!("no recording: {summaries:#?}\n{events}"));
+    let path = summary.path.clone().unwrap();
+    let frames = packet_times(&path, "v").len();
+    let audio = packet_times(&path, "a").len();
+    eprintln!("{summary}\n  bridge up {up:?} down {down:?}");
+    assert!(frames >= 100, "{frames} frames");
+    assert!(audio >= 200, "{audio} audio packets");
+    let errors = decode_errors(&path);
+    assert!(errors.is_empty(), "{errors}");
 }
