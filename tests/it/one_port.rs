@@ -25,6 +25,25 @@ fn free_udp_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
+/// The recorder's flags for `room` with media on `port` of every interface (so both loopback
+/// and the bridge reach it), announced at `public_ips`.
+fn one_port_args(url: &str, dir: &TestDir, room: &str, port: u16, public_ips: &str) -> Vec<String> {
+    let port = port.to_string();
+    let extra = [
+        "--room",
+        room,
+        "--record-room",
+        "--udp-port",
+        &port,
+        "--public-ip",
+        public_ips,
+    ];
+    let mut args = recorder_args(url, dir, &extra);
+    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
+    args[at] = "0.0.0.0:0".to_owned();
+    args
+}
+
 /// The UDP sockets process `pid` has open, as `ss -uanp` lists them (local addresses).
 fn udp_sockets_of(pid: u32) -> Vec<String> {
     let out = Command::new("ss")
@@ -52,22 +71,14 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
     let dir = TestDir::new("one-port");
     let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
     let room = "oneport";
-    let mut args = recorder_args(
+    // The NAT's address for the guests outside, this machine's for those on it.
+    let args = one_port_args(
         &server.url,
         &dir,
-        &[
-            "--room",
-            room,
-            "--record-room",
-            "--udp-port",
-            &port.to_string(),
-            // The NAT's address for the guests outside, this machine's for those on it.
-            "--public-ip",
-            &format!("{PUBLIC},127.0.0.1"),
-        ],
+        room,
+        port,
+        &format!("{PUBLIC},127.0.0.1"),
     );
-    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
-    args[at] = "0.0.0.0:0".to_owned();
     let recorder = Process::start(&args);
 
     let local: Vec<Publisher> = (0..4)
@@ -146,21 +157,7 @@ async fn chromium_through_a_forwarded_udp_port() {
     server_cfg.official_only = true;
     let server = TestServer::start_with(server_cfg).await;
     let room = "oneportweb";
-    let mut args = recorder_args(
-        &server.url,
-        &dir,
-        &[
-            "--room",
-            room,
-            "--record-room",
-            "--udp-port",
-            &port.to_string(),
-            "--public-ip",
-            &PUBLIC.to_string(),
-        ],
-    );
-    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
-    args[at] = "0.0.0.0:0".to_owned();
+    let args = one_port_args(&server.url, &dir, room, port, &PUBLIC.to_string());
     let recorder = InProcess::start(&args);
     let mut cfg = BrowserPublisherConfig::new(&server.url, "webnat".to_owned());
     cfg.room = Some(room.into());
