@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -634,6 +635,15 @@ impl Run {
             finished: self.finished,
             refused_low_disk: self.refused_low_disk,
             upload: self.upload.as_ref().map(UploadHandle::status),
+            udp_port: self.settings.session.udp_mux.as_ref().map(|mux| {
+                let c = mux.counters();
+                crate::status::snapshot::UdpPortStatus {
+                    port: mux.local_addr().map(|a| a.port()).unwrap_or(0),
+                    received: c.received.load(Ordering::Relaxed),
+                    unknown: c.unknown.load(Ordering::Relaxed),
+                    queue_full: c.queue_full.load(Ordering::Relaxed),
+                }
+            }),
         }
     }
 }

@@ -90,6 +90,22 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "--min-free-mb in bytes: below it no new recording starts.",
         s.min_free_bytes as f64,
     );
+    if let Some(u) = &s.udp_port {
+        let name = "ninjarec_udp_port_datagrams_total";
+        w.family(
+            name,
+            "counter",
+            "--udp-port: datagrams on the shared media port, by what became of them (received: all; dropped_unknown: from no known publisher; dropped_queue_full: their connection was not keeping up).",
+        );
+        let port = u.port.to_string();
+        for (result, v) in [
+            ("received", u.received),
+            ("dropped_unknown", u.unknown),
+            ("dropped_queue_full", u.queue_full),
+        ] {
+            w.sample(name, &[("port", &port), ("result", result)], v as f64);
+        }
+    }
     if let Some(u) = &s.upload {
         w.gauge(
             "ninjarec_upload_pending_files",
@@ -465,6 +481,12 @@ mod tests {
                 last_error_unix_ms: Some(1_700_000_100_000),
                 ..Default::default()
             }),
+            udp_port: Some(crate::status::snapshot::UdpPortStatus {
+                port: 5004,
+                received: 90_000,
+                unknown: 12,
+                queue_full: 3,
+            }),
         }
     }
 
@@ -695,6 +717,19 @@ mod tests {
         assert_eq!(state("cam1", "connecting"), Some(0.0));
         assert_eq!(state("cam2", "connecting"), Some(1.0));
         assert_eq!(state("cam2", "recording"), Some(0.0));
+        let port = |result: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l.name == "ninjarec_udp_port_datagrams_total"
+                        && l.labels.contains(&("port".into(), "5004".into()))
+                        && l.labels.contains(&("result".into(), result.into()))
+                })
+                .map(|l| l.value)
+        };
+        assert_eq!(port("received"), Some(90_000.0));
+        assert_eq!(port("dropped_unknown"), Some(12.0));
+        assert_eq!(port("dropped_queue_full"), Some(3.0));
     }
 
     #[test]
@@ -703,8 +738,14 @@ mod tests {
         a.av_correction_ms = None;
         let mut s = snapshot(vec![a, stream("b", "recording")]);
         s.disk_free_bytes = None;
+        s.udp_port = None;
         let lines = check(&render_metrics(&s));
         assert_eq!(value(&lines, "ninjarec_disk_free_bytes", None), None);
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.name == "ninjarec_udp_port_datagrams_total")
+        );
         assert_eq!(
             value(&lines, "ninjarec_stream_av_correction_seconds", Some("a")),
             None

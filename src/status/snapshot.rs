@@ -31,6 +31,23 @@ pub struct Snapshot {
     pub refused_low_disk: u64,
     /// `--upload`: what is still to go to the bucket, and the last error.
     pub upload: Option<crate::upload::UploadStatus>,
+    /// `--udp-port`: what the one media port received and had to drop.
+    pub udp_port: Option<UdpPortStatus>,
+}
+
+/// The shared media port's counters (`--udp-port`): datagrams it could not hand to any
+/// connection are otherwise invisible, and a firewall or NAT that sends the wrong traffic
+/// there shows up here first.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UdpPortStatus {
+    /// The local port.
+    pub port: u16,
+    /// Datagrams received on it.
+    pub received: u64,
+    /// Dropped: from no known publisher (and not a connectivity check naming one of ours).
+    pub unknown: u64,
+    /// Dropped: the connection they belong to was not keeping up (its queue was full).
+    pub queue_full: u64,
 }
 
 /// CPU and memory of the process (from `/proc/self`; zero where unavailable).
