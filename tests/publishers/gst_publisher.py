@@ -735,9 +735,13 @@ class Peer:
             LOOP.call_soon_threadsafe(self.on_pipeline_error, "create-offer failed", False)
             return
         text = offer.sdp.as_text()
-        # Queue the offer before set-local-description starts gathering, so it is sent first.
-        LOOP.call_soon_threadsafe(self.on_local_offer, text)
+        # As RN (and GStreamer's webrtc demos) do: set-local-description is queued on
+        # webrtcbin first, then the offer goes out. The other way round a fast answer could
+        # reach webrtcbin before its own offer was applied, and be refused ("Not in the
+        # correct state (stable) for setting remote answer description"): ICE then never
+        # completes. Candidates gathered meanwhile wait in `queued_local` until the offer.
         element.emit("set-local-description", offer, Gst.Promise.new())
+        LOOP.call_soon_threadsafe(self.on_local_offer, text)
 
     def _on_ice_candidate(self, _element, mline, candidate):
         if " TCP " in candidate or " tcp " in candidate:
@@ -825,7 +829,17 @@ class Peer:
         res, msg = GstSdp.SDPMessage.new()
         GstSdp.sdp_message_parse_buffer(sdp.encode("utf-8"), msg)
         answer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, msg)
-        self.webrtc.emit("set-remote-description", answer, Gst.Promise.new())
+        viewer = self.viewer
+
+        def applied(promise, _element, _data):
+            # RN does not look; we say it, so a failed answer is not a silent ICE timeout.
+            reply = promise.get_reply()
+            error = reply.get_value("error") if reply is not None and reply.has_field("error") else None
+            if error is not None:
+                warn(f"viewer {viewer}: the answer was not applied: {error}")
+
+        done = Gst.Promise.new_with_change_func(applied, self.webrtc, None)
+        self.webrtc.emit("set-remote-description", answer, done)
         self.pub.viewer_event(self, "answer")
         for mline, cand in self.queued_remote:
             self.webrtc.emit("add-ice-candidate", mline, cand)
