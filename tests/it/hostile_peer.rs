@@ -30,6 +30,24 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) the process has used so far, from `/proc/<pid>/stat`.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one() {
     let clip = Clip::builtin();
@@ -52,7 +70,14 @@ async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The recorder's CPU with the real publisher alone, over a window, to subtract from the
+    // flood's (reported, not asserted: run it on a release build with NINJAREC_BIN).
+    let quiet_window = Duration::from_secs(10);
+    let (cpu_q0, t_q0) = (cpu_s(recorder.pid()), Instant::now());
+    tokio::time::sleep(quiet_window).await;
+    let quiet_pct = (cpu_s(recorder.pid()) - cpu_q0) / t_q0.elapsed().as_secs_f64() * 100.0;
     let rss_before = rss_kib(recorder.pid());
+    let cpu_f0 = cpu_s(recorder.pid());
 
     // The garbage publisher: joins the room with a stream ID of ours, then floods offers.
     let sec = Security::new(&Password::Default, DEFAULT_SALT);
@@ -82,6 +107,7 @@ async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let flood_pct = (cpu_s(recorder.pid()) - cpu_f0) / started.elapsed().as_secs_f64() * 100.0;
     let rss_flood = rss_kib(recorder.pid());
     let _ = ws.close(None).await;
     drop(ws);
@@ -94,7 +120,7 @@ async fn a_publisher_sending_garbage_offers_is_backed_off_quiet_and_harms_no_one
     assert!(status.success(), "{status:?}\n{log}");
     let junk_lines: Vec<&str> = log.lines().filter(|l| l.contains("junk")).collect();
     eprintln!(
-        "{sent} garbage offers in {FLOOD:?}: {} log lines about them; RSS {rss_before} KiB before, {rss_flood} KiB at the end of the flood, {rss_after} KiB 5 s after it left",
+        "{sent} garbage offers in {FLOOD:?}: {} log lines about them; RSS {rss_before} KiB before, {rss_flood} KiB at the end of the flood, {rss_after} KiB 5 s after it left; recorder CPU {quiet_pct:.2} % of a core before the flood, {flood_pct:.2} % during it",
         junk_lines.len()
     );
     for l in &junk_lines {

@@ -72,13 +72,18 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
     let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
     let room = "oneport";
     // The NAT's address for the guests outside, this machine's for those on it.
-    let args = one_port_args(
+    let mut args = one_port_args(
         &server.url,
         &dir,
         room,
         port,
         &format!("{PUBLIC},127.0.0.1"),
     );
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    args.extend(["--http".to_owned(), http.to_string()]);
     let recorder = Process::start(&args);
 
     let local: Vec<Publisher> = (0..4)
@@ -96,6 +101,18 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
     wait_for_files(&dir, 6).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let sockets = udp_sockets_of(recorder.pid());
+    // The port's counters are on /metrics: everything received, nothing dropped.
+    let metrics = crate::status_page::http_get(&format!("http://{http}"), "/metrics")
+        .await
+        .body;
+    let datagrams = |result: &str| {
+        let series =
+            format!("ninjarec_udp_port_datagrams_total{{port=\"{port}\",result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
     recorder.signal("-TERM");
     let (status, stdout, log) = recorder.wait(Duration::from_secs(20)).await;
     for p in local {
@@ -105,6 +122,11 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
     let [up, down] = net.stats();
     eprintln!("recorder UDP sockets: {sockets:?}\nbridge up {up:?} down {down:?}\n{stdout}");
     assert!(status.success(), "{log}");
+    let received = datagrams("received").unwrap_or(0.0);
+    // Six streams of ~250 packets a second for a few seconds (the snapshot is taken each second).
+    assert!(received > 1_000.0, "{received} datagrams\n{metrics}");
+    assert_eq!(datagrams("dropped_queue_full"), Some(0.0), "{metrics}");
+    assert!(datagrams("dropped_unknown").is_some(), "{metrics}");
     assert_eq!(
         sockets,
         vec![format!("0.0.0.0:{port}")],

@@ -85,9 +85,13 @@ impl Process {
         Self::start_with_env(args, &[])
     }
 
-    /// [`Process::start`] with extra environment variables for the child.
+    /// [`Process::start`] with extra environment variables for the child. `NINJAREC_BIN`
+    /// names another build of the recorder (a release build, when a test is run by hand as
+    /// a benchmark); the default is the one cargo built for the tests.
     pub(crate) fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ninjarec"))
+        let bin = std::env::var_os("NINJAREC_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ninjarec").into());
+        let mut child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")

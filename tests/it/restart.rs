@@ -148,37 +148,58 @@ async fn restarted_publishers_are_recorded_again_within_5_s_in_both_modes_and_di
 /// A recorder with the wrong password says so in one line within 10 s, in both dialects and
 /// both modes (issue 14): with another password the room name hashes differently, so a room
 /// looks empty; a stream announced to us under another hash suffix says it at once; a stream
-/// that never answers `play` says it after 10 s.
+/// that never answers `play` says it after 10 s. Real Chromium (the web app's side) is one
+/// more publisher, in the web app's own setting (official dialect, a room).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_said_in_one_line_within_10_s() {
     use crate::record_e2e::Process;
+    use crate::support::chromium::{BrowserPublisher, BrowserPublisherConfig};
     use ninjarec::signaling::Password;
 
     let server = TestServer::start().await;
     let url = server.url.clone();
+    // (dialect, room mode, Chromium instead of our webrtc-rs publisher)
     let cases = [
-        (Dialect::Relay, false),
-        (Dialect::Relay, true),
-        (Dialect::Official, false),
-        (Dialect::Official, true),
+        (Dialect::Relay, false, false),
+        (Dialect::Relay, true, false),
+        (Dialect::Official, false, false),
+        (Dialect::Official, true, false),
+        (Dialect::Official, true, true),
     ];
+    let _heavy = crate::support::fixtures::heavy().await;
     let mut running = Vec::new();
-    for (dialect, room) in cases {
+    let mut browsers = Vec::new();
+    for (dialect, room, chromium) in cases {
         let name = format!(
-            "{}{}",
+            "{}{}{}",
             if dialect == Dialect::Official {
                 "off"
             } else {
                 "rel"
             },
-            if room { "room" } else { "solo" }
+            if room { "room" } else { "solo" },
+            if chromium { "web" } else { "" }
         );
         let stream = format!("pw{name}");
         let room_name = format!("pwroom{name}");
-        let mut cfg = source_config(&url, &stream, room.then_some(room_name.as_str()));
-        cfg.dialect = Some(dialect);
-        cfg.password = Password::parse(Some("hunter2"));
-        let publisher = Publisher::start(cfg);
+        let publisher = if chromium {
+            let mut cfg = BrowserPublisherConfig::new(&url, &stream);
+            cfg.room = room.then(|| room_name.clone());
+            cfg.dialect = dialect;
+            cfg.password = Some("hunter2".into());
+            let browser = BrowserPublisher::start(cfg);
+            browser
+                .wait_for_async("ready", Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("chromium not ready:\n{}", browser.events_text()));
+            browsers.push(browser);
+            None
+        } else {
+            let mut cfg = source_config(&url, &stream, room.then_some(room_name.as_str()));
+            cfg.dialect = Some(dialect);
+            cfg.password = Password::parse(Some("hunter2"));
+            Some(Publisher::start(cfg))
+        };
         let dir = TestDir::new(&format!("pw-{name}"));
         let mut args = vec![
             "--dialect".to_string(),
@@ -233,34 +254,33 @@ async fn a_wrong_password_is_said_in_one_line_within_10_s() {
             problems.push(format!("{name}: recorded with the wrong password?"));
         }
         drop(recorder);
-        publisher.stop().await;
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
+        }
     }
+    drop(browsers);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// One GStreamer case (Raspberry Ninja's pipeline, killed with SIGKILL like `kill -9`):
-/// returns the time from each return (the publisher announced on the server) to its file.
-async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
-    use crate::support::gst::{GstPublisher, GstPublisherConfig};
-    let (name, args) = case_setup("g", dialect, room);
+/// One case with a real publisher killed like `kill -9` (dropping what `start` returns kills
+/// its process group) and started again by `start`, which returns once the publisher is
+/// announced on the server: the time from each return to its file, or what went wrong.
+async fn killed_case<P>(
+    prefix: &str,
+    url: &str,
+    dialect: Dialect,
+    room: bool,
+    start: impl Fn(&str, Option<&str>) -> P,
+) -> Result<Vec<Duration>, String> {
+    let (name, args) = case_setup(prefix, dialect, room);
     let dir = TestDir::new(&format!("restart-{name}"));
     let stream = format!("r{name}");
     let room_name = format!("rr{name}");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cfg = GstPublisherConfig::new(url, &[stream.as_str()]);
-    cfg.room = room.then(|| room_name.clone());
-    cfg.dialect = dialect;
-    cfg.width = 640;
-    cfg.height = 360;
-    cfg.bitrate_kbps = 800;
-    let start = || {
-        let p = GstPublisher::start(&cfg);
-        tokio::task::block_in_place(|| p.wait_ready(Duration::from_secs(30)));
-        p
-    };
+    let start = || tokio::task::block_in_place(|| start(&stream, room.then_some(&room_name)));
     let recorder = InProcess::start(&recorder_args(url, &dir, &args));
     let mut publisher = start();
-    wait_for_file(&dir, 1, Duration::from_secs(20))
+    wait_for_file(&dir, 1, Duration::from_secs(30))
         .await
         .ok_or_else(|| format!("{name}: no first file: {:?}", ts_files(&dir)))?;
     let mut delays = Vec::new();
@@ -300,6 +320,23 @@ async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duratio
     Ok(delays)
 }
 
+/// One GStreamer case (Raspberry Ninja's pipeline, 640x360).
+async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
+    use crate::support::gst::{GstPublisher, GstPublisherConfig};
+    killed_case("g", url, dialect, room, |stream, room| {
+        let mut cfg = GstPublisherConfig::new(url, &[stream]);
+        cfg.room = room.map(str::to_owned);
+        cfg.dialect = dialect;
+        cfg.width = 640;
+        cfg.height = 360;
+        cfg.bitrate_kbps = 800;
+        let p = GstPublisher::start(&cfg);
+        p.wait_ready(Duration::from_secs(30));
+        p
+    })
+    .await
+}
+
 /// The same with Raspberry Ninja's GStreamer pipeline (a real publisher), killed with
 /// SIGKILL: each return (announced on the server) is recorded within 5 s, in both modes and
 /// dialects.
@@ -318,5 +355,53 @@ async fn restarted_gstreamer_publishers_are_recorded_again_within_5_s() {
     let results =
         futures_util::future::join_all(cases.iter().map(|&(d, room)| gst_case(&url, d, room)))
             .await;
+    assert_all_back_in_time(results);
+}
+
+/// The same with real Chromium running the web app's side of the protocol (default
+/// password, H.264 asked for by the recorder), killed with SIGKILL, in both modes and
+/// dialects. A small clip keeps four browsers' encoders within this machine's two cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_chromium_publishers_are_recorded_again_within_5_s() {
+    use crate::support::chromium::{BrowserPublisher, BrowserPublisherConfig};
+    use crate::support::sync::{Schedule, write_wav, write_y4m};
+    let _heavy = crate::support::fixtures::heavy().await;
+    let server = TestServer::start().await;
+    let url = server.url.clone();
+    let media = TestDir::new("restart-chromium-media");
+    let schedule = Schedule::irregular(3, 8.0);
+    let (y4m, wav) = (media.join("media.y4m"), media.join("media.wav"));
+    write_y4m(&y4m, &schedule, 320, 180, 30).unwrap();
+    write_wav(&wav, &schedule, 48_000, 2).unwrap();
+    let cases = [
+        (Dialect::Relay, false),
+        (Dialect::Relay, true),
+        (Dialect::Official, false),
+        (Dialect::Official, true),
+    ];
+    // A task per case: one browser starting (blocking) must not hold up the others' clocks.
+    let tasks = cases.iter().map(|&(dialect, room)| {
+        let (url, y4m, wav) = (url.clone(), y4m.clone(), wav.clone());
+        tokio::spawn(async move {
+            killed_case("c", &url.clone(), dialect, room, move |stream, room| {
+                let mut cfg = BrowserPublisherConfig::new(&url, stream);
+                cfg.room = room.map(str::to_owned);
+                cfg.dialect = dialect;
+                cfg.video_file = Some(y4m.clone());
+                cfg.audio_file = Some(wav.clone());
+                let p = BrowserPublisher::start(cfg);
+                if p.wait_for("ready", Duration::from_secs(30)).is_none() {
+                    eprintln!("chromium {stream}: not ready in 30 s\n{}", p.events_text());
+                }
+                p
+            })
+            .await
+        })
+    });
+    let results = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| Err(format!("case task: {e}"))))
+        .collect();
     assert_all_back_in_time(results);
 }

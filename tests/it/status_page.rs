@@ -392,6 +392,7 @@ fn fabricated_snapshot() -> Snapshot {
         finished: 5,
         refused_low_disk: 0,
         upload: None,
+        udp_port: None,
     }
 }
 
