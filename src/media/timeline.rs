@@ -57,6 +57,11 @@ const SR_PAIR_AGREE_TICKS: i64 = TICKS_PER_SEC / 40;
 /// A track whose report deltas move less than this (1 %) has reports that can be trusted on
 /// their own (a right sender drifts by parts per million).
 const SR_SANE_DRIFT: f64 = 0.01;
+/// Sender Reports that move audio further than this (5 s) from its arrival-time placement
+/// describe a broken or hostile sender, not capture latency (browsers: < 0.2 s, GStreamer's
+/// encoder: ~1 s): they are not applied. Unbounded, they once put audio 13 hours past its
+/// video (found by fuzzing).
+const SR_MAX_CORRECTION: i64 = 5 * TICKS_PER_SEC;
 
 /// Settings of a [`Timeline`].
 #[derive(Debug, Clone)]
@@ -128,6 +133,8 @@ pub struct TimelineStats {
     pub rebases: u64,
     /// The file was started from audio because no keyframe came within `idr_wait`.
     pub started_without_video: bool,
+    /// Sender Reports that would have moved audio by more than 5 s, ignored.
+    pub implausible_reports: u64,
 }
 
 /// One track's mapping from unwrapped RTP timestamps to wallclock ticks.
@@ -498,6 +505,17 @@ impl<A> Timeline<A> {
             track.srs.pop_front();
         }
         track.srs.push_back((ntp, rtp));
+        if let Some(target) = self.sr_target_unchecked()
+            && target.abs() > SR_MAX_CORRECTION
+        {
+            self.stats.implausible_reports += 1;
+            if self.stats.implausible_reports == 1 {
+                tracing::warn!(
+                    correction_s = target / TICKS_PER_SEC,
+                    "the publisher's Sender Reports put its audio and video implausibly far apart; audio stays placed by arrival"
+                );
+            }
+        }
         if let Some(target) = self.sr_target() {
             tracing::debug!(
                 ?kind,
@@ -572,6 +590,12 @@ impl<A> Timeline<A> {
     /// per second and only reports of one instant agree. Each track's delta is therefore
     /// extrapolated along its own recent reports to the common instant.
     fn sr_target(&self) -> Option<i64> {
+        self.sr_target_unchecked()
+            .filter(|t| t.abs() <= SR_MAX_CORRECTION)
+    }
+
+    /// [`Self::sr_target`] before the plausibility bound.
+    fn sr_target_unchecked(&self) -> Option<i64> {
         if !(self.cfg.video && self.cfg.audio) {
             return None;
         }
@@ -677,6 +701,8 @@ mod tests {
         gop: u64,
         video: bool,
         audio: bool,
+        /// Seconds added to the audio reports' NTP time (a sender whose reports are wrong).
+        sr_audio_skew: f64,
     }
 
     enum Ev {
@@ -711,6 +737,7 @@ mod tests {
                 gop: 60,
                 video: true,
                 audio: true,
+                sr_audio_skew: 0.0,
             }
         }
 
@@ -775,7 +802,12 @@ mod tests {
                         tl.push_audio(self.ats(t), at(arrival), k);
                     }
                     Ev::Sr(kind, t) => {
-                        let ntp = ((NTP_BASE + t) * 4_294_967_296.0) as u64;
+                        let skew = if kind == TrackKind::Audio {
+                            self.sr_audio_skew
+                        } else {
+                            0.0
+                        };
+                        let ntp = ((NTP_BASE + t + skew) * 4_294_967_296.0) as u64;
                         let rtp = match kind {
                             TrackKind::Video => self.vts(t),
                             TrackKind::Audio => self.ats(t),
@@ -976,6 +1008,44 @@ mod tests {
             after.len() >= ((10.0 - t_join) * 50.0) as usize - 30,
             "{}",
             after.len()
+        );
+    }
+
+    /// Reports that would move audio hours (or just 6 s) from its video are ignored: audio
+    /// keeps its arrival placement, within the tracks' network delays of right.
+    #[test]
+    fn reports_placing_audio_seconds_or_hours_away_are_ignored() {
+        for skew in [-6.0, 47_000.0] {
+            let sim = Sim {
+                sr_from: Some(0.5),
+                seconds: 8.0,
+                sr_audio_skew: skew,
+                ..Sim::base()
+            };
+            let out = sim.run(TimelineConfig::new(true, true));
+            let tl = out.tl.as_ref().unwrap();
+            assert!(tl.stats().implausible_reports > 0, "{skew}");
+            assert_eq!(tl.av_sync().sr_correction_ms, None, "{skew}");
+            // Arrival placement: off by the delay difference (60 ms) plus jitter.
+            let errors = sync_errors(&out, 1.0);
+            assert!(
+                errors.iter().all(|e| e.abs() <= 9_000),
+                "{skew}: {errors:?}"
+            );
+            assert_no_jumps(&out);
+        }
+        // 4 s is still believed (and applied).
+        let sim = Sim {
+            sr_from: Some(0.5),
+            seconds: 8.0,
+            sr_audio_skew: -4.0,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let sync = out.tl.as_ref().unwrap().av_sync();
+        assert!(
+            sync.sr_correction_ms.is_some_and(|c| c.abs() > 3_900.0),
+            "{sync:?}"
         );
     }
 
