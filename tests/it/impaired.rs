@@ -226,7 +226,7 @@ async fn record_through(
 }
 
 /// The recorder's flags for a test behind `net`: media on the host side of the bridge.
-fn impaired_recorder_args(
+pub(crate) fn impaired_recorder_args(
     net: &ImpairedNet,
     url: &str,
     dir: &TestDir,
@@ -236,6 +236,25 @@ fn impaired_recorder_args(
     let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
     args[at] = format!("{}:0", net.host_ip);
     args
+}
+
+/// Our webrtc-rs publisher as a program (`examples/testsrc`), for running it inside a network
+/// namespace: webrtc-rs's reactor pool is process-wide, so an in-process publisher's sockets
+/// could be bound in the test's own namespace. Cargo builds it next to this test binary.
+pub(crate) fn testsrc_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let testsrc = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/testsrc");
+    assert!(
+        testsrc.exists(),
+        "{} (built by cargo test)",
+        testsrc.display()
+    );
+    testsrc
 }
 
 /// The loss figure: 2 % loss + 100 ms round trip for 60 s: ≥ 95 % of the video
@@ -390,19 +409,7 @@ async fn webrtc_rs_publisher_records_through_loss_and_reordering() {
     let net = ImpairedNet::new(path, path);
     let dir = TestDir::new("impaired-testsrc");
     let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
-    // The example is built next to this test binary (target/<profile>/examples).
-    let exe = std::env::current_exe().unwrap();
-    let testsrc = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/testsrc");
-    assert!(
-        testsrc.exists(),
-        "{} (built by cargo test)",
-        testsrc.display()
-    );
+    let testsrc = testsrc_example();
     let mut publisher = std::process::Command::new("ip")
         .args(["netns", "exec", &net.ns])
         .arg(&testsrc)

@@ -17,6 +17,7 @@ mod record_e2e;
 mod restart;
 mod rtp_clip;
 mod signaling;
+mod soak;
 mod status_page;
 mod supervision;
 mod support;
