@@ -3,7 +3,10 @@
 //! publisher. Before the backoff and the log budget this made 62 798 log lines in 21 s, grew
 //! RSS by 24 MB and cost the real stream its audio. Now: the garbage publisher is backed off
 //! (1 s doubling to 60 s, set aside after five failures), gets at most one line per 10 s, and
-//! the real stream's file is whole. RSS is reported (measured on release builds by hand).
+//! the real stream's file is whole. RSS and CPU are reported, not asserted; on a release build
+//! (`NINJAREC_BIN=…/release/ninjarec`, 2026-12-03): 27 600 offers in 60 s, 6 log lines about
+//! them, recorder CPU 1.70 % of a core before the flood and 2.47 % during it (+0.77 %), RSS
+//! 14 340 KiB before, 15 180 KiB at its end and 5 s after it left (+840 KiB).
 
 use std::time::{Duration, Instant};
 
