@@ -46,6 +46,12 @@ pub struct ReorderConfig {
     /// How long (in arrival time) a packet may wait for an earlier hole before the hole is
     /// given up, at least: the deadline starts here and never goes below it.
     pub max_delay: Duration,
+    /// The deadline while the path is not measured yet (until [`INITIAL_HOLES`] holes were
+    /// filled or given up), within `[max_delay, max_delay_cap]`. A track whose losses are
+    /// repaired (video: NACK/RTX) starts at about a long round trip's repair time, so the
+    /// holes of its first keyframe — the largest frame, and the one every frame after it
+    /// needs — are not given up before their repairs come.
+    pub initial_delay: Duration,
     /// The longest the deadline may grow to when holes are measured to take longer to fill
     /// (NACK repairs on a long round trip). Bounds the latency and, with `capacity`, memory.
     pub max_delay_cap: Duration,
@@ -67,6 +73,7 @@ impl Default for ReorderConfig {
         Self {
             capacity: 512,
             max_delay: Duration::from_millis(150),
+            initial_delay: Duration::from_millis(150),
             max_delay_cap: Duration::from_millis(750),
             max_dropout: 3000,
             max_misorder: 1000,
@@ -105,6 +112,9 @@ const LOST_RANGES_KEPT: usize = 64;
 /// 2 Mb/s stream).
 const FILL_SAMPLES_KEPT: usize = 64;
 
+/// Holes (filled or given up) after which the deadline follows the measurements alone.
+pub const INITIAL_HOLES: u64 = 4;
+
 /// Margin over the measured fill time: a repair slightly slower than the recent ones is
 /// still used.
 const FILL_MARGIN: Duration = Duration::from_millis(20);
@@ -127,6 +137,8 @@ pub struct ReorderBuffer {
     fill_times: VecDeque<Duration>,
     /// The deadline now in force, in `[max_delay, max_delay_cap]`.
     delay: Duration,
+    /// Holes given up so far (with `fill_times`, ends the initial deadline).
+    holes_given_up: u64,
     /// A packet far outside the window, waiting for its successor to confirm a restart.
     probation: Option<(RtpPacket, Instant)>,
     /// Nothing was handed on yet and `hold_start` is set: `next` may still move back.
@@ -144,7 +156,7 @@ impl ReorderBuffer {
     /// An empty buffer with the given limits (a capacity below 1 is raised to 1).
     pub fn new(mut config: ReorderConfig) -> Self {
         config.capacity = config.capacity.max(1);
-        Self {
+        let mut buffer = Self {
             config,
             unwrapper: SequenceUnwrapper::new(),
             next: None,
@@ -153,10 +165,13 @@ impl ReorderBuffer {
             lost_ranges: VecDeque::new(),
             fill_times: VecDeque::new(),
             delay: config.max_delay,
+            holes_given_up: 0,
             probation: None,
             starting: false,
             stats: ReorderStats::default(),
-        }
+        };
+        buffer.refresh_delay();
+        buffer
     }
 
     /// The counters so far.
@@ -299,6 +314,8 @@ impl ReorderBuffer {
         if target > next {
             let lost = (target - next).unsigned_abs();
             self.stats.lost += lost;
+            self.holes_given_up += 1;
+            self.refresh_delay();
             if self.lost_ranges.len() == LOST_RANGES_KEPT {
                 self.lost_ranges.pop_front();
             }
@@ -325,18 +342,34 @@ impl ReorderBuffer {
         self.oldest = self.held.values().map(|&(_, t)| t).min();
     }
 
-    /// Remembers how long a hole took to fill and sets the deadline from the recent ones:
-    /// their 90th percentile plus [`FILL_MARGIN`], within the configured bounds.
+    /// Remembers how long a hole took to fill and sets the deadline from the recent ones.
     fn record_fill(&mut self, took: Duration) {
         if self.fill_times.len() == FILL_SAMPLES_KEPT {
             self.fill_times.pop_front();
         }
         self.fill_times
             .push_back(took.min(self.config.max_delay_cap));
-        let mut sorted: Vec<Duration> = self.fill_times.iter().copied().collect();
-        sorted.sort_unstable();
-        let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
-        self.delay = (p90 + FILL_MARGIN).clamp(
+        self.refresh_delay();
+    }
+
+    /// The deadline: the 90th percentile of the recent fill times plus [`FILL_MARGIN`], at
+    /// least `initial_delay` while the path is not measured, within the configured bounds.
+    fn refresh_delay(&mut self) {
+        let measured = if self.fill_times.is_empty() {
+            Duration::ZERO
+        } else {
+            let mut sorted: Vec<Duration> = self.fill_times.iter().copied().collect();
+            sorted.sort_unstable();
+            sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)] + FILL_MARGIN
+        };
+        let unmeasured =
+            (self.fill_times.len() as u64) < INITIAL_HOLES && self.holes_given_up < INITIAL_HOLES;
+        let wanted = if unmeasured {
+            measured.max(self.config.initial_delay)
+        } else {
+            measured
+        };
+        self.delay = wanted.clamp(
             self.config.max_delay,
             self.config.max_delay_cap.max(self.config.max_delay),
         );
@@ -470,6 +503,37 @@ mod tests {
             }
             r.poll(ms);
         }
+    }
+
+    /// A repaired track that starts with a longer deadline keeps the repairs of its first
+    /// holes (the first keyframe's), where the 150 ms floor would give them up; once holes
+    /// are measured the deadline follows them (down to the floor for fast repairs).
+    #[test]
+    fn the_first_holes_wait_the_initial_deadline() {
+        for (initial, lost_first) in [(150, true), (400, false)] {
+            let mut r = Run::new();
+            r.buf = ReorderBuffer::new(ReorderConfig {
+                initial_delay: Duration::from_millis(initial),
+                ..ReorderConfig::default()
+            });
+            assert_eq!(r.buf.stats().delay, Duration::from_millis(initial));
+            let mut repairs = Vec::new();
+            // The first hole (packet 10) is repaired 250 ms after the packet behind it.
+            stream_with_repairs(&mut r, 0..12, 250, &mut repairs);
+            stream_with_repairs(&mut r, 12..40, 250, &mut repairs);
+            let s = r.buf.stats();
+            assert_eq!(s.lost > 0, lost_first, "initial {initial} ms: {s:?}");
+        }
+        // Fast repairs measured four times: back to the floor.
+        let mut r = Run::new();
+        r.buf = ReorderBuffer::new(ReorderConfig {
+            initial_delay: Duration::from_millis(400),
+            ..ReorderConfig::default()
+        });
+        let mut repairs = Vec::new();
+        stream_with_repairs(&mut r, 0..100, 30, &mut repairs);
+        let s = r.buf.stats();
+        assert_eq!((s.lost, s.delay), (0, Duration::from_millis(150)), "{s:?}");
     }
 
     #[test]

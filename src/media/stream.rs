@@ -48,6 +48,21 @@ const KEEPALIVE_LEAD_90K: u64 = 36_000;
 /// the first media packet of its track).
 const MAX_ORPHAN_REPORTS: usize = 4;
 
+/// How long video's first holes wait for their repairs before the path is measured: a NACK
+/// goes out up to 100 ms after the hole (webrtc-rs's generator interval) and the repair takes
+/// a round trip, so on a 100-200 ms path the 150 ms floor gave up the first keyframe's holes
+/// just before their repairs came (its loss then costs the frames up to the next keyframe).
+const VIDEO_FIRST_REPAIR_WAIT: Duration = Duration::from_millis(400);
+
+/// The video track's reorder settings: the stream's, starting with [`VIDEO_FIRST_REPAIR_WAIT`]
+/// (audio is not repaired, so it keeps the floor and costs 20 ms per lost packet, not more).
+fn video_reorder(config: &StreamConfig) -> ReorderConfig {
+    ReorderConfig {
+        initial_delay: config.reorder.initial_delay.max(VIDEO_FIRST_REPAIR_WAIT),
+        ..config.reorder
+    }
+}
+
 /// Settings of a [`StreamMuxer`].
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -257,7 +272,7 @@ impl StreamMuxer {
             (has_video && tracks.audio && !config.sync_wait.is_zero()).then(VecDeque::new);
         Some(Self {
             kind: ContainerKind::for_tracks(tracks, config.container),
-            video_in: ReorderBuffer::new(config.reorder),
+            video_in: ReorderBuffer::new(video_reorder(&config)),
             audio_in: ReorderBuffer::new(config.reorder),
             video: tracks
                 .video
@@ -319,7 +334,7 @@ impl StreamMuxer {
         self.tracks.video = Some(codec);
         self.kind = ContainerKind::for_tracks(self.tracks, self.config.container);
         self.video = Some(video_depacketizer(codec, self.config.depacketizer));
-        self.video_in = ReorderBuffer::new(self.config.reorder);
+        self.video_in = ReorderBuffer::new(video_reorder(&self.config));
         self.video_queue.clear();
         true
     }
