@@ -44,10 +44,10 @@ pub struct ReorderConfig {
     /// Most packets held while waiting for a hole to fill.
     pub capacity: usize,
     /// How long (in arrival time) a packet may wait for an earlier hole before the hole is
-    /// given up, at least: the deadline starts here and never goes below it.
+    /// given up, at least: the deadline never goes below it (it starts at `initial_delay`).
     pub max_delay: Duration,
-    /// The deadline while the path is not measured yet (until [`INITIAL_HOLES`] holes were
-    /// filled or given up), within `[max_delay, max_delay_cap]`. A track whose losses are
+    /// The deadline while the path is not measured yet (until [`INITIAL_HOLES`] holes, filled
+    /// or given up, were seen), within `[max_delay, max_delay_cap]`. A track whose losses are
     /// repaired (video: NACK/RTX) starts at about a long round trip's repair time, so the
     /// holes of its first keyframe — the largest frame, and the one every frame after it
     /// needs — are not given up before their repairs come.
@@ -189,7 +189,14 @@ impl ReorderBuffer {
 
     /// When [`Self::poll_timeout`] should next be called, if anything is held.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.delay)
+        // The start hold (nothing handed on yet) only waits for packets reordered at the very
+        // start: `max_delay`, not the longer wait for repairs.
+        let wait = if self.starting {
+            self.config.max_delay.min(self.delay)
+        } else {
+            self.delay
+        };
+        self.oldest.map(|t| t + wait)
     }
 
     /// Takes one packet that arrived at `now`; hands on everything that is now in order.
@@ -519,8 +526,7 @@ mod tests {
             assert_eq!(r.buf.stats().delay, Duration::from_millis(initial));
             let mut repairs = Vec::new();
             // The first hole (packet 10) is repaired 250 ms after the packet behind it.
-            stream_with_repairs(&mut r, 0..12, 250, &mut repairs);
-            stream_with_repairs(&mut r, 12..40, 250, &mut repairs);
+            stream_with_repairs(&mut r, 0..40, 250, &mut repairs);
             let s = r.buf.stats();
             assert_eq!(s.lost > 0, lost_first, "initial {initial} ms: {s:?}");
         }
@@ -534,6 +540,17 @@ mod tests {
         stream_with_repairs(&mut r, 0..100, 30, &mut repairs);
         let s = r.buf.stats();
         assert_eq!((s.lost, s.delay), (0, Duration::from_millis(150)), "{s:?}");
+        // Holes never repaired: four are given up at 400 ms, then the floor applies.
+        let mut r = Run::new();
+        r.buf = ReorderBuffer::new(ReorderConfig {
+            initial_delay: Duration::from_millis(400),
+            ..ReorderConfig::default()
+        });
+        let mut never = Vec::new();
+        stream_with_repairs(&mut r, 0..200, 100_000, &mut never);
+        let s = r.buf.stats();
+        assert!(s.lost >= 4, "{s:?}");
+        assert_eq!(s.delay, Duration::from_millis(150), "{s:?}");
     }
 
     #[test]

@@ -985,6 +985,16 @@ impl StreamMuxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn video_waits_longer_for_its_first_repairs_than_audio() {
+        let cfg = StreamConfig::default();
+        assert_eq!(video_reorder(&cfg).initial_delay, VIDEO_FIRST_REPAIR_WAIT);
+        assert_eq!(cfg.reorder.initial_delay, cfg.reorder.max_delay);
+        let m = StreamMuxer::new(cfg, Some(VideoCodec::H264), true).unwrap();
+        assert_eq!(m.video_in.stats().delay, VIDEO_FIRST_REPAIR_WAIT);
+        assert_eq!(m.audio_in.stats().delay, Duration::from_millis(150));
+    }
     use crate::testkit::clip::Clip;
     use crate::testkit::ts_check::{CheckOptions, check};
     use rtc::rtp::codec::h264::H264Payloader;

@@ -248,7 +248,7 @@ impl Track {
         match self.slope() {
             Some(k) => {
                 let (t2, d2) = deltas.next_back()?;
-                Some(d2 + (k * (at - t2) as f64) as i64)
+                Some(d2.saturating_add((k * at.saturating_sub(t2) as f64) as i64))
             }
             None => deltas.min_by_key(|(t, _)| (t - at).abs()).map(|(_, d)| d),
         }
@@ -506,13 +506,13 @@ impl<A> Timeline<A> {
         }
         track.srs.push_back((ntp, rtp));
         if let Some(target) = self.sr_target_unchecked()
-            && target.abs() > SR_MAX_CORRECTION
+            && target.unsigned_abs() > SR_MAX_CORRECTION.unsigned_abs()
         {
             self.stats.implausible_reports += 1;
             if self.stats.implausible_reports == 1 {
                 tracing::warn!(
                     correction_s = target / TICKS_PER_SEC,
-                    "the publisher's Sender Reports put its audio and video implausibly far apart; audio stays placed by arrival"
+                    "the publisher's Sender Reports put its audio and video implausibly far apart; they are ignored (audio keeps its current placement)"
                 );
             }
         }
@@ -591,7 +591,7 @@ impl<A> Timeline<A> {
     /// extrapolated along its own recent reports to the common instant.
     fn sr_target(&self) -> Option<i64> {
         self.sr_target_unchecked()
-            .filter(|t| t.abs() <= SR_MAX_CORRECTION)
+            .filter(|t| t.unsigned_abs() <= SR_MAX_CORRECTION.unsigned_abs())
     }
 
     /// [`Self::sr_target`] before the plausibility bound.
@@ -612,11 +612,11 @@ impl<A> Timeline<A> {
                 ((tv - ta).abs() <= SR_PAIR_TICKS).then_some(da)
             });
             if let Some(da) = pair {
-                same_instant.push(dv - da);
+                same_instant.push(dv.saturating_sub(da));
             }
         }
         if let [newest, older] = same_instant[..]
-            && (newest - older).abs() > SR_PAIR_AGREE_TICKS
+            && newest.saturating_sub(older).saturating_abs() > SR_PAIR_AGREE_TICKS
         {
             // Two pairs that disagree: the older is the likelier outlier (a sender's first
             // report, sent while its pipeline starts); a third pair settles it by the median.
@@ -635,7 +635,11 @@ impl<A> Timeline<A> {
             (None, Some(_)) => v,
             _ => v.max(a),
         };
-        Some(self.video.delta_at(at)? - self.audio.delta_at(at)?)
+        Some(
+            self.video
+                .delta_at(at)?
+                .saturating_sub(self.audio.delta_at(at)?),
+        )
     }
 
     /// Maps held audio now that T0 is known.

@@ -74,6 +74,17 @@ fn assert_all_back_in_time(results: Vec<Result<Vec<Duration>, String>>) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The results of cases run as tasks (a task that panicked is a failed case).
+async fn joined(
+    tasks: impl IntoIterator<Item = tokio::task::JoinHandle<Result<Vec<Duration>, String>>>,
+) -> Vec<Result<Vec<Duration>, String>> {
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| Err(format!("case task: {e}"))))
+        .collect()
+}
+
 /// One case: returns the time from each return to its new file, or what went wrong.
 async fn case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, String> {
     let (name, args) = case_setup("", dialect, room);
@@ -270,7 +281,7 @@ async fn killed_case<P>(
     url: &str,
     dialect: Dialect,
     room: bool,
-    start: impl Fn(&str, Option<&str>) -> P,
+    start: impl Fn(&str, Option<&str>) -> Result<P, String>,
 ) -> Result<Vec<Duration>, String> {
     let (name, args) = case_setup(prefix, dialect, room);
     let dir = TestDir::new(&format!("restart-{name}"));
@@ -279,16 +290,17 @@ async fn killed_case<P>(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let start = || tokio::task::block_in_place(|| start(&stream, room.then_some(&room_name)));
     let recorder = InProcess::start(&recorder_args(url, &dir, &args));
-    let mut publisher = start();
+    let mut publisher = start()?;
     wait_for_file(&dir, 1, Duration::from_secs(30))
         .await
         .ok_or_else(|| format!("{name}: no first file: {:?}", ts_files(&dir)))?;
     let mut delays = Vec::new();
     for k in 0..RESTARTS {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        drop(publisher); // SIGKILL to its process group
+        // SIGKILL to its process group; the drop waits for the group (blocking).
+        tokio::task::block_in_place(|| drop(publisher));
         tokio::time::sleep(AWAY).await;
-        publisher = start();
+        publisher = start()?;
         let back = Instant::now();
         match wait_for_file(&dir, k + 2, Duration::from_secs(20)).await {
             Some(at) => delays.push(at - back),
@@ -303,7 +315,7 @@ async fn killed_case<P>(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     recorder.stop().await;
-    drop(publisher);
+    tokio::task::block_in_place(|| drop(publisher));
     let files = ts_files(&dir);
     if files.len() != RESTARTS + 1 {
         return Err(format!("{name}: want {} files: {files:?}", RESTARTS + 1));
@@ -332,7 +344,7 @@ async fn gst_case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duratio
         cfg.bitrate_kbps = 800;
         let p = GstPublisher::start(&cfg);
         p.wait_ready(Duration::from_secs(30));
-        p
+        Ok(p)
     })
     .await
 }
@@ -352,10 +364,12 @@ async fn restarted_gstreamer_publishers_are_recorded_again_within_5_s() {
         (Dialect::Official, false),
         (Dialect::Official, true),
     ];
-    let results =
-        futures_util::future::join_all(cases.iter().map(|&(d, room)| gst_case(&url, d, room)))
-            .await;
-    assert_all_back_in_time(results);
+    // A task per case: one publisher starting (blocking) must not hold up the others' clocks.
+    let tasks = cases.iter().map(|&(d, room)| {
+        let url = url.clone();
+        tokio::spawn(async move { gst_case(&url, d, room).await })
+    });
+    assert_all_back_in_time(joined(tasks).await);
 }
 
 /// The same with real Chromium running the web app's side of the protocol (default
@@ -390,18 +404,16 @@ async fn restarted_chromium_publishers_are_recorded_again_within_5_s() {
                 cfg.video_file = Some(y4m.clone());
                 cfg.audio_file = Some(wav.clone());
                 let p = BrowserPublisher::start(cfg);
-                if p.wait_for("ready", Duration::from_secs(30)).is_none() {
-                    eprintln!("chromium {stream}: not ready in 30 s\n{}", p.events_text());
+                match p.wait_for("ready", Duration::from_secs(30)) {
+                    Some(_) => Ok(p),
+                    None => Err(format!(
+                        "chromium {stream}: not ready in 30 s\n{}",
+                        p.events_text()
+                    )),
                 }
-                p
             })
             .await
         })
     });
-    let results = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|e| Err(format!("case task: {e}"))))
-        .collect();
-    assert_all_back_in_time(results);
+    assert_all_back_in_time(joined(tasks).await);
 }

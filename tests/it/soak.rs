@@ -6,7 +6,7 @@
 //! everyone gone are compared with the start, and every file must decode cleanly.
 //!
 //! ```sh
-//! cargo build --release --bin ninjarec
+//! cargo build --release --bin ninjarec && cargo build --example testsrc
 //! NINJAREC_BIN=target/release/ninjarec NINJAREC_SOAK_MINUTES=480 \
 //!     cargo test --test it soak -- --ignored --nocapture
 //! ```
@@ -139,6 +139,8 @@ async fn churn_soak() {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0.05);
+    // The publisher behind loss is the example program: it must exist before hours go by.
+    testsrc_example();
     let _heavy = heavy().await;
     let path = Impairment::new(0.02, 0, 0);
     let net = Arc::new(ImpairedNet::new(path, path));

@@ -69,7 +69,8 @@ const MAX_LEARNED: usize = route::MAX_ADDRS_PER_SLOT;
 pub struct MuxCounters {
     /// Datagrams received on the shared port.
     pub received: AtomicU64,
-    /// Of those, from no known connection (and not a check naming one): dropped.
+    /// Of those, from no known connection (and not a check naming one), or for one that has
+    /// just closed: dropped.
     pub unknown: AtomicU64,
     /// Dropped because the connection's queue was full.
     pub queue_full: AtomicU64,
@@ -229,6 +230,7 @@ async fn read_loop(
                         continue;
                     };
                     let Some(tx) = queues.get(&slot) else {
+                        counters.unknown.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     let count = delivered.entry(slot).or_default();
@@ -239,6 +241,8 @@ async fn read_loop(
                             counters.queue_full.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
+                            // The connection has just closed: its datagram is for no one.
+                            counters.unknown.fetch_add(1, Ordering::Relaxed);
                             routes.remove(slot);
                             queues.remove(&slot);
                             delivered.remove(&slot);
