@@ -95,7 +95,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         w.family(
             name,
             "counter",
-            "--udp-port: datagrams on the shared media port, by what became of them (received: all; dropped_unknown: from no known publisher; dropped_queue_full: their connection was not keeping up).",
+            "--udp-port: datagrams on the shared media port, by what became of them (received: all; dropped_unknown: from no known publisher, or for a connection just closed; dropped_queue_full: their connection was not keeping up).",
         );
         let port = u.port.to_string();
         for (result, v) in [

@@ -44,7 +44,8 @@ pub struct UdpPortStatus {
     pub port: u16,
     /// Datagrams received on it.
     pub received: u64,
-    /// Dropped: from no known publisher (and not a connectivity check naming one of ours).
+    /// Dropped: from no known publisher (and not a connectivity check naming one of ours), or
+    /// for a connection that has just closed.
     pub unknown: u64,
     /// Dropped: the connection they belong to was not keeping up (its queue was full).
     pub queue_full: u64,
