@@ -168,6 +168,9 @@ pub struct StreamStats {
     /// The file started without both tracks' Sender Reports (they did not come within
     /// [`StreamConfig::sync_wait`]): the start is placed by arrival time.
     pub started_unsynced: bool,
+    /// Sender Reports ignored because they put audio more than 5 s from its video (a
+    /// broken or hostile sender); audio then keeps the placement it had.
+    pub implausible_reports: u64,
 }
 
 /// A depacketized unit held by the sync hold (each knows when its first packet arrived).
@@ -685,6 +688,7 @@ impl StreamMuxer {
             .first_pts
             .map_or(0, |f| self.last_pts.saturating_sub(f));
         s.av_offset_ms = self.av_sync().sr_correction_ms;
+        s.implausible_reports = t.implausible_reports;
         s
     }
 

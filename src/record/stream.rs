@@ -150,6 +150,13 @@ impl std::fmt::Display for StreamSummary {
         if let Some(ms) = c.av_offset_ms {
             write!(f, ", A/V correction from Sender Reports {ms:+.0} ms")?;
         }
+        if c.implausible_reports > 0 {
+            write!(
+                f,
+                ", {} implausible Sender Reports ignored",
+                c.implausible_reports
+            )?;
+        }
         if self.media_dropped > 0 {
             write!(
                 f,
