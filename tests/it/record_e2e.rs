@@ -78,6 +78,8 @@ impl Publisher {
 pub(crate) struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    out: Arc<Mutex<String>>,
+    stdout_done: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -109,7 +111,23 @@ impl Process {
                 sink.lock().unwrap().push(line);
             }
         });
-        Process { child, log }
+        // Stdout is drained as it comes too: a recorder that prints more than a pipe holds
+        // (a summary per recording: 618 of them after the churn soak) would otherwise block
+        // on its last write and never exit.
+        let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let out_sink = out.clone();
+        let stdout_done = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut text);
+            out_sink.lock().unwrap().push_str(&text);
+        });
+        Process {
+            child,
+            log,
+            out,
+            stdout_done: Some(stdout_done),
+        }
     }
 
     fn log_contains(&self, pred: impl Fn(&str) -> bool) -> bool {
@@ -141,10 +159,10 @@ impl Process {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                if let Some(mut o) = self.child.stdout.take() {
-                    std::io::Read::read_to_string(&mut o, &mut out).unwrap();
+                if let Some(done) = self.stdout_done.take() {
+                    let _ = tokio::task::spawn_blocking(move || done.join()).await;
                 }
+                let out = std::mem::take(&mut *self.out.lock().unwrap());
                 // Let the stderr thread take the last lines.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return (status, out, self.log_text());
