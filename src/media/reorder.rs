@@ -512,17 +512,23 @@ mod tests {
         }
     }
 
+    /// A run whose buffer starts with an initial deadline of `ms`.
+    fn with_initial_delay(ms: u64) -> Run {
+        let mut r = Run::new();
+        r.buf = ReorderBuffer::new(ReorderConfig {
+            initial_delay: Duration::from_millis(ms),
+            ..ReorderConfig::default()
+        });
+        r
+    }
+
     /// A repaired track that starts with a longer deadline keeps the repairs of its first
     /// holes (the first keyframe's), where the 150 ms floor would give them up; once holes
     /// are measured the deadline follows them (down to the floor for fast repairs).
     #[test]
     fn the_first_holes_wait_the_initial_deadline() {
         for (initial, lost_first) in [(150, true), (400, false)] {
-            let mut r = Run::new();
-            r.buf = ReorderBuffer::new(ReorderConfig {
-                initial_delay: Duration::from_millis(initial),
-                ..ReorderConfig::default()
-            });
+            let mut r = with_initial_delay(initial);
             assert_eq!(r.buf.stats().delay, Duration::from_millis(initial));
             let mut repairs = Vec::new();
             // The first hole (packet 10) is repaired 250 ms after the packet behind it.
@@ -531,21 +537,13 @@ mod tests {
             assert_eq!(s.lost > 0, lost_first, "initial {initial} ms: {s:?}");
         }
         // Fast repairs measured four times: back to the floor.
-        let mut r = Run::new();
-        r.buf = ReorderBuffer::new(ReorderConfig {
-            initial_delay: Duration::from_millis(400),
-            ..ReorderConfig::default()
-        });
+        let mut r = with_initial_delay(400);
         let mut repairs = Vec::new();
         stream_with_repairs(&mut r, 0..100, 30, &mut repairs);
         let s = r.buf.stats();
         assert_eq!((s.lost, s.delay), (0, Duration::from_millis(150)), "{s:?}");
         // Holes never repaired: four are given up at 400 ms, then the floor applies.
-        let mut r = Run::new();
-        r.buf = ReorderBuffer::new(ReorderConfig {
-            initial_delay: Duration::from_millis(400),
-            ..ReorderConfig::default()
-        });
+        let mut r = with_initial_delay(400);
         let mut never = Vec::new();
         stream_with_repairs(&mut r, 0..200, 100_000, &mut never);
         let s = r.buf.stats();

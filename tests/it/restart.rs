@@ -24,6 +24,13 @@ const AWAY: Duration = Duration::from_secs(6);
 /// The bound: recorded again this soon after the return.
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 const RESTARTS: usize = 5;
+/// Every (dialect, room mode) pair a restart is tried in.
+const CASES: [(Dialect, bool); 4] = [
+    (Dialect::Relay, false),
+    (Dialect::Relay, true),
+    (Dialect::Official, false),
+    (Dialect::Official, true),
+];
 
 /// Waits until `dir` holds `n` files, the newest with media in it; returns when it did.
 async fn wait_for_file(dir: &Path, n: usize, limit: Duration) -> Option<Instant> {
@@ -145,12 +152,7 @@ async fn case(url: &str, dialect: Dialect, room: bool) -> Result<Vec<Duration>, 
 async fn restarted_publishers_are_recorded_again_within_5_s_in_both_modes_and_dialects() {
     let server = TestServer::start().await;
     let url = server.url.clone();
-    let cases = [
-        (Dialect::Relay, false),
-        (Dialect::Relay, true),
-        (Dialect::Official, false),
-        (Dialect::Official, true),
-    ];
+    let cases = CASES;
     let results =
         futures_util::future::join_all(cases.iter().map(|&(d, room)| case(&url, d, room))).await;
     assert_all_back_in_time(results);
@@ -358,12 +360,7 @@ async fn restarted_gstreamer_publishers_are_recorded_again_within_5_s() {
     let _heavy = crate::support::fixtures::heavy().await;
     let server = TestServer::start().await;
     let url = server.url.clone();
-    let cases = [
-        (Dialect::Relay, false),
-        (Dialect::Relay, true),
-        (Dialect::Official, false),
-        (Dialect::Official, true),
-    ];
+    let cases = CASES;
     // A task per case: one publisher starting (blocking) must not hold up the others' clocks.
     let tasks = cases.iter().map(|&(d, room)| {
         let url = url.clone();
@@ -387,12 +384,7 @@ async fn restarted_chromium_publishers_are_recorded_again_within_5_s() {
     let (y4m, wav) = (media.join("media.y4m"), media.join("media.wav"));
     write_y4m(&y4m, &schedule, 320, 180, 30).unwrap();
     write_wav(&wav, &schedule, 48_000, 2).unwrap();
-    let cases = [
-        (Dialect::Relay, false),
-        (Dialect::Relay, true),
-        (Dialect::Official, false),
-        (Dialect::Official, true),
-    ];
+    let cases = CASES;
     // A task per case: one browser starting (blocking) must not hold up the others' clocks.
     let tasks = cases.iter().map(|&(dialect, room)| {
         let (url, y4m, wav) = (url.clone(), y4m.clone(), wav.clone());
