@@ -369,6 +369,10 @@ impl StreamMuxer {
         let mut items = std::mem::take(&mut self.items);
         match kind {
             TrackKind::Video => {
+                // Audio that was due first goes first (see `poll`): at the start, audio sent
+                // before the first keyframe must reach the timeline before that keyframe.
+                self.audio_in.poll_timeout(now, &mut |o| items.push(o));
+                self.audio_items(&mut items, now);
                 self.video_in.push(packet, now, &mut |o| items.push(o));
                 self.video_items(&mut items, now);
             }
@@ -413,10 +417,12 @@ impl StreamMuxer {
     pub fn poll(&mut self, now: Instant) {
         self.saw(now);
         let mut items = std::mem::take(&mut self.items);
-        self.video_in.poll_timeout(now, &mut |o| items.push(o));
-        self.video_items(&mut items, now);
+        // Audio first: what both tracks release at once was sent at about the same time, and
+        // the timeline waits for video with its audio, not the other way round.
         self.audio_in.poll_timeout(now, &mut |o| items.push(o));
         self.audio_items(&mut items, now);
+        self.video_in.poll_timeout(now, &mut |o| items.push(o));
+        self.video_items(&mut items, now);
         self.items = items;
         self.end_sync_hold_if_due(now);
         self.interleave(now, false);
