@@ -616,6 +616,7 @@ impl Run {
                     packets_lost: c.packets_lost,
                     keyframe_requests: c.keyframe_requests,
                     av_correction_ms: c.av_offset_ms,
+                    implausible_reports: c.implausible_reports,
                     media_dropped: live.media_dropped,
                     disk_error: live.disk_error.clone(),
                 }

@@ -180,7 +180,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
 
     // Per stream: one family at a time, every stream's sample in it.
     type Get = fn(&StreamStatus) -> Option<f64>;
-    let per_stream: [(&str, &str, &str, Get); 15] = [
+    let per_stream: [(&str, &str, &str, Get); 16] = [
         (
             "ninjarec_stream_bitrate_bits_per_second",
             "gauge",
@@ -246,6 +246,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "gauge",
             "A/V correction asked for by the Sender Reports, seconds (absent until known).",
             |x| x.av_correction_ms.map(|ms| ms / 1000.0),
+        ),
+        (
+            "ninjarec_stream_implausible_sender_reports_total",
+            "counter",
+            "Sender Reports ignored: they placed audio and video seconds apart.",
+            |x| Some(x.implausible_reports as f64),
         ),
         (
             "ninjarec_stream_file_bytes",
@@ -448,6 +454,7 @@ mod tests {
             audio_written: 500,
             packets_lost: 7,
             av_correction_ms: Some(-12.5),
+            implausible_reports: 1,
             file_bytes: 1_000_000,
             bytes_total: 3_000_000,
             ..StreamStatus::default()
@@ -698,6 +705,13 @@ mod tests {
         assert_eq!(
             v("ninjarec_stream_rtp_packets_lost_total", Some("cam1")),
             Some(7.0)
+        );
+        assert_eq!(
+            v(
+                "ninjarec_stream_implausible_sender_reports_total",
+                Some("cam1")
+            ),
+            Some(1.0)
         );
         assert_eq!(
             v("ninjarec_stream_written_bytes_total", Some("cam1")),

@@ -99,6 +99,9 @@ pub struct StreamStatus {
     pub keyframe_requests: u64,
     /// The A/V correction the Sender Reports asked for, ms (`None` until known).
     pub av_correction_ms: Option<f64>,
+    /// Sender Reports ignored because they placed the tracks seconds apart (a publisher's
+    /// broken clock; the tracks are then placed by arrival).
+    pub implausible_reports: u64,
     /// Media events dropped because the recorder fell behind.
     pub media_dropped: u64,
     /// The last disk error of this recording, if any.
