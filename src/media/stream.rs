@@ -654,13 +654,14 @@ impl StreamMuxer {
     pub fn finish(&mut self, now: Instant) {
         self.saw(now);
         let mut items = std::mem::take(&mut self.items);
+        // Audio first, as in `poll`.
+        self.audio_in.flush(&mut |o| items.push(o));
+        self.audio_items(&mut items, now);
         self.video_in.flush(&mut |o| items.push(o));
         self.video_items(&mut items, now);
         if let Some(v) = self.video.as_mut() {
             v.flush();
         }
-        self.audio_in.flush(&mut |o| items.push(o));
-        self.audio_items(&mut items, now);
         self.items = items;
         self.end_sync_hold(now);
         self.interleave(now, true);
@@ -851,7 +852,8 @@ impl StreamMuxer {
         }
     }
 
-    /// Times every held unit, in arrival order, with what is known now.
+    /// Times every held unit, in the order the reorder buffers handed them on (audio first
+    /// among what both handed on at once), with what is known now.
     fn end_sync_hold(&mut self, now: Instant) {
         let Some(hold) = self.sync_hold.take() else {
             return;
@@ -1625,6 +1627,87 @@ mod start_tests {
             );
         }
         m.poll(t0 + Duration::from_micros(n * 500) + Duration::from_secs(1));
+    }
+
+    /// When a connection comes up, both tracks' first packets arrive in one burst: the audio
+    /// sent in the 260 ms before the first keyframe arrives with that keyframe's packets.
+    /// Audio's first packet came 2 ms before video's, so its start hold ends first; the video
+    /// packet that comes after both ended must not take the keyframe to the timeline before
+    /// that audio (it would refuse it). The mirror case (video's first packet first)
+    /// still loses that audio: ending the audio's start hold early was tried, and it also
+    /// timed audio sent after the keyframe before earlier video, which the timeline cannot
+    /// place (its clock starts at the first unit it is given).
+    #[test]
+    fn audio_sent_before_the_first_keyframe_is_kept_when_its_start_hold_ends_first() {
+        let clip = Clip::builtin();
+        assert!(clip.video[0].keyframe);
+        {
+            let video_first = false;
+            let t = Instant::now();
+            let ms = |x: f64| t + Duration::from_micros((x * 1000.0) as u64);
+            let (v_at, a_at) = if video_first { (0.0, 2.0) } else { (2.0, 0.0) };
+            let audio = |k: usize| RtpPacket {
+                sequence: 100 + k as u16,
+                timestamp: 7000 + 960 * k as u32,
+                marker: false,
+                ssrc: 2,
+                payload_type: 111,
+                payload: clip.audio[k].data.clone(),
+            };
+            let mut arrivals: Vec<(Instant, TrackKind, RtpPacket)> = Vec::new();
+            let first_video_ts = video_packets(&clip, 0, 1)[0].timestamp;
+            let video = video_packets(&clip, 0, 30);
+            let mut frame = 0;
+            let mut last_ts = None;
+            for (i, p) in video.into_iter().enumerate() {
+                if last_ts.is_some_and(|ts| ts != p.timestamp) {
+                    frame += 1;
+                }
+                last_ts = Some(p.timestamp);
+                // Frame 0 in the burst, frame 1 the first packet after both start holds
+                // ended (150 ms after each track's first packet), then one frame every 33 ms.
+                let at = match frame {
+                    0 => v_at + i as f64 * 0.1,
+                    f => 153.0 + (f - 1) as f64 * 33.0,
+                };
+                arrivals.push((ms(at), TrackKind::Video, p));
+            }
+            for k in 0..60 {
+                // 0..13: sent before the keyframe, in the burst; then one every 20 ms.
+                let at = if k < 13 {
+                    a_at + k as f64 * 0.3
+                } else {
+                    5.0 + (k - 13) as f64 * 20.0
+                };
+                arrivals.push((ms(at), TrackKind::Audio, audio(k)));
+            }
+            arrivals.sort_by_key(|&(at, _, _)| at);
+            let mut m =
+                StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
+            let end = arrivals.last().unwrap().0;
+            let mut reported = false;
+            for (at, kind, p) in arrivals {
+                if !reported && at >= ms(4.5) {
+                    // Two pairs of Sender Reports (as GStreamer sends them) with the truth:
+                    // audio packet 13 was captured with the keyframe. The sync hold ends here,
+                    // before either start hold.
+                    reported = true;
+                    let n0 = 3_900_000_000u64 << 32;
+                    for (ntp, dv, da) in [(n0, 0, 0), (n0 + (1 << 31), 45_000, 24_000)] {
+                        m.sender_report(1, ntp, first_video_ts + dv);
+                        m.sender_report(2, ntp, 7000 + 960 * 13 + da);
+                    }
+                }
+                m.push_rtp(kind, p, at);
+            }
+            m.finish(end + Duration::from_secs(1));
+            let s = m.stats();
+            assert_eq!(
+                (s.audio_written, s.audio_dropped, s.frames_written),
+                (60, 0, 30),
+                "video first: {video_first}: {s:?}"
+            );
+        }
     }
 
     /// Joining a publisher mid-GOP skips the frames up to the first keyframe; that is not loss
