@@ -13,7 +13,8 @@
 //! A/V relation of the same pair in the browser's own recording of its local stream
 //! (Chromium's fake devices drift by themselves, so that recording is the reference; when the
 //! browser's capture stalls on a loaded machine, the pairs after the stall may shift by the
-//! stall's length, which its own recording shows as gaps).
+//! stall's length, which its own recording shows as gaps; a flash its own recording has without
+//! the beep is no reference, and the file's pair there is not compared).
 //!
 //! `NINJAREC_BROWSER_SECONDS` sets the H.264 recording length (default 60; the other codecs
 //! record 30 s) and
@@ -305,11 +306,26 @@ async fn record_from_chromium(codec: Codec, secs: u64) {
     );
     let (local, stalled_ms) = local_sync(&browser, &dir).await;
     let matched = match_pairs(&sync, &local);
+    // A flash the browser's own recording has without its beep (its capture stalled or its
+    // audio lost the beep: seen under heavy load, with dozens of holes in its audio) is no
+    // reference for the file's pair at that flash; each such flash may leave one pair
+    // unmatched, but at least half of the file's pairs must be matched.
+    let (local_lone_flashes, _) = local.strays();
+    if !local_lone_flashes.is_empty() {
+        eprintln!(
+            "the browser's own recording has {} flashes without their beep: {:?}",
+            local_lone_flashes.len(),
+            local_lone_flashes
+        );
+    }
     assert!(
-        matched.len() + 2 >= sync.offsets_ms.len(),
-        "only {} of the file's {} pairs found in the browser's recording",
+        matched.len() + 2 + local_lone_flashes.len() >= sync.offsets_ms.len()
+            && matched.len() * 2 >= sync.offsets_ms.len(),
+        "only {} of the file's {} pairs found in the browser's recording (which has {} flashes \
+         without their beep)",
         matched.len(),
-        sync.offsets_ms.len()
+        sync.offsets_ms.len(),
+        local_lone_flashes.len()
     );
     let diffs: Vec<f64> = matched.iter().map(|(f, l)| f - l).collect();
     let med = median(&diffs).unwrap();
