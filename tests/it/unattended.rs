@@ -739,9 +739,22 @@ async fn real_publishers_are_cut_into_segments_at_keyframes_with_nothing_lost() 
                 // Cut at the first keyframe past 8 s, which is asked for at 8 s.
                 let len = lengths[i];
                 assert!((7.9..9.5).contains(&len), "{name}: {len:.2} s");
-                // Chromium's fake camera runs at 20 fps, GStreamer at 30.
+                // Chromium's fake camera asks for 20 fps, GStreamer sends 30; a loaded machine
+                // slows Chromium's camera (14.5 fps in a first segment was seen, with every
+                // frame it sent written), so what is checked is that the segment is whole: no
+                // hole in its video longer than 0.5 s, and at least half of 20 fps.
+                let hole = video
+                    .windows(2)
+                    .map(|w| w[1].abs_diff(w[0]))
+                    .max()
+                    .unwrap_or(0);
                 assert!(
-                    video.len() as f64 >= len * 18.0,
+                    hole <= 45_000,
+                    "{name}: a {:.2} s hole in its video",
+                    hole as f64 / 90_000.0
+                );
+                assert!(
+                    video.len() as f64 >= len * 10.0,
                     "{name}: {} frames",
                     video.len()
                 );
