@@ -47,6 +47,10 @@ const KEEPALIVE_LEAD_90K: u64 = 36_000;
 /// Sender Reports remembered for SSRCs no RTP packet has named yet (a report can overtake
 /// the first media packet of its track).
 const MAX_ORPHAN_REPORTS: usize = 4;
+/// How far past the file's earliest acceptable PTS audio that fell behind it is moved (one
+/// Opus packet): the reports' slew back toward their target then takes 4 s to bring it to the
+/// limit again, instead of one packet.
+const AUDIO_ADVANCE_MARGIN_90K: u64 = 1_800;
 
 /// How long video's first holes wait for their repairs before the path is measured: a NACK
 /// goes out up to 100 ms after the hole (webrtc-rs's generator interval) and the repair takes
@@ -168,6 +172,9 @@ pub struct StreamStats {
     /// The file started without both tracks' Sender Reports (they did not come within
     /// [`StreamConfig::sync_wait`]): the start is placed by arrival time.
     pub started_unsynced: bool,
+    /// Milliseconds audio was moved later because it had fallen behind what the file had
+    /// passed (the TS PCR): kept, with a hole, instead of refused.
+    pub audio_advanced_ms: u64,
     /// Sender Reports ignored because they put audio more than 5 s from its video (a
     /// broken or hostile sender); audio then keeps the placement it had.
     pub implausible_reports: u64,
@@ -696,6 +703,7 @@ impl StreamMuxer {
             .map_or(0, |f| self.last_pts.saturating_sub(f));
         s.av_offset_ms = self.av_sync().sr_correction_ms;
         s.implausible_reports = t.implausible_reports;
+        s.audio_advanced_ms = t.audio_advanced_90k / 90;
         s
     }
 
@@ -967,7 +975,7 @@ impl StreamMuxer {
         }
     }
 
-    fn write_audio(&mut self, pts: u64, data: Bytes) {
+    fn write_audio(&mut self, mut pts: u64, data: Bytes) {
         if self.tracks.video.is_none() && self.cut_due(pts) {
             self.end_file();
         }
@@ -976,6 +984,23 @@ impl StreamMuxer {
         else {
             return;
         };
+        if let Some(earliest) = w.earliest_pts()
+            && pts < earliest
+        {
+            // Behind what the file has passed: move audio up to it (a little past, so the
+            // slew back toward the reports' target does not bring it straight back).
+            let by = earliest - pts + AUDIO_ADVANCE_MARGIN_90K;
+            if self.timeline.stats().audio_advanced_90k == 0 {
+                tracing::warn!(
+                    behind_ms = (earliest - pts) / 90,
+                    "audio fell behind what the file has passed; moved later (a hole in the \
+                     audio) instead of dropped"
+                );
+            }
+            pts += by;
+            self.timeline
+                .advance_audio(by, self.audio_queue.iter_mut().map(|q| &mut q.pts));
+        }
         let before = self.out.len();
         match w.write_audio(pts, &data, &mut self.out) {
             Ok(()) => {
@@ -1627,6 +1652,81 @@ mod start_tests {
             );
         }
         m.poll(t0 + Duration::from_micros(n * 500) + Duration::from_secs(1));
+    }
+
+    /// Audio whose packets start arriving 2.5 s later than its first ones did (placement by
+    /// arrival left GStreamer's audio 1.7 s behind its video on a loaded machine, where the
+    /// Sender Reports that would have placed it came too late) is placed by its timestamps
+    /// behind the media clock, behind the TS PCR already written. It is moved up (a hole in the audio) and every packet is
+    /// written; before, each packet from then on was refused.
+    #[test]
+    fn audio_placed_behind_what_the_file_passed_is_moved_up_not_refused() {
+        let clip = Clip::builtin();
+        let t = Instant::now();
+        let at = |x: f64| t + Duration::from_micros((x * 1_000_000.0) as u64);
+        let mut arrivals: Vec<(Instant, TrackKind, RtpPacket)> = Vec::new();
+        let video = video_packets(&clip, 0, clip.video.len());
+        let first_ts = video[0].timestamp;
+        for p in video {
+            let s = f64::from(p.timestamp.wrapping_sub(first_ts)) / 90_000.0;
+            arrivals.push((at(s), TrackKind::Video, p));
+        }
+        let audio: Vec<RtpPacket> = (0..clip.audio.len())
+            .map(|k| RtpPacket {
+                sequence: 100 + k as u16,
+                timestamp: 7000 + 960 * k as u32,
+                marker: false,
+                ssrc: 2,
+                payload_type: 111,
+                payload: clip.audio[k].data.clone(),
+            })
+            .collect();
+        let n_audio = audio.len();
+        assert!(n_audio > 200, "the clip has {n_audio} audio packets");
+        for (k, p) in audio.into_iter().enumerate() {
+            let s = k as f64 * 0.02;
+            // From 1 s on, 2.5 s late: more than the interleaver waits for a track (1.5 s).
+            let late = if s >= 1.0 { 2.5 } else { 0.0 };
+            arrivals.push((at(s + late), TrackKind::Audio, p));
+        }
+        arrivals.sort_by_key(|&(when, _, _)| when);
+        let mut m =
+            StreamMuxer::new(StreamConfig::default(), Some(VideoCodec::H264), true).unwrap();
+        let end = arrivals.last().unwrap().0;
+        let mut next_poll = t;
+        let mut reported = false;
+        for (when, kind, p) in arrivals {
+            while next_poll <= when {
+                m.poll(next_poll);
+                next_poll += Duration::from_millis(100);
+            }
+            if !reported && when >= at(0.005) {
+                // Sender Reports with the truth (both tracks start together), so the sync
+                // hold ends at once, as it does with a publisher whose reports come early.
+                reported = true;
+                let n0 = 3_900_000_000u64 << 32;
+                for (ntp, dv, da) in [(n0, 0, 0), (n0 + (1 << 31), 45_000, 24_000)] {
+                    m.sender_report(1, ntp, first_ts + dv);
+                    m.sender_report(2, ntp, 7000 + da);
+                }
+            }
+            m.push_rtp(kind, p, when);
+        }
+        m.finish(end + Duration::from_secs(1));
+        let s = m.stats();
+        assert_eq!(
+            (s.audio_written as usize, s.units_refused),
+            (n_audio, 0),
+            "{s:?}"
+        );
+        assert!((500..=2_500).contains(&s.audio_advanced_ms), "{s:?}");
+        let out = std::mem::take(m.output());
+        let r = crate::testkit::ts_check::check(
+            &out,
+            &crate::testkit::ts_check::CheckOptions::default(),
+        );
+        assert!(r.is_ok(), "{:#?}", r.violations);
+        assert_eq!(r.audio.len(), n_audio);
     }
 
     /// When a connection comes up, both tracks' first packets arrive in one burst: the audio

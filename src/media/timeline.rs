@@ -135,6 +135,9 @@ pub struct TimelineStats {
     pub started_without_video: bool,
     /// Sender Reports that would have moved audio by more than 5 s, ignored.
     pub implausible_reports: u64,
+    /// How far (90 kHz) audio was moved later because the file could no longer take it
+    /// where it was placed (see [`Timeline::advance_audio`]).
+    pub audio_advanced_90k: u64,
 }
 
 /// One track's mapping from unwrapped RTP timestamps to wallclock ticks.
@@ -487,6 +490,28 @@ impl<A> Timeline<A> {
             self.t0 = Some(self.audio.map(first));
             self.release_held();
         }
+    }
+
+    /// Moves audio `by_90k` later from here on, the packets already handed out but not yet
+    /// written (`queued`) with it: the file cannot take audio behind a point it has passed
+    /// (the TS PCR), and audio placed there would be lost. It happens when the placement by
+    /// arrival left audio far behind the video (a publisher whose video leaves its encoder
+    /// late) and the Sender Reports that say so came too late to place the start. Moving
+    /// audio leaves a hole in it instead of losing it; the reports then slew it back toward
+    /// their target at the usual rate, so this only ever moves it as far as needed.
+    pub fn advance_audio<'a>(&mut self, by_90k: u64, queued: impl Iterator<Item = &'a mut u64>) {
+        let by = by_90k.min(i64::MAX as u64 / TICKS_PER_PTS as u64) as i64;
+        self.applied = self.applied.saturating_add(by * TICKS_PER_PTS);
+        for pts in queued {
+            *pts = pts.saturating_add(by_90k);
+        }
+        for (pts, _) in self.ready.iter_mut() {
+            *pts = pts.saturating_add(by_90k);
+        }
+        if let Some(last) = self.last_audio_pts.as_mut() {
+            *last = last.saturating_add(by_90k);
+        }
+        self.stats.audio_advanced_90k = self.stats.audio_advanced_90k.saturating_add(by_90k);
     }
 
     /// The next audio packet with its PTS, in order.

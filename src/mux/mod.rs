@@ -119,6 +119,12 @@ pub trait Container: Send + std::fmt::Debug {
     /// Lets media time pass while no unit comes (TS keeps its PCR going); `now_pts_90k` is
     /// where the media clock is.
     fn tick(&mut self, now_pts_90k: u64, out: &mut Vec<u8>);
+    /// The earliest PTS a unit may still have (TS: not behind the PCR already written), so
+    /// that audio placed late can be moved up to it instead of being refused. `None`: no
+    /// such bound.
+    fn earliest_pts(&self) -> Option<u64> {
+        None
+    }
     /// Ends the file: appends what belongs at its end to `out` and returns the patches for
     /// bytes written earlier. Calling it again returns nothing.
     fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Patch>;

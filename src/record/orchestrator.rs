@@ -643,6 +643,7 @@ impl Run {
                     received: c.received.load(Ordering::Relaxed),
                     unknown: c.unknown.load(Ordering::Relaxed),
                     queue_full: c.queue_full.load(Ordering::Relaxed),
+                    send_dropped: c.send_dropped.load(Ordering::Relaxed),
                 }
             }),
         }

@@ -147,6 +147,23 @@ impl std::fmt::Display for StreamSummary {
                 c.frames_before_keyframe
             )?;
         }
+        if c.audio_dropped > 0 {
+            write!(
+                f,
+                ", {} of {} audio packets dropped",
+                c.audio_dropped, c.audio_received
+            )?;
+        }
+        if c.audio_advanced_ms > 0 {
+            write!(
+                f,
+                ", audio moved {} ms later (it had fallen behind the file)",
+                c.audio_advanced_ms
+            )?;
+        }
+        if c.units_refused > 0 {
+            write!(f, ", {} units refused by the writer", c.units_refused)?;
+        }
         if let Some(ms) = c.av_offset_ms {
             write!(f, ", A/V correction from Sender Reports {ms:+.0} ms")?;
         }

@@ -105,6 +105,13 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ] {
             w.sample(name, &[("port", &port), ("result", result)], v as f64);
         }
+        let name = "ninjarec_udp_port_sends_dropped_total";
+        w.family(
+            name,
+            "counter",
+            "--udp-port: datagrams of ours not sent because the shared port's send buffer was full (waiting would stall the connection; ICE, DTLS and RTCP resend).",
+        );
+        w.sample(name, &[("port", &port)], u.send_dropped as f64);
     }
     if let Some(u) = &s.upload {
         w.gauge(
@@ -493,6 +500,7 @@ mod tests {
                 received: 90_000,
                 unknown: 12,
                 queue_full: 3,
+                send_dropped: 2,
             }),
         }
     }
@@ -744,6 +752,11 @@ mod tests {
         assert_eq!(port("received"), Some(90_000.0));
         assert_eq!(port("dropped_unknown"), Some(12.0));
         assert_eq!(port("dropped_queue_full"), Some(3.0));
+        let sends = lines
+            .iter()
+            .find(|l| l.name == "ninjarec_udp_port_sends_dropped_total")
+            .map(|l| l.value);
+        assert_eq!(sends, Some(2.0));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct UdpPortStatus {
     pub unknown: u64,
     /// Dropped: the connection they belong to was not keeping up (its queue was full).
     pub queue_full: u64,
+    /// Datagrams of ours not sent: the port's send buffer was full.
+    pub send_dropped: u64,
 }
 
 /// CPU and memory of the process (from `/proc/self`; zero where unavailable).

@@ -196,7 +196,8 @@ async fn record_through(
     let line = format!(
         "{name}: {}/{} frames ({:.1} %), {}/{} audio packets ({:.1} %), longest holes: video \
          {video_hole:.2} s at {video_at:.2}, audio {audio_hole:.2} s at {audio_at:.2} (first \
-         frame at {:.2}, audio at {:.2}); bridge up {up:?} down {down:?}\n  {summary}",
+         frame at {:.2}, audio at {:.2}); bridge up {up:?} down {down:?}\n  {summary}\n  \
+         {:?}",
         video.len(),
         wire.video_frames,
         video_share * 100.0,
@@ -205,6 +206,7 @@ async fn record_through(
         audio_share * 100.0,
         first(&video),
         first(&audio),
+        summary.core,
     );
     if video_share < min_video || audio_share < min_audio {
         problems.push(format!(

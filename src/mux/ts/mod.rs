@@ -67,6 +67,10 @@ impl Container for TsWriter {
         TsWriter::tick(self, now_pts_90k, out);
     }
 
+    fn earliest_pts(&self) -> Option<u64> {
+        self.last_pcr()
+    }
+
     /// MPEG-TS needs nothing at its end: every packet is final when written.
     fn finish(&mut self, _out: &mut Vec<u8>) -> Vec<Patch> {
         Vec::new()

@@ -277,6 +277,11 @@ impl TsWriter {
         self.count(start, out);
     }
 
+    /// The last PCR written: a unit with an earlier PTS is refused.
+    pub fn last_pcr(&self) -> Option<u64> {
+        self.last_pcr
+    }
+
     /// Refuses a unit that would reach the decoder after its presentation time.
     fn not_behind_pcr(&self, track: &'static str, pts: u64) -> Result<(), TsError> {
         match self.last_pcr {

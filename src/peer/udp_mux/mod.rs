@@ -74,6 +74,9 @@ pub struct MuxCounters {
     pub unknown: AtomicU64,
     /// Dropped because the connection's queue was full.
     pub queue_full: AtomicU64,
+    /// Datagrams our side sent that were dropped because the shared socket's send buffer was
+    /// full (UDP may drop; waiting would stall the connection, see [`MuxSocket`]).
+    pub send_dropped: AtomicU64,
 }
 
 enum Control {
@@ -317,6 +320,7 @@ impl Runtime for MuxRuntime {
             socket: self.mux.socket.clone(),
             control: self.mux.control.clone(),
             learned: Mutex::new(Vec::new()),
+            counters: self.mux.counters.clone(),
         }))
     }
 
@@ -376,6 +380,8 @@ struct MuxSocket {
     control: mpsc::UnboundedSender<Control>,
     /// Destinations already reported to the mux task.
     learned: Mutex<Vec<SocketAddr>>,
+    /// The port's counters (this socket adds to [`MuxCounters::send_dropped`]).
+    counters: Arc<MuxCounters>,
 }
 
 impl fmt::Debug for MuxSocket {
@@ -411,7 +417,19 @@ impl AsyncUdpSocket for MuxSocket {
             });
         }
         // One datagram per call: `max_gso_segments` is 1, so no segment size is asked for.
-        self.socket.poll_send_to(cx, transmit.contents, to)
+        // Never `poll_send_to` on the shared socket: tokio wakes only the waker of the most
+        // recent caller, so with every connection's driver sending through it, a full send
+        // buffer would leave all but one of them waiting forever. A datagram that finds the
+        // buffer full is dropped and counted instead, as the network may drop it anyway
+        // (ICE, DTLS and RTCP all resend).
+        let _ = cx;
+        match self.socket.try_send_to(transmit.contents, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Ok(transmit.contents.len()))
+            }
+            other => Poll::Ready(other),
+        }
     }
 
     fn poll_recv(
