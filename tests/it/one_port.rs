@@ -189,6 +189,9 @@ async fn chromium_through_a_forwarded_udp_port() {
         net.host_ip
     ));
     let browser = BrowserPublisher::start(cfg);
+    // Chromium's start is not what is measured: on a loaded machine its page once took more
+    // than the whole 15 s to come up (no page event at all, so no publisher joined).
+    browser.expect_event("ready", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let summaries = recorder.stop().await;
     let events = browser.events_text();

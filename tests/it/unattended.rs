@@ -770,8 +770,11 @@ async fn real_publishers_are_cut_into_segments_at_keyframes_with_nothing_lost() 
         for w in segments.windows(2) {
             let (a, b) = (&w[0], &w[1]);
             let video_step = b.1[0] - a.1.last().unwrap();
+            // Within what a segment may hold (see above): Chromium's camera on a loaded
+            // machine spaces frames up to 200 ms apart, at a join as anywhere else (seen:
+            // 150 ms); every frame is in a segment (the counts above).
             assert!(
-                video_step > 0 && video_step <= 9_000,
+                video_step > 0 && video_step <= 45_000,
                 "{} -> {}: video step {video_step}",
                 a.0,
                 b.0
