@@ -1657,8 +1657,8 @@ mod start_tests {
     /// Audio whose packets start arriving 2.5 s later than its first ones did (placement by
     /// arrival left GStreamer's audio 1.7 s behind its video on a loaded machine, where the
     /// Sender Reports that would have placed it came too late) is placed by its timestamps
-    /// behind the media clock, behind the TS PCR already written. It is moved up (a hole in the audio) and every packet is
-    /// written; before, each packet from then on was refused.
+    /// behind the media clock, behind the TS PCR already written. It is moved up (a hole in
+    /// the audio) and every packet is written; before, each packet from then on was refused.
     #[test]
     fn audio_placed_behind_what_the_file_passed_is_moved_up_not_refused() {
         let clip = Clip::builtin();

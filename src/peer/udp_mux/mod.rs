@@ -75,7 +75,7 @@ pub struct MuxCounters {
     /// Dropped because the connection's queue was full.
     pub queue_full: AtomicU64,
     /// Datagrams our side sent that were dropped because the shared socket's send buffer was
-    /// full (UDP may drop; waiting would stall the connection, see [`MuxSocket`]).
+    /// full (UDP may drop; waiting would stall the connection: see `MuxSocket::poll_send`).
     pub send_dropped: AtomicU64,
 }
 
