@@ -1641,6 +1641,18 @@ mod start_tests {
         out
     }
 
+    /// The clip's Opus packet `k` as RTP (SSRC 2, timestamps from 7000, 20 ms apart).
+    fn audio_packet(clip: &Clip, k: usize) -> RtpPacket {
+        RtpPacket {
+            sequence: 100 + k as u16,
+            timestamp: 7000 + 960 * k as u32,
+            marker: false,
+            ssrc: 2,
+            payload_type: 111,
+            payload: clip.audio[k].data.clone(),
+        }
+    }
+
     /// Feeds packets 0.5 ms apart, then lets the reorder buffer's start hold expire.
     fn feed(m: &mut StreamMuxer, packets: Vec<RtpPacket>, t0: Instant) {
         let n = packets.len() as u64;
@@ -1672,14 +1684,7 @@ mod start_tests {
             arrivals.push((at(s), TrackKind::Video, p));
         }
         let audio: Vec<RtpPacket> = (0..clip.audio.len())
-            .map(|k| RtpPacket {
-                sequence: 100 + k as u16,
-                timestamp: 7000 + 960 * k as u32,
-                marker: false,
-                ssrc: 2,
-                payload_type: 111,
-                payload: clip.audio[k].data.clone(),
-            })
+            .map(|k| audio_packet(&clip, k))
             .collect();
         let n_audio = audio.len();
         assert!(n_audio > 200, "the clip has {n_audio} audio packets");
@@ -1746,14 +1751,7 @@ mod start_tests {
             let t = Instant::now();
             let ms = |x: f64| t + Duration::from_micros((x * 1000.0) as u64);
             let (v_at, a_at) = if video_first { (0.0, 2.0) } else { (2.0, 0.0) };
-            let audio = |k: usize| RtpPacket {
-                sequence: 100 + k as u16,
-                timestamp: 7000 + 960 * k as u32,
-                marker: false,
-                ssrc: 2,
-                payload_type: 111,
-                payload: clip.audio[k].data.clone(),
-            };
+            let audio = |k: usize| audio_packet(&clip, k);
             let mut arrivals: Vec<(Instant, TrackKind, RtpPacket)> = Vec::new();
             let first_video_ts = video_packets(&clip, 0, 1)[0].timestamp;
             let video = video_packets(&clip, 0, 30);
