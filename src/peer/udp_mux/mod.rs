@@ -404,7 +404,7 @@ impl AsyncUdpSocket for MuxSocket {
         Ok(self.local)
     }
 
-    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+    fn poll_send(&self, _cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         let to = transmit.destination;
         if let Ok(mut learned) = self.learned.lock()
             && learned.len() < MAX_LEARNED
@@ -422,7 +422,6 @@ impl AsyncUdpSocket for MuxSocket {
         // buffer would leave all but one of them waiting forever. A datagram that finds the
         // buffer full is dropped and counted instead, as the network may drop it anyway
         // (ICE, DTLS and RTCP all resend).
-        let _ = cx;
         match self.socket.try_send_to(transmit.contents, to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
