@@ -455,7 +455,9 @@ async fn run(
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
-    let mut tick = tokio::time::interval(rec.settings.flush_interval);
+    // On the connections' grid: the runtime wakes once for this tick and their reads.
+    let first = crate::peer::grid::on_grid(tokio::time::Instant::now());
+    let mut tick = tokio::time::interval_at(first, rec.settings.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut close_reason = None;

@@ -18,13 +18,9 @@
 //! A queue that is full drops the datagram (counted): a stalled connection never holds up
 //! the others. A connection's socket, when dropped, unregisters it.
 //!
-//! **Batched reads.** A recorder needs no low latency, and waking for every datagram is what
-//! a receiver spends most on (a GStreamer publisher's ~280 packets/s each wake a runtime
-//! thread: about one context switch per packet, measured). So the port is drained every
-//! [`READ_EVERY`] instead of on each datagram's arrival: the kernel holds what arrives
-//! meanwhile (the socket's receive buffer is raised for it), and each connection then gets
-//! its datagrams in one batch, which its driver, track readers and recorder each handle in one
-//! wake.
+//! The port is read on the grid of [`super::grid`], like a connection's own socket, and the
+//! connections' timers end on it: one wake of the runtime every 10 ms handles every
+//! connection's datagrams and timers.
 
 pub mod announce;
 pub mod route;
@@ -42,17 +38,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
-use webrtc::runtime::{
-    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
-    Transmit,
-};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, Transmit};
+
+use super::grid;
 
 use route::{Routes, SlotId};
 
 /// Datagrams queued per connection before new ones are dropped (~0.5 s of a 2 Mb/s stream).
 const QUEUE: usize = 256;
-/// How often the port is drained (see the module doc): 10 ms, a third of a video frame.
-pub const READ_EVERY: Duration = Duration::from_millis(10);
 /// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max`): at 32 publishers
 /// of ~280 packets/s, 10 ms are ~90 datagrams, ~200 KiB of kernel memory; 4 MiB leaves room
 /// for a stalled runtime.
@@ -96,7 +89,7 @@ enum Control {
 /// every connection's socket are gone.
 #[derive(Clone)]
 pub struct UdpMux {
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     control: mpsc::UnboundedSender<Control>,
     next_slot: Arc<AtomicU64>,
     counters: Arc<MuxCounters>,
@@ -126,7 +119,8 @@ impl UdpMux {
         raw.bind(&bind.into())?;
         raw.set_nonblocking(true)?;
         let recv_buffer = raw.recv_buffer_size().unwrap_or(0);
-        let socket = Arc::new(tokio::net::UdpSocket::from_std(raw.into())?);
+        // Not a tokio socket: read on the grid, it never wakes the runtime (see `grid`).
+        let socket = Arc::new(std::net::UdpSocket::from(raw));
         let (control, control_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(MuxCounters::default());
         info!(
@@ -174,7 +168,7 @@ impl UdpMux {
 /// Reads the shared socket and hands each datagram to its connection; applies the
 /// connections' registrations first, so a connection is known before its first datagram.
 async fn read_loop(
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<MuxCounters>,
 ) {
@@ -185,7 +179,7 @@ async fn read_loop(
     let mut delivered: std::collections::HashMap<SlotId, (u64, u64)> =
         std::collections::HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut tick = tokio::time::interval_at(on_grid(tokio::time::Instant::now()), READ_EVERY);
+    let mut tick = tokio::time::interval_at(grid::on_grid(tokio::time::Instant::now()), grid::STEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -211,7 +205,7 @@ async fn read_loop(
                 // Everything queued now (bounded, so a flood cannot hold the task), then wait
                 // for the next tick.
                 for _ in 0..MAX_PER_TICK {
-                    let (n, from) = match socket.try_recv_from(&mut buf) {
+                    let (n, from) = match socket.recv_from(&mut buf) {
                         Ok(r) => r,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP errors of earlier sends and the like: per datagram.
@@ -257,16 +251,6 @@ async fn read_loop(
     }
 }
 
-/// `at` rounded up to the process-wide [`READ_EVERY`] grid.
-fn on_grid(at: tokio::time::Instant) -> tokio::time::Instant {
-    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
-    let step = READ_EVERY.as_nanos();
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    let steps = since.div_ceil(step);
-    epoch + Duration::from_nanos((steps * step) as u64)
-}
-
 /// tokio's webrtc-rs runtime with the UDP sockets of one connection taken from the shared
 /// port.
 struct MuxRuntime {
@@ -282,17 +266,7 @@ impl fmt::Debug for MuxRuntime {
 }
 
 impl Runtime for MuxRuntime {
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        self.inner.spawn(future)
-    }
-
-    fn spawn_reactor(
-        &self,
-        reactor_pool_size: usize,
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn JoinHandle> {
-        self.inner.spawn_reactor(reactor_pool_size, future)
-    }
+    grid::delegate_runtime!();
 
     /// The connection's own socket is only a placeholder (its address names the connection
     /// inside webrtc-rs): it is closed and replaced by a share of the port.
@@ -324,45 +298,6 @@ impl Runtime for MuxRuntime {
         }))
     }
 
-    fn wrap_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
-        self.inner.wrap_tcp_listener(listener)
-    }
-
-    fn connect_tcp<'a>(
-        &'a self,
-        remote_addr: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
-        self.inner.connect_tcp(remote_addr)
-    }
-
-    fn resolve_host<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        self.inner.resolve_host(host)
-    }
-
-    /// The connection's protocol timers (ICE consent, DTLS and SCTP retransmits, RTCP
-    /// reports, NACKs) end on the [`READ_EVERY`] grid the port is drained on: all
-    /// connections' timers and reads then share one wake of the runtime instead of each
-    /// waking it on its own (a millisecond-exact timer buys a recorder nothing).
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        Box::pin(tokio::time::sleep_until(on_grid(
-            tokio::time::Instant::now() + duration,
-        )))
-    }
-
-    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
-        self.inner.interval(period)
-    }
-
-    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        self.inner.block_on(future)
-    }
-
     fn name(&self) -> &'static str {
         "tokio+udp-mux"
     }
@@ -376,7 +311,7 @@ struct MuxSocket {
     local: SocketAddr,
     /// Only the connection's driver polls it; the lock is for `&self`, never contended.
     rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     control: mpsc::UnboundedSender<Control>,
     /// Destinations already reported to the mux task.
     learned: Mutex<Vec<SocketAddr>>,
@@ -417,12 +352,10 @@ impl AsyncUdpSocket for MuxSocket {
             });
         }
         // One datagram per call: `max_gso_segments` is 1, so no segment size is asked for.
-        // Never `poll_send_to` on the shared socket: tokio wakes only the waker of the most
-        // recent caller, so with every connection's driver sending through it, a full send
-        // buffer would leave all but one of them waiting forever. A datagram that finds the
-        // buffer full is dropped and counted instead, as the network may drop it anyway
-        // (ICE, DTLS and RTCP all resend).
-        match self.socket.try_send_to(transmit.contents, to) {
+        // A datagram that finds the shared buffer full is dropped and counted, as the network
+        // may drop it anyway (ICE, DTLS and RTCP all resend): waiting for room would hold every
+        // connection behind the busiest one.
+        match self.socket.send_to(transmit.contents, to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.counters.send_dropped.fetch_add(1, Ordering::Relaxed);
                 Poll::Ready(Ok(transmit.contents.len()))
