@@ -24,6 +24,8 @@
 #   PUBLISHER=testsrc  who publishes: `testsrc` (our webrtc-rs clip publisher, N in one process)
 #                   or `gst` (the test suite's GStreamer publisher, Raspberry Ninja's pipeline:
 #                   x264 720p30 2 Mb/s + Opus, encoded live per stream, N in one process)
+#   GST_VIDEO="--width 1280 --height 720 --bitrate 2000"   the GStreamer publisher's picture
+#                   size and video kb/s (the default is Raspberry Ninja's 720p at 2 Mb/s)
 #   UDP_PORT=1      record with `--udp-port` (all media on one port) instead of a port per stream
 #   FLOOR=1         after each N, measure the floor at the same packet rate: examples/floor.rs
 #                   receives SRTP packets from a paced sender and only decrypts them
@@ -41,6 +43,7 @@ BASE_PORT=${BASE_PORT:-21000}
 PUBLISHER=${PUBLISHER:-testsrc}
 UDP_PORT=${UDP_PORT:-}
 FLOOR=${FLOOR:-}
+GST_VIDEO=${GST_VIDEO:---width 1280 --height 720 --bitrate 2000}
 case "$PUBLISHER" in
     # Packets per second per stream on the wire, measured: the clip sends ~190 video + 50 audio;
     # the GStreamer publisher ~225 video + 50 audio (issue 11).
@@ -98,8 +101,8 @@ for N in "${NS[@]}"; do
     wait_port "$port"
     if [ "$PUBLISHER" = gst ]; then
         /usr/bin/python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
-            --room bench --streams "$streams" --password false --width 1280 --height 720 --fps 30 \
-            --bitrate 2000 --local-ip 127.0.0.1 --stats-interval 5 \
+            --room bench --streams "$streams" --password false $GST_VIDEO --fps 30 \
+            --local-ip 127.0.0.1 --stats-interval 5 \
             --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
     else
         "$PUB" --server "ws://127.0.0.1:$port" --dialect official --room bench --streams "$streams" \

@@ -12,20 +12,17 @@
 //! timers and their reads share one wake of the runtime (a millisecond-exact timer buys a
 //! recorder nothing).
 //!
-//! [`GridRuntime`] is the webrtc-rs runtime that does this for a connection with sockets of
-//! its own; the shared port ([`super::udp_mux`]) reads its one socket on the same grid.
+//! Only the shared port (`--udp-port`, [`super::udp_mux`]) works this way. A connection with a
+//! socket of its own keeps tokio's socket, read as datagrams arrive: polled every 10 ms, a
+//! socket with the stock 208 KiB receive buffer (`net.core.rmem_max`) overflowed on an
+//! unpaced GStreamer publisher's 1080p 8 Mb/s keyframes (365 datagrams dropped in 40 s,
+//! measured), which tokio's read-on-arrival never did.
 
-use std::fmt;
 use std::future::Future;
-use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
-use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, Transmit};
+use tokio::time::Instant;
 
 /// The grid's step: 10 ms, a third of a video frame.
 pub const STEP: Duration = Duration::from_millis(10);
@@ -48,28 +45,6 @@ pub fn next_tick() -> Instant {
 /// A sleep that ends on the grid, for webrtc-rs's `Runtime::sleep`.
 pub fn sleep(duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
     Box::pin(tokio::time::sleep_until(on_grid(Instant::now() + duration)))
-}
-
-/// tokio's webrtc-rs runtime, with the connection's sockets read and its timers ended on the
-/// grid (see the module doc). The multicast DNS socket is left to tokio: it carries a few
-/// queries, and its address is shared with other processes.
-pub struct GridRuntime {
-    inner: Arc<dyn Runtime>,
-}
-
-impl GridRuntime {
-    /// The runtime for one peer connection.
-    pub fn shared() -> Arc<dyn Runtime> {
-        Arc::new(GridRuntime {
-            inner: webrtc::runtime::default_runtime().expect("built with the tokio runtime"),
-        })
-    }
-}
-
-impl fmt::Debug for GridRuntime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GridRuntime").finish_non_exhaustive()
-    }
 }
 
 /// The parts of a webrtc-rs [`Runtime`] that stay tokio's, for the runtimes that change only
@@ -134,124 +109,6 @@ macro_rules! delegate_runtime {
 }
 pub(crate) use delegate_runtime;
 
-impl Runtime for GridRuntime {
-    delegate_runtime!();
-
-    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        let local = socket.local_addr()?;
-        if local.port() == rtc::mdns::MDNS_PORT || local.ip().is_multicast() {
-            return self.inner.wrap_udp_socket(socket);
-        }
-        socket.set_nonblocking(true)?;
-        Ok(Arc::new(PolledSocket {
-            socket,
-            local,
-            recv_wait: TickWait::default(),
-            send_wait: TickWait::default(),
-        }))
-    }
-
-    fn name(&self) -> &'static str {
-        "tokio+grid"
-    }
-}
-
-/// A wait for the next grid point, re-armed after each.
-#[derive(Default)]
-pub struct TickWait(Mutex<Option<Pin<Box<Sleep>>>>);
-
-impl TickWait {
-    /// Ready once the next grid point after the first call has passed (and then armed anew
-    /// by the next call); registers `cx` meanwhile.
-    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let Ok(mut slot) = self.0.lock() else {
-            return Poll::Ready(());
-        };
-        let sleep = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next_tick())));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                *slot = None;
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// A connection's own UDP socket, read on the grid (see the module doc).
-struct PolledSocket {
-    socket: std::net::UdpSocket,
-    local: SocketAddr,
-    recv_wait: TickWait,
-    send_wait: TickWait,
-}
-
-impl fmt::Debug for PolledSocket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PolledSocket")
-            .field("local", &self.local)
-            .finish()
-    }
-}
-
-impl AsyncUdpSocket for PolledSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    /// One datagram per call (`max_gso_segments` is 1). A full send buffer waits for the next
-    /// grid point and tries again.
-    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            match self.socket.send_to(transmit.contents, transmit.destination) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.send_wait.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    /// Everything the kernel holds, up to `bufs.len()` datagrams; when it holds nothing, waits
-    /// for the next grid point.
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        let n = bufs.len().min(meta.len());
-        loop {
-            let mut filled = 0;
-            while filled < n {
-                match self.socket.recv_from(&mut bufs[filled]) {
-                    Ok((len, from)) => {
-                        let mut m = RecvMeta::default();
-                        m.addr = from;
-                        m.len = len;
-                        m.stride = len.max(1);
-                        meta[filled] = m;
-                        filled += 1;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // An error (an ICMP report of an earlier send, say) is its own result; what
-                    // was read before it is handed on first.
-                    Err(e) if filled == 0 => return Poll::Ready(Err(e)),
-                    Err(_) => break,
-                }
-            }
-            if filled > 0 {
-                return Poll::Ready(Ok(filled));
-            }
-            if self.recv_wait.poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,37 +121,5 @@ mod tests {
         assert_eq!(on_grid(a), a);
         assert_eq!(on_grid(a + Duration::from_nanos(1)), a + STEP);
         assert!(next_tick() > Instant::now());
-    }
-
-    /// Datagrams sent while the connection waits arrive together at the next grid point, in
-    /// order and from their sender, and replies leave from the connection's own socket.
-    #[tokio::test]
-    async fn a_polled_socket_receives_on_the_grid_and_sends() {
-        let rt = GridRuntime::shared();
-        let sock = rt
-            .wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            .unwrap();
-        let addr = sock.local_addr().unwrap();
-        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        for i in 0..3u8 {
-            peer.send_to(&[i; 10], addr).await.unwrap();
-        }
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            let mut buf = [0u8; 64];
-            let (n, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-                .await
-                .expect("a datagram")
-                .unwrap();
-            assert_eq!(from, peer.local_addr().unwrap());
-            got.push(buf[..n].to_vec());
-        }
-        assert_eq!(got, vec![vec![0; 10], vec![1; 10], vec![2; 10]]);
-        sock.send_to(b"reply", peer.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut buf = [0u8; 16];
-        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
-        assert_eq!((&buf[..n], from), (&b"reply"[..], addr));
     }
 }

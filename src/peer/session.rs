@@ -405,9 +405,6 @@ async fn build_pc(
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
         udp_addrs = vec!["127.0.0.1:0".to_owned()];
         ice_servers.clear();
-    } else {
-        // Its own sockets, read on the grid like the shared port (see `grid`).
-        builder = builder.with_runtime(super::grid::GridRuntime::shared());
     }
     if config.dtls_server {
         // See `SessionConfig::dtls_server`.
