@@ -2,8 +2,8 @@
 //!
 //! A recorder needs no low latency, and waking the runtime is most of what receiving costs
 //! (a GStreamer publisher's ~280 packets/s each woke a runtime thread: about one context switch
-//! per packet, measured). So nothing here waits on the kernel for a datagram. Sockets are plain
-//! non-blocking sockets, never registered with the runtime's epoll (a registered socket wakes a
+//! per packet, measured). So the shared port (`--udp-port`) does not wait on the kernel for a
+//! datagram. Its socket is a plain non-blocking socket, never registered with the runtime's epoll (a registered socket wakes a
 //! parked runtime thread on every arrival and every freed send buffer, even while nobody waits
 //! for it), and they are read when the grid ticks: the kernel holds what arrives meanwhile, and
 //! each connection gets its datagrams in one batch, which its driver, track readers and
@@ -12,7 +12,7 @@
 //! timers and their reads share one wake of the runtime (a millisecond-exact timer buys a
 //! recorder nothing).
 //!
-//! Only the shared port (`--udp-port`, [`super::udp_mux`]) works this way. A connection with a
+//! Only the shared port ([`super::udp_mux`]) works this way. A connection with a
 //! socket of its own keeps tokio's socket, read as datagrams arrive: polled every 10 ms, a
 //! socket with the stock 208 KiB receive buffer (`net.core.rmem_max`) overflowed on an
 //! unpaced GStreamer publisher's 1080p 8 Mb/s keyframes (365 datagrams dropped in 40 s,
@@ -37,77 +37,10 @@ pub fn on_grid(at: Instant) -> Instant {
     epoch + Duration::from_nanos((steps * step) as u64)
 }
 
-/// The first grid point after now (never now itself, so a wait always waits).
-pub fn next_tick() -> Instant {
-    on_grid(Instant::now() + Duration::from_nanos(1))
-}
-
 /// A sleep that ends on the grid, for webrtc-rs's `Runtime::sleep`.
 pub fn sleep(duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
     Box::pin(tokio::time::sleep_until(on_grid(Instant::now() + duration)))
 }
-
-/// The parts of a webrtc-rs [`Runtime`] that stay tokio's, for the runtimes that change only
-/// how sockets are read and when timers end.
-macro_rules! delegate_runtime {
-    () => {
-        fn spawn(
-            &self,
-            future: Pin<Box<dyn Future<Output = ()> + Send>>,
-        ) -> Box<dyn webrtc::runtime::JoinHandle> {
-            self.inner.spawn(future)
-        }
-
-        fn spawn_reactor(
-            &self,
-            reactor_pool_size: usize,
-            future: Pin<Box<dyn Future<Output = ()> + Send>>,
-        ) -> Box<dyn webrtc::runtime::JoinHandle> {
-            self.inner.spawn_reactor(reactor_pool_size, future)
-        }
-
-        fn wrap_tcp_listener(
-            &self,
-            listener: std::net::TcpListener,
-        ) -> io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-            self.inner.wrap_tcp_listener(listener)
-        }
-
-        fn connect_tcp<'a>(
-            &'a self,
-            remote_addr: SocketAddr,
-        ) -> Pin<
-            Box<
-                dyn Future<Output = io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>>
-                    + Send
-                    + 'a,
-            >,
-        > {
-            self.inner.connect_tcp(remote_addr)
-        }
-
-        fn resolve_host<'a>(
-            &'a self,
-            host: &'a str,
-        ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-            self.inner.resolve_host(host)
-        }
-
-        /// Ends on the grid (see the module doc).
-        fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-            $crate::peer::grid::sleep(duration)
-        }
-
-        fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
-            self.inner.interval(period)
-        }
-
-        fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-            self.inner.block_on(future)
-        }
-    };
-}
-pub(crate) use delegate_runtime;
 
 #[cfg(test)]
 mod tests {
@@ -120,6 +53,5 @@ mod tests {
         assert!(a >= now && a - now <= STEP);
         assert_eq!(on_grid(a), a);
         assert_eq!(on_grid(a + Duration::from_nanos(1)), a + STEP);
-        assert!(next_tick() > Instant::now());
     }
 }

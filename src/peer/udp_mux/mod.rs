@@ -18,7 +18,7 @@
 //! A queue that is full drops the datagram (counted): a stalled connection never holds up
 //! the others. A connection's socket, when dropped, unregisters it.
 //!
-//! The port is read on the grid of [`super::grid`], like a connection's own socket, and the
+//! The port is read on the grid of [`super::grid`], not as datagrams arrive, and the
 //! connections' timers end on it: one wake of the runtime every 10 ms handles every
 //! connection's datagrams and timers.
 
@@ -266,7 +266,56 @@ impl fmt::Debug for MuxRuntime {
 }
 
 impl Runtime for MuxRuntime {
-    grid::delegate_runtime!();
+    fn spawn(
+        &self,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.inner.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.inner.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
+        self.inner.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<
+        Box<dyn Future<Output = io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>> + Send + 'a>,
+    > {
+        self.inner.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.inner.resolve_host(host)
+    }
+
+    /// Ends on the grid (see the module doc).
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        grid::sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
+        self.inner.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.inner.block_on(future)
+    }
 
     /// The connection's own socket is only a placeholder (its address names the connection
     /// inside webrtc-rs): it is closed and replaced by a share of the port.
