@@ -411,11 +411,6 @@ impl DiskState {
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
 
-/// Most session events handled in one round of the recorder's loop: a grid tick's batch
-/// (~3 packets per stream at 280 packets/s) and much more, while commands and the tick still
-/// get their turn under a flood.
-const EVENT_BATCH: usize = 64;
-
 /// Least free space to resume after a write error, whatever `--min-free-mb` says.
 const MIN_RESUME_BYTES: u64 = 1 << 20;
 
@@ -460,14 +455,14 @@ async fn run(
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
-    // On the connections' grid: the runtime wakes once for this tick and their reads.
+    // On the connections' grid: the runtime wakes once for this tick and their timers.
     let first = crate::peer::grid::on_grid(tokio::time::Instant::now());
     let mut tick = tokio::time::interval_at(first, rec.settings.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut close_reason = None;
     let mut media_dropped = 0;
-    'run: loop {
+    loop {
         tokio::select! {
             cmd = commands.recv(), if !stopping => match cmd {
                 Some(StreamCommand::RemoteCandidates(cands)) => {
@@ -481,62 +476,48 @@ async fn run(
                 }
             },
             ev = events.recv() => {
-                let Some(mut ev) = ev else { break };
-                // What the session queued meanwhile (its reads come in batches on the grid)
-                // is taken in one go, not one `select!` round each.
-                let mut batch = EVENT_BATCH;
-                loop {
-                    match ev {
-                        SessionEvent::Media(m) => {
-                            if rec.media(m) {
-                                let _ = session.request_keyframe();
-                            }
-                            if rec.pending() >= rec.settings.flush_bytes {
-                                rec.flush().await;
-                            }
+                let Some(ev) = ev else { break };
+                match ev {
+                    SessionEvent::Media(m) => {
+                        if rec.media(m) {
+                            let _ = session.request_keyframe();
                         }
-                        SessionEvent::LocalAnswer { sdp } => {
-                            rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
-                                peer: rec.id.peer.clone(),
-                                session: rec.id.session.clone(),
-                                sdp,
-                                encrypt: rec.id.encrypted,
-                            }));
+                        if rec.pending() >= rec.settings.flush_bytes {
+                            rec.flush().await;
                         }
-                        SessionEvent::LocalCandidate(c) => {
-                            rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
-                                peer: rec.id.peer.clone(),
-                                session: rec.id.session.clone(),
-                                candidates: vec![c],
-                            }));
-                        }
-                        SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
-                        SessionEvent::TrackStarted { codec: Some(codec), .. } => {
-                            rec.video_codec(codec).await;
-                        }
-                        SessionEvent::State(state) => {
-                            debug!(stream = %rec.id.stream_id, ?state, "connection state");
-                            rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
-                        }
-                        SessionEvent::Closed { reason, stats } => {
-                            close_reason = Some(reason);
-                            media_dropped = stats.media_dropped;
-                            break 'run;
-                        }
-                        SessionEvent::PublisherLabel(label) => rec.label(label),
-                        SessionEvent::TrackStarted { codec: None, .. }
-                        | SessionEvent::DataChannelOpen { .. }
-                        | SessionEvent::Renegotiated => {}
                     }
-                    batch -= 1;
-                    if batch == 0 {
-                        // The rest after the other branches have had their turn.
+                    SessionEvent::LocalAnswer { sdp } => {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            sdp,
+                            encrypt: rec.id.encrypted,
+                        }));
+                    }
+                    SessionEvent::LocalCandidate(c) => {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            candidates: vec![c],
+                        }));
+                    }
+                    SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
+                    SessionEvent::TrackStarted { codec: Some(codec), .. } => {
+                        rec.video_codec(codec).await;
+                    }
+                    SessionEvent::State(state) => {
+                        debug!(stream = %rec.id.stream_id, ?state, "connection state");
+                        rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
+                    }
+                    SessionEvent::Closed { reason, stats } => {
+                        close_reason = Some(reason);
+                        media_dropped = stats.media_dropped;
                         break;
                     }
-                    match events.try_recv() {
-                        Ok(next) => ev = next,
-                        Err(_) => break,
-                    }
+                    SessionEvent::PublisherLabel(label) => rec.label(label),
+                    SessionEvent::TrackStarted { codec: None, .. }
+                    | SessionEvent::DataChannelOpen { .. }
+                    | SessionEvent::Renegotiated => {}
                 }
             }
             _ = tick.tick() => {
