@@ -175,6 +175,9 @@ fn udp_port_spec(args: &RecordArgs) -> anyhow::Result<Option<crate::peer::sessio
     if port == 0 {
         bail!("--udp-port must name a port (1-65535)");
     }
+    if args.tcp_port == Some(0) {
+        bail!("--tcp-port must name a port (1-65535)");
+    }
     let named: Vec<IpAddr> = args
         .udp_bind
         .iter()
@@ -203,6 +206,7 @@ fn udp_port_spec(args: &RecordArgs) -> anyhow::Result<Option<crate::peer::sessio
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect(),
+        tcp_port: args.tcp_port,
     }))
 }
 

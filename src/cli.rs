@@ -199,6 +199,11 @@ pub struct RecordArgs {
     /// address (the `--udp-bind` IP when it names one).
     #[arg(long, value_delimiter = ',', value_name = "IP", requires = "udp_port")]
     pub public_ip: Vec<std::net::IpAddr>,
+    /// With `--udp-port`: also take ICE over TCP (RFC 6544) on this one TCP port, for
+    /// publishers whose network lets no UDP through (told at the same address(es) as the UDP
+    /// port; browsers use it only when UDP fails, and refuse ports below 1024 but 443).
+    #[arg(long, value_name = "PORT", requires = "udp_port")]
+    pub tcp_port: Option<u16>,
     /// Stop by itself after this many seconds (0 = run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub duration: u64,

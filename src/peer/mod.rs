@@ -14,6 +14,7 @@ pub mod grid;
 pub mod publisher;
 pub mod session;
 mod sr_tap;
+pub mod tcp_mux;
 pub mod udp_mux;
 
 use std::sync::Arc;

@@ -88,6 +88,9 @@ pub struct SessionConfig {
     /// The shared UDP port every connection uses instead of sockets of its own (see
     /// [`super::udp_mux`]); `None`: a socket per connection on [`Self::udp_addrs`].
     pub udp_mux: Option<super::udp_mux::UdpMux>,
+    /// With [`Self::udp_mux`], the shared TCP port for publishers that reach us only by TCP
+    /// (`--tcp-port`, see [`super::tcp_mux`]).
+    pub tcp_mux: Option<super::tcp_mux::TcpMux>,
 }
 
 /// `--udp-port` and `--public-ip` as the recorder binds them.
@@ -97,6 +100,18 @@ pub struct UdpPortSpec {
     pub bind: std::net::SocketAddr,
     /// The addresses publishers are told (the shared port at each).
     pub announce: Vec<std::net::SocketAddr>,
+    /// `--tcp-port`: the shared TCP port, bound at the same address and told at the same
+    /// addresses.
+    pub tcp_port: Option<u16>,
+}
+
+impl UdpPortSpec {
+    /// Where the shared TCP port binds and what publishers are told of it, with `--tcp-port`.
+    pub fn tcp(&self) -> Option<(std::net::SocketAddr, Vec<std::net::SocketAddr>)> {
+        let port = self.tcp_port?;
+        let at = |a: &std::net::SocketAddr| std::net::SocketAddr::new(a.ip(), port);
+        Some((at(&self.bind), self.announce.iter().map(at).collect()))
+    }
 }
 
 impl Default for SessionConfig {
@@ -121,6 +136,7 @@ impl Default for SessionConfig {
             dtls_server: false,
             udp_port: None,
             udp_mux: None,
+            tcp_mux: None,
         }
     }
 }
@@ -398,7 +414,11 @@ async fn build_pc(
         // webrtc-rs; its packets go through the shared port, known by this ufrag. No mDNS
         // socket, no STUN/TURN: publishers reach the shared port directly.
         let (ufrag, pwd) = ice_credentials();
-        builder = builder.with_runtime(mux.runtime_for(&ufrag));
+        builder = builder.with_runtime(mux.runtime_for(&ufrag, config.tcp_mux.as_ref()));
+        if config.tcp_mux.is_some() {
+            // Also a placeholder: the shared TCP port hands this connection its streams.
+            builder = builder.with_tcp_addrs(vec!["127.0.0.1:0".to_owned()]);
+        }
         se = se
             .with_include_loopback_candidate(true)
             .with_ice_credentials(ufrag, pwd)
@@ -429,6 +449,15 @@ async fn build_pc(
         .build()
         .await?;
     Ok(Arc::new(pc))
+}
+
+/// True for a `tcptype passive` TCP candidate (one we would have to connect out to).
+fn is_passive_tcp(candidate: &str) -> bool {
+    let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
+    fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+        && fields
+            .windows(2)
+            .any(|w| w[0] == "tcptype" && w[1] == "passive")
 }
 
 /// A random ICE username fragment (16 characters, it routes the shared port's datagrams)
@@ -562,7 +591,7 @@ impl Session {
         }
         let answer = self.pc.create_answer(None).await?;
         let answer_sdp = match &self.config.udp_mux {
-            Some(mux) => super::udp_mux::announce::rewrite_sdp(&answer.sdp, mux.announce()),
+            Some(mux) => super::udp_mux::announce::rewrite_sdp(&answer.sdp, self.announce(mux)),
             None => answer.sdp.clone(),
         };
         let video = if video {
@@ -608,7 +637,24 @@ impl Session {
         Ok(())
     }
 
+    /// What publishers are told of the shared ports.
+    fn announce<'a>(
+        &'a self,
+        udp: &'a super::udp_mux::UdpMux,
+    ) -> super::udp_mux::announce::Announce<'a> {
+        super::udp_mux::announce::Announce {
+            udp: udp.announce(),
+            tcp: self.config.tcp_mux.as_ref().map_or(&[], |t| t.announce()),
+        }
+    }
+
     async fn remote_candidate(&mut self, c: IceCandidate) {
+        if self.config.tcp_mux.is_some() && is_passive_tcp(&c.candidate) {
+            // webrtc-rs would connect out to it; behind the shared TCP port we only listen
+            // (the publisher connects to ours).
+            debug!(candidate = %c.candidate, "passive TCP candidate of the publisher not used");
+            return;
+        }
         if !self.remote_set {
             if self.pending.len() < MAX_PENDING_CANDIDATES {
                 self.pending.push(c);
@@ -659,7 +705,7 @@ impl Session {
                     let candidates = match &self.config.udp_mux {
                         Some(mux) => super::udp_mux::announce::rewrite_candidate(
                             &init.candidate,
-                            mux.announce(),
+                            self.announce(mux),
                         ),
                         None => vec![init.candidate],
                     };

@@ -130,6 +130,14 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// `--tcp-port` could not be bound.
+    #[error("--tcp-port: cannot listen on {addr}: {source}")]
+    TcpPort {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 struct Entry {
@@ -170,13 +178,19 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<StreamSummary>, RunError> {
     if let Some(spec) = config.recorder.session.udp_port.clone() {
-        let mux = crate::peer::udp_mux::UdpMux::bind(spec.bind, spec.announce)
+        let mux = crate::peer::udp_mux::UdpMux::bind(spec.bind, spec.announce.clone())
             .await
             .map_err(|source| RunError::UdpPort {
                 addr: spec.bind,
                 source,
             })?;
         config.recorder.session.udp_mux = Some(mux);
+        if let Some((bind, announce)) = spec.tcp() {
+            let mux = crate::peer::tcp_mux::TcpMux::bind(bind, announce)
+                .await
+                .map_err(|source| RunError::TcpPort { addr: bind, source })?;
+            config.recorder.session.tcp_mux = Some(mux);
+        }
     }
     let output_dir = config.recorder.output_dir.clone();
     std::fs::create_dir_all(&output_dir).map_err(|source| RunError::OutputDir {
@@ -644,6 +658,17 @@ impl Run {
                     unknown: c.unknown.load(Ordering::Relaxed),
                     queue_full: c.queue_full.load(Ordering::Relaxed),
                     send_dropped: c.send_dropped.load(Ordering::Relaxed),
+                    kernel_dropped: c.kernel_dropped.load(Ordering::Relaxed),
+                }
+            }),
+            tcp_port: self.settings.session.tcp_mux.as_ref().map(|mux| {
+                let c = mux.counters();
+                crate::status::snapshot::TcpPortStatus {
+                    port: mux.local_addr().port(),
+                    accepted: c.accepted.load(Ordering::Relaxed),
+                    routed: c.routed.load(Ordering::Relaxed),
+                    refused: c.refused.load(Ordering::Relaxed),
+                    frames_dropped: c.frames_dropped.load(Ordering::Relaxed),
                 }
             }),
         }

@@ -95,13 +95,14 @@ pub fn render_metrics(s: &Snapshot) -> String {
         w.family(
             name,
             "counter",
-            "--udp-port: datagrams on the shared media port, by what became of them (received: all; dropped_unknown: from no known publisher, or for a connection just closed; dropped_queue_full: their connection was not keeping up).",
+            "--udp-port: datagrams on the shared media port, by what became of them (received: all; dropped_unknown: from no known publisher, or for a connection just closed; dropped_queue_full: their connection was not keeping up; dropped_buffer_full: the kernel's receive buffer for the port was full, so they were never read).",
         );
         let port = u.port.to_string();
         for (result, v) in [
             ("received", u.received),
             ("dropped_unknown", u.unknown),
             ("dropped_queue_full", u.queue_full),
+            ("dropped_buffer_full", u.kernel_dropped),
         ] {
             w.sample(name, &[("port", &port), ("result", result)], v as f64);
         }
@@ -112,6 +113,29 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "--udp-port: datagrams of ours not sent because the shared port's send buffer was full (waiting would stall the connection; ICE, DTLS and RTCP resend).",
         );
         w.sample(name, &[("port", &port)], u.send_dropped as f64);
+    }
+    if let Some(t) = &s.tcp_port {
+        let name = "ninjarec_tcp_port_streams_total";
+        w.family(
+            name,
+            "counter",
+            "--tcp-port: streams publishers opened to the shared ICE-TCP port, by what became of them (accepted: all; routed: handed to the connection their first check named; refused: closed, no check in time, naming no connection, or too many waiting).",
+        );
+        let port = t.port.to_string();
+        for (result, v) in [
+            ("accepted", t.accepted),
+            ("routed", t.routed),
+            ("refused", t.refused),
+        ] {
+            w.sample(name, &[("port", &port), ("result", result)], v as f64);
+        }
+        let name = "ninjarec_tcp_port_frames_dropped_total";
+        w.family(
+            name,
+            "counter",
+            "--tcp-port: frames of ours dropped because a publisher's stream was not taking them (its send queue was full; waiting would stall the connection).",
+        );
+        w.sample(name, &[("port", &port)], t.frames_dropped as f64);
     }
     if let Some(u) = &s.upload {
         w.gauge(
@@ -501,6 +525,14 @@ mod tests {
                 unknown: 12,
                 queue_full: 3,
                 send_dropped: 2,
+                kernel_dropped: 4,
+            }),
+            tcp_port: Some(crate::status::snapshot::TcpPortStatus {
+                port: 5005,
+                accepted: 9,
+                routed: 7,
+                refused: 2,
+                frames_dropped: 1,
             }),
         }
     }
@@ -752,11 +784,31 @@ mod tests {
         assert_eq!(port("received"), Some(90_000.0));
         assert_eq!(port("dropped_unknown"), Some(12.0));
         assert_eq!(port("dropped_queue_full"), Some(3.0));
+        assert_eq!(port("dropped_buffer_full"), Some(4.0));
         let sends = lines
             .iter()
             .find(|l| l.name == "ninjarec_udp_port_sends_dropped_total")
             .map(|l| l.value);
         assert_eq!(sends, Some(2.0));
+        let tcp = |result: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l.name == "ninjarec_tcp_port_streams_total"
+                        && l.labels.contains(&("port".into(), "5005".into()))
+                        && l.labels.contains(&("result".into(), result.into()))
+                })
+                .map(|l| l.value)
+        };
+        assert_eq!(
+            (tcp("accepted"), tcp("routed"), tcp("refused")),
+            (Some(9.0), Some(7.0), Some(2.0))
+        );
+        let dropped = lines
+            .iter()
+            .find(|l| l.name == "ninjarec_tcp_port_frames_dropped_total")
+            .map(|l| l.value);
+        assert_eq!(dropped, Some(1.0));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub upload: Option<crate::upload::UploadStatus>,
     /// `--udp-port`: what the one media port received and had to drop.
     pub udp_port: Option<UdpPortStatus>,
+    /// `--tcp-port`: the streams the one ICE-TCP port accepted and refused.
+    pub tcp_port: Option<TcpPortStatus>,
 }
 
 /// The shared media port's counters (`--udp-port`): datagrams it could not hand to any
@@ -51,6 +53,23 @@ pub struct UdpPortStatus {
     pub queue_full: u64,
     /// Datagrams of ours not sent: the port's send buffer was full.
     pub send_dropped: u64,
+    /// Dropped by the kernel before we read them: the port's receive buffer was full.
+    pub kernel_dropped: u64,
+}
+
+/// `--tcp-port`: what became of the streams publishers opened to the shared TCP port.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TcpPortStatus {
+    /// The local port.
+    pub port: u16,
+    /// Streams accepted.
+    pub accepted: u64,
+    /// Handed to the connection their first check named.
+    pub routed: u64,
+    /// Closed: no check in time, naming no connection, or too many waiting.
+    pub refused: u64,
+    /// Frames of ours dropped: a stream's send queue was full.
+    pub frames_dropped: u64,
 }
 
 /// CPU and memory of the process (from `/proc/self`; zero where unavailable).

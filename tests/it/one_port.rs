@@ -210,3 +210,125 @@ async fn chromium_through_a_forwarded_udp_port() {
     let errors = decode_errors(&path);
     assert!(errors.is_empty(), "{errors}");
 }
+
+/// A TCP port free on this machine now.
+fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// The recorder's flags for a guest network that lets no UDP through: `--udp-port` and
+/// `--tcp-port`, both told at the bridge address `at`.
+fn tcp_only_args(url: &str, dir: &TestDir, room: &str, at: Ipv4Addr) -> Vec<String> {
+    let mut args = one_port_args(url, dir, room, free_udp_port(), &at.to_string());
+    args.extend(["--tcp-port".to_owned(), free_tcp_port().to_string()]);
+    args
+}
+
+/// Checks the recording of `stream` in `summaries`: present, with `min_frames` frames and
+/// `min_audio` audio packets, decoding cleanly.
+fn check_tcp_recording(
+    summaries: &[ninjarec::record::stream::StreamSummary],
+    stream: &str,
+    min_frames: usize,
+    min_audio: usize,
+    context: &str,
+) -> std::path::PathBuf {
+    let summary = summaries
+        .iter()
+        .find(|s| s.stream_id == stream && s.path.is_some())
+        .unwrap_or_else(|| panic!("no recording of {stream}: {summaries:#?}\n{context}"));
+    let path = summary.path.clone().unwrap();
+    let frames = packet_times(&path, "v").len();
+    let audio = packet_times(&path, "a").len();
+    eprintln!("{summary}");
+    assert!(frames >= min_frames, "{frames} frames\n{context}");
+    assert!(audio >= min_audio, "{audio} audio packets\n{context}");
+    let errors = decode_errors(&path);
+    assert!(errors.is_empty(), "{errors}");
+    path
+}
+
+/// A GStreamer publisher (Raspberry Ninja's pipeline, libnice with its default ICE-TCP) on
+/// a network that drops every UDP packet: it reaches the recorder's `--tcp-port` and is
+/// recorded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_through_the_tcp_port_when_no_udp_passes() {
+    require_gstreamer();
+    let _heavy = heavy().await;
+    let net = ImpairedNet::new(Impairment::NONE, Impairment::NONE);
+    net.block_udp(true);
+    let dir = TestDir::new("tcp-port-gst");
+    let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
+    let room = "tcpport";
+    let recorder = InProcess::start(&tcp_only_args(&server.url, &dir, room, net.host_ip));
+    let mut cfg = GstPublisherConfig::new(&server.url, &["tcpgst"]);
+    cfg.room = Some(room.into());
+    cfg.width = 640;
+    cfg.height = 360;
+    cfg.bitrate_kbps = 800;
+    cfg.netns = Some(net.ns.clone());
+    cfg.local_ip = Some(net.peer_ip.to_string());
+    cfg.ice_tcp = true;
+    // Flash+beep pairs, measured and printed, not asserted: when the first keyframe comes
+    // seconds after the first audio (2 of 3 runs over TCP here), the audio is moved to the
+    // PCR and pairs come apart by up to 430 ms: issue 14's open start-up case, not TCP's.
+    let schedule = crate::support::sync::Schedule::irregular(7, 6.0);
+    cfg.flashes = schedule.flashes.clone();
+    cfg.period = Some(schedule.period);
+    let gst = GstPublisher::start(&cfg);
+    wait_for_files(&dir, 1).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let summaries = recorder.stop().await;
+    let sent = tokio::task::block_in_place(|| gst.stop());
+    let [up, down] = net.stats();
+    let context = format!("bridge up {up:?} down {down:?}");
+    eprintln!("{context}");
+    let wire = &sent["tcpgst"].total;
+    let context = format!("{context}\nsent {wire:?}");
+    // 10 s and more at 30 fps, every frame written that was sent after the connection.
+    let path = check_tcp_recording(&summaries, "tcpgst", 250, 450, &context);
+    // Everything the publisher sent over TCP is in the file.
+    let (frames, audio) = (
+        packet_times(&path, "v").len() as u64,
+        packet_times(&path, "a").len() as u64,
+    );
+    assert!(
+        frames * 100 >= wire.video_frames * 98 && audio * 100 >= wire.wire_audio_packets * 98,
+        "{frames} frames, {audio} audio packets\n{context}"
+    );
+    eprintln!("{}", crate::support::sync::measure(&path));
+    assert!(up.blocked > 0, "the publisher tried UDP: {context}");
+}
+
+/// The VDO.Ninja web app's side, real Chromium, on a network that drops every UDP packet:
+/// it reaches the recorder's `--tcp-port` and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_through_the_tcp_port_when_no_udp_passes() {
+    let _heavy = heavy().await;
+    let net = ImpairedNet::new(Impairment::NONE, Impairment::NONE);
+    net.block_udp(true);
+    let dir = TestDir::new("tcp-port-chromium");
+    let mut server_cfg = ServerConfig::new(net.host_addr());
+    server_cfg.official_only = true;
+    let server = TestServer::start_with(server_cfg).await;
+    let room = "tcpportweb";
+    let recorder = InProcess::start(&tcp_only_args(&server.url, &dir, room, net.host_ip));
+    let mut cfg = BrowserPublisherConfig::new(&server.url, "webtcp".to_owned());
+    cfg.room = Some(room.into());
+    cfg.netns = Some(net.ns.clone());
+    cfg.extra_args.push(format!(
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE {}",
+        net.host_ip
+    ));
+    let browser = BrowserPublisher::start(cfg);
+    browser.expect_event("ready", Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let summaries = recorder.stop().await;
+    let events = browser.events_text();
+    drop(browser);
+    let [up, down] = net.stats();
+    let context = format!("bridge up {up:?} down {down:?}\n{events}");
+    let _ = check_tcp_recording(&summaries, "webtcp", 100, 200, &context);
+    assert!(up.blocked > 0, "the browser tried UDP: {context}");
+}

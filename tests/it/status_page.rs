@@ -395,6 +395,7 @@ fn fabricated_snapshot() -> Snapshot {
         refused_low_disk: 0,
         upload: None,
         udp_port: None,
+        tcp_port: None,
     }
 }
 

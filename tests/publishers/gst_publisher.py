@@ -553,7 +553,7 @@ class Peer:
         )
         self.pipe = Gst.parse_launch(desc)
         self.webrtc = self.pipe.get_by_name("webrtc")
-        local_ip_only(self.webrtc, a.local_ip)
+        local_ip_only(self.webrtc, a.local_ip, a.ice_tcp)
 
         self.vbufs, self.wbuf = frames_for(a.width, a.height, a.pattern)
         self.vn = 0
@@ -1242,6 +1242,11 @@ def parse_args(argv):
     ap.add_argument("--stats-interval", type=float, default=1.0)
     ap.add_argument("--report-sr", action="store_true", help="report every Sender Report sent")
     ap.add_argument("--local-ip", default="127.0.0.1", help="the one address ICE uses")
+    ap.add_argument(
+        "--ice-tcp",
+        action="store_true",
+        help="keep libnice's ICE-TCP on (its default; off otherwise, as with --local-ip)",
+    )
     ap.add_argument("--connect-timeout", type=float, default=15.0)
     args = ap.parse_args(argv)
     if args.check:
@@ -1263,14 +1268,15 @@ def parse_args(argv):
     return args
 
 
-def local_ip_only(webrtc, address="127.0.0.1"):
+def local_ip_only(webrtc, address="127.0.0.1", ice_tcp=False):
     """ICE on `address` only (--local-ip; loopback by default): no other interfaces, no TCP
-    candidates, no STUN (none is set), and no UPnP (libnice would look for an Internet gateway
-    by SSDP multicast)."""
+    candidates unless `ice_tcp` (--ice-tcp: libnice's default, connecting to a recorder's
+    passive TCP candidate when UDP fails), no STUN (none is set), and no UPnP (libnice would
+    look for an Internet gateway by SSDP multicast)."""
     ice = webrtc.get_property("ice-agent")
     _KEEP_ALIVE.append(ice)
     ice.emit("add-local-ip-address", address)
-    ice.set_property("ice-tcp", False)
+    ice.set_property("ice-tcp", ice_tcp)
     agent = ice.get_property("agent")
     if agent is not None:
         agent.set_property("upnp", False)

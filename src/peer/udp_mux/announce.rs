@@ -5,26 +5,47 @@
 //! address they can reach: the shared port at the machine's address, or at the public
 //! address of a 1:1 NAT (`--public-ip`; webrtc-rs 0.21.1's `with_nat_1to1_ips` is accepted
 //! but never applied). So every UDP host candidate we send is replaced by one candidate per
-//! announced address, and all others (TCP, server-reflexive, relay) are left out: with one
-//! port the recorder is reached directly or not at all.
+//! announced address, and so is every passive TCP host candidate when there is a shared TCP
+//! port too (`--tcp-port`); all others (active TCP, server-reflexive, relay) are left out:
+//! with one port the recorder is reached directly or not at all, and it never connects out.
 
 use std::net::SocketAddr;
 
+/// Where publishers reach the shared ports: the addresses told for UDP and for ICE-TCP
+/// (empty: no TCP candidate is told).
+#[derive(Debug, Clone, Copy)]
+pub struct Announce<'a> {
+    /// The shared UDP port at each address publishers are told.
+    pub udp: &'a [SocketAddr],
+    /// The shared TCP port at each of them, or nothing without `--tcp-port`.
+    pub tcp: &'a [SocketAddr],
+}
+
 /// `candidate:...` (a trickled candidate or an SDP `a=candidate:` value without `a=`)
-/// rewritten to the announced addresses; empty when it is not a UDP host candidate.
-pub fn rewrite_candidate(candidate: &str, announce: &[SocketAddr]) -> Vec<String> {
+/// rewritten to the announced addresses; empty when it is neither a UDP host candidate nor
+/// (with a TCP port) a passive TCP host candidate.
+pub fn rewrite_candidate(candidate: &str, announce: Announce<'_>) -> Vec<String> {
     let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
     // candidate:<foundation> <component> <transport> <priority> <ip> <port> typ <type> ...
     if fields.len() < 8
         || !fields[0].starts_with("candidate:")
-        || !fields[2].eq_ignore_ascii_case("udp")
         || fields[6] != "typ"
         || fields[7] != "host"
     {
         return Vec::new();
     }
-    announce
-        .iter()
+    let to = if fields[2].eq_ignore_ascii_case("udp") {
+        announce.udp
+    } else if fields[2].eq_ignore_ascii_case("tcp")
+        && fields[8..]
+            .windows(2)
+            .any(|w| w[0] == "tcptype" && w[1] == "passive")
+    {
+        announce.tcp
+    } else {
+        return Vec::new();
+    };
+    to.iter()
         .enumerate()
         .map(|(i, a)| {
             let mut out = vec![
@@ -47,7 +68,7 @@ pub fn rewrite_candidate(candidate: &str, announce: &[SocketAddr]) -> Vec<String
 
 /// An SDP with each `a=candidate:` line rewritten by [`rewrite_candidate`] (line endings
 /// kept).
-pub fn rewrite_sdp(sdp: &str, announce: &[SocketAddr]) -> String {
+pub fn rewrite_sdp(sdp: &str, announce: Announce<'_>) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let body = line.trim_end_matches(['\r', '\n']);
@@ -73,18 +94,22 @@ pub fn rewrite_sdp(sdp: &str, announce: &[SocketAddr]) -> String {
 mod tests {
     use super::*;
 
-    fn announce() -> Vec<SocketAddr> {
+    fn addrs() -> Vec<SocketAddr> {
         vec![
             "203.0.113.9:8189".parse().unwrap(),
             "10.1.2.3:8189".parse().unwrap(),
         ]
     }
 
+    fn udp_only(udp: &[SocketAddr]) -> Announce<'_> {
+        Announce { udp, tcp: &[] }
+    }
+
     #[test]
     fn a_host_candidate_becomes_one_per_announced_address() {
         let c = "candidate:1234 1 udp 2130706431 127.0.0.1 41234 typ host generation 0";
         assert_eq!(
-            rewrite_candidate(c, &announce()),
+            rewrite_candidate(c, udp_only(&addrs())),
             vec![
                 "candidate:12340 1 udp 2130706431 203.0.113.9 8189 typ host generation 0",
                 "candidate:12341 1 udp 2130706430 10.1.2.3 8189 typ host generation 0",
@@ -102,7 +127,7 @@ mod tests {
             "",
             "not a candidate at all x y z w",
         ] {
-            assert!(rewrite_candidate(c, &announce()).is_empty(), "{c}");
+            assert!(rewrite_candidate(c, udp_only(&addrs())).is_empty(), "{c}");
         }
     }
 
@@ -112,7 +137,7 @@ mod tests {
                    a=candidate:9 1 udp 2130706431 127.0.0.1 40000 typ host\r\n\
                    a=candidate:8 1 udp 1694498815 198.51.100.1 5 typ srflx\r\n\
                    a=end-of-candidates\r\n";
-        let out = rewrite_sdp(sdp, &announce()[..1]);
+        let out = rewrite_sdp(sdp, udp_only(&addrs()[..1]));
         assert_eq!(
             out,
             "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
@@ -120,8 +145,38 @@ mod tests {
              a=end-of-candidates\r\n"
         );
         assert_eq!(
-            rewrite_sdp("v=0\nno candidates\n", &announce()),
+            rewrite_sdp("v=0\nno candidates\n", udp_only(&addrs())),
             "v=0\nno candidates\n"
+        );
+    }
+
+    /// With a TCP port, a passive TCP host candidate is told at it; active ones (we never
+    /// connect out) and UDP ones keep their rules.
+    #[test]
+    fn passive_tcp_candidates_are_told_at_the_tcp_port() {
+        let tcp: Vec<SocketAddr> = vec!["203.0.113.9:8443".parse().unwrap()];
+        let udp = addrs();
+        let both = Announce {
+            udp: &udp,
+            tcp: &tcp,
+        };
+        assert_eq!(
+            rewrite_candidate(
+                "candidate:77 1 tcp 2124414975 127.0.0.1 45000 typ host tcptype passive",
+                both
+            ),
+            vec!["candidate:770 1 tcp 2124414975 203.0.113.9 8443 typ host tcptype passive"]
+        );
+        assert!(
+            rewrite_candidate(
+                "candidate:78 1 tcp 2128609279 127.0.0.1 9 typ host tcptype active",
+                both
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            rewrite_candidate("candidate:1 1 udp 1 127.0.0.1 4 typ host", both).len(),
+            2
         );
     }
 }

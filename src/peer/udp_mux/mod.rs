@@ -20,11 +20,16 @@
 //!
 //! The port is read on the grid of [`super::grid`], not as datagrams arrive, and the
 //! connections' timers end on it: one wake of the runtime every 10 ms handles every
-//! connection's datagrams and timers.
+//! connection's datagrams and timers. That needs a receive buffer that holds 10 ms of
+//! arrivals and their bursts ([`GRID_MIN_BUFFER`]); the kernel caps the one asked for at
+//! `net.core.rmem_max` unless the process may force it, and with less the port is read as
+//! datagrams arrive instead ([`ReadMode`]). Either way the kernel's own drop count for the
+//! socket is taken every second, shown and said.
 
 pub mod announce;
 pub mod route;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -37,7 +42,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, Transmit};
 
 use super::grid;
@@ -46,9 +51,9 @@ use route::{Routes, SlotId};
 
 /// Datagrams queued per connection before new ones are dropped (~0.5 s of a 2 Mb/s stream).
 const QUEUE: usize = 256;
-/// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max`): at 32 publishers
-/// of ~280 packets/s, 10 ms are ~90 datagrams, ~200 KiB of kernel memory; 4 MiB leaves room
-/// for a stalled runtime.
+/// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max` unless forced): at
+/// 32 publishers of ~280 packets/s, 10 ms are ~90 datagrams, ~200 KiB of kernel memory;
+/// 4 MiB leaves room for keyframe bursts and a stalled runtime.
 const RECV_BUFFER: usize = 4 << 20;
 /// Most datagrams read in one tick (~0.9 s of 32 publishers): the rest waits a tick.
 const MAX_PER_TICK: usize = 8192;
@@ -70,6 +75,11 @@ pub struct MuxCounters {
     /// Datagrams our side sent that were dropped because the shared socket's send buffer was
     /// full (UDP may drop; waiting would stall the connection: see `MuxSocket::poll_send`).
     pub send_dropped: AtomicU64,
+    /// Datagrams the kernel dropped before we read them, its receive buffer full (media
+    /// lost: the publisher repairs some with NACKs, if asked in time).
+    pub kernel_dropped: AtomicU64,
+    /// True once the port is read as datagrams arrive (see [`ReadMode`]).
+    pub on_arrival: std::sync::atomic::AtomicBool,
 }
 
 enum Control {
@@ -90,6 +100,7 @@ enum Control {
 #[derive(Clone)]
 pub struct UdpMux {
     socket: Arc<std::net::UdpSocket>,
+    mode: ReadMode,
     control: mpsc::UnboundedSender<Control>,
     next_slot: Arc<AtomicU64>,
     counters: Arc<MuxCounters>,
@@ -109,17 +120,29 @@ impl UdpMux {
     /// Binds `bind` and starts the task that reads it. `announce`: the addresses publishers
     /// are told (the shared port at this machine's or the NAT's public address).
     pub async fn bind(bind: SocketAddr, announce: Vec<SocketAddr>) -> io::Result<UdpMux> {
+        UdpMux::bind_with(bind, announce, RECV_BUFFER, None).await
+    }
+
+    /// [`UdpMux::bind`] asking for `recv_buffer` bytes of receive buffer, read in `mode` if
+    /// given (else as that buffer allows).
+    async fn bind_with(
+        bind: SocketAddr,
+        announce: Vec<SocketAddr>,
+        recv_buffer: usize,
+        mode: Option<ReadMode>,
+    ) -> io::Result<UdpMux> {
         let raw = socket2::Socket::new(
             socket2::Domain::for_address(bind),
             socket2::Type::DGRAM,
             Some(socket2::Protocol::UDP),
         )?;
-        // Best effort: a smaller buffer still works, with less slack for a stalled runtime.
-        let _ = raw.set_recv_buffer_size(RECV_BUFFER);
+        grow_recv_buffer(&raw, recv_buffer);
         raw.bind(&bind.into())?;
         raw.set_nonblocking(true)?;
         let recv_buffer = raw.recv_buffer_size().unwrap_or(0);
-        // Not a tokio socket: read on the grid, it never wakes the runtime (see `grid`).
+        let mode = mode.unwrap_or(ReadMode::for_buffer(recv_buffer));
+        // Not a tokio socket: read on the grid, it never wakes the runtime (see `grid`),
+        // unless its buffer is too small for that.
         let socket = Arc::new(std::net::UdpSocket::from(raw));
         let (control, control_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(MuxCounters::default());
@@ -127,11 +150,18 @@ impl UdpMux {
             local = %socket.local_addr()?,
             announce = ?announce,
             recv_buffer_kib = recv_buffer / 1024,
+            read = ?mode,
             "media for every publisher on one UDP port"
         );
-        tokio::spawn(read_loop(socket.clone(), control_rx, counters.clone()));
+        tokio::spawn(read_loop(
+            socket.clone(),
+            mode,
+            control_rx,
+            counters.clone(),
+        ));
         Ok(UdpMux {
             socket,
+            mode,
             control,
             next_slot: Arc::new(AtomicU64::new(1)),
             counters,
@@ -142,6 +172,15 @@ impl UdpMux {
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// How the port is read now (see [`ReadMode`]).
+    pub fn read_mode(&self) -> ReadMode {
+        if self.counters.on_arrival.load(Ordering::Relaxed) {
+            ReadMode::OnArrival
+        } else {
+            self.mode
+        }
     }
 
     /// The addresses publishers are told (see [`announce`]).
@@ -155,94 +194,305 @@ impl UdpMux {
     }
 
     /// The webrtc-rs runtime for one peer connection whose ICE ufrag is `ufrag`: tokio's,
-    /// except that its UDP socket is a share of this port.
-    pub fn runtime_for(&self, ufrag: &str) -> Arc<dyn Runtime> {
+    /// except that its UDP socket is a share of this port, and its TCP listener one of
+    /// `tcp`'s if given (see [`super::tcp_mux`]).
+    pub fn runtime_for(
+        &self,
+        ufrag: &str,
+        tcp: Option<&super::tcp_mux::TcpMux>,
+    ) -> Arc<dyn Runtime> {
         Arc::new(MuxRuntime {
             inner: webrtc::runtime::default_runtime().expect("built with the tokio runtime"),
             mux: self.clone(),
+            tcp: tcp.cloned(),
             ufrag: ufrag.as_bytes().to_vec(),
         })
     }
 }
 
+/// How the shared port is read, chosen from the receive buffer the kernel granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Every 10 ms on the grid: never a wake-up per datagram; the buffer holds 10 ms of
+    /// arrivals and any unpaced keyframe burst in them.
+    Grid,
+    /// On the grid while the buffer, too small to be sure of, is found less than half full
+    /// at each read; past that (or at the first drop) on arrival from then on.
+    GridWatched,
+    /// As datagrams arrive (the runtime's epoll): a wake-up per burst, nearly twice the CPU
+    /// of grid reads (2.1 → 4.0 % of a core for one 8 Mb/s publisher), nothing waits 10 ms.
+    OnArrival,
+}
+
+impl ReadMode {
+    /// Grid reads, watched unless the buffer holds [`GRID_MIN_BUFFER`]; `granted` is what
+    /// the kernel reports (twice the size it accepted, the way it accounts memory).
+    pub fn for_buffer(granted: usize) -> ReadMode {
+        if granted >= GRID_MIN_BUFFER {
+            ReadMode::Grid
+        } else {
+            ReadMode::GridWatched
+        }
+    }
+}
+
+/// The receive buffer (as the kernel reports it) that grid reads need: 4 MiB of accounted
+/// memory is ~1800 full-size datagrams, ten times 10 ms of 32 publishers with room for a
+/// 1080p keyframe sent unpaced. A stock `net.core.rmem_max` (208 KiB) grants 416 KiB, which
+/// a single such keyframe overflowed between two grid reads (365 drops in 40 s, measured).
+pub const GRID_MIN_BUFFER: usize = 4 << 20;
+
+/// Asks for `size` bytes of receive buffer, past `net.core.rmem_max` where the process may
+/// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN: root, or a service granted it).
+fn grow_recv_buffer(socket: &socket2::Socket, size: usize) {
+    // Best effort: a smaller buffer still works (see ReadMode).
+    let _ = socket.set_recv_buffer_size(size);
+    #[cfg(target_os = "linux")]
+    if socket.recv_buffer_size().unwrap_or(0) < 2 * size {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket descriptor and a c_int option of its stated size.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// The kernel's memory counters of a socket (`SO_MEMINFO`): what its receive queue holds,
+/// its limit and its drops.
+#[derive(Debug, Clone, Copy)]
+struct MemInfo {
+    /// Bytes of kernel memory the queued datagrams take (SK_MEMINFO_RMEM_ALLOC).
+    queued: u64,
+    /// The receive buffer's limit in the same units (SK_MEMINFO_RCVBUF).
+    limit: u64,
+    /// Datagrams dropped since the socket opened, most for a full buffer (SK_MEMINFO_DROPS;
+    /// the "drops" column of /proc/net/udp).
+    drops: u64,
+}
+
+/// `None` where the kernel cannot say.
+fn meminfo(socket: &std::net::UdpSocket) -> Option<MemInfo> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // Indices in include/uapi/linux/sock_diag.h.
+        const RMEM_ALLOC: usize = 0;
+        const RCVBUF: usize = 1;
+        const DROPS: usize = 8;
+        let mut info = [0u32; DROPS + 1];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: a valid descriptor; the kernel writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 && len as usize >= std::mem::size_of_val(&info) {
+            return Some(MemInfo {
+                queued: u64::from(info[RMEM_ALLOC]),
+                limit: u64::from(info[RCVBUF]),
+                drops: u64::from(info[DROPS]),
+            });
+        }
+        None
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
+    }
+}
+
+/// Registers the port with the runtime's epoll, for reading only (sends never wait: see
+/// `MuxSocket::poll_send`); `None` (said) if it cannot be.
+fn watch_arrivals(
+    socket: &Arc<std::net::UdpSocket>,
+) -> Option<tokio::io::unix::AsyncFd<Arc<std::net::UdpSocket>>> {
+    // SAFETY: the AsyncFd owns a clone of the Arc, so the socket's descriptor stays open,
+    // and names the same socket, for as long as the AsyncFd lives.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            socket.clone(),
+            tokio::io::Interest::READABLE,
+        )
+    };
+    match registered {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            let e = e.into_parts().1;
+            warn!("udp mux: cannot watch the shared port ({e}), reading it every 10 ms");
+            None
+        }
+    }
+}
+
+/// The read task's state: which connection each datagram goes to.
+#[derive(Default)]
+struct Demux {
+    routes: Routes,
+    queues: HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>>,
+    /// Per connection: datagrams handed on and dropped (queue full), said when it goes.
+    delivered: HashMap<SlotId, (u64, u64)>,
+}
+
+impl Demux {
+    /// Applies a connection's registration or departure; false once nobody can register
+    /// again and no connection is left.
+    fn control(&mut self, c: Option<Control>) -> bool {
+        match c {
+            Some(Control::Register { slot, ufrag, tx }) => {
+                debug!(slot, ufrag = %String::from_utf8_lossy(&ufrag), "udp mux: connection registered");
+                self.routes.register(slot, &ufrag);
+                self.queues.insert(slot, tx);
+            }
+            Some(Control::SentTo { slot, addr }) => self.routes.sent_to(slot, addr),
+            Some(Control::Unregister(slot)) => {
+                let (handed, full) = self.delivered.remove(&slot).unwrap_or_default();
+                debug!(slot, handed, full, "udp mux: connection gone");
+                self.forget(slot);
+            }
+            // Every handle is gone: nobody can register again.
+            None => return !self.queues.is_empty(),
+        }
+        true
+    }
+
+    fn forget(&mut self, slot: SlotId) {
+        self.routes.remove(slot);
+        self.queues.remove(&slot);
+        self.delivered.remove(&slot);
+    }
+
+    /// Reads what the socket holds now (bounded, so a flood cannot hold the task) and hands
+    /// each datagram on; true if the socket was emptied.
+    fn drain(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        buf: &mut [u8],
+        counters: &MuxCounters,
+    ) -> bool {
+        for _ in 0..MAX_PER_TICK {
+            let (n, from) = match socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                // ICMP errors of earlier sends and the like: per datagram.
+                Err(_) => continue,
+            };
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            let datagram = &buf[..n];
+            let Some(slot) = self.routes.route(from, datagram) else {
+                let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
+                if n < 20 || n.is_power_of_two() {
+                    debug!(
+                        %from,
+                        ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
+                        first_byte = datagram.first().copied().unwrap_or(0),
+                        unknown = n + 1,
+                        "udp mux: datagram for no connection"
+                    );
+                }
+                continue;
+            };
+            let Some(tx) = self.queues.get(&slot) else {
+                counters.unknown.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let count = self.delivered.entry(slot).or_default();
+            match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
+                Ok(()) => count.0 += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    count.1 += 1;
+                    counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    // The connection has just closed: its datagram is for no one.
+                    counters.unknown.fetch_add(1, Ordering::Relaxed);
+                    self.forget(slot);
+                }
+            }
+        }
+        false
+    }
+}
+
 /// Reads the shared socket and hands each datagram to its connection; applies the
 /// connections' registrations first, so a connection is known before its first datagram.
+/// Once a second it takes the kernel's count of datagrams dropped for a full receive buffer.
 async fn read_loop(
     socket: Arc<std::net::UdpSocket>,
+    mut mode: ReadMode,
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<MuxCounters>,
 ) {
-    let mut routes = Routes::new();
-    let mut queues: std::collections::HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>> =
-        std::collections::HashMap::new();
-    // Per connection: datagrams handed on and dropped (queue full), said when it goes.
-    let mut delivered: std::collections::HashMap<SlotId, (u64, u64)> =
-        std::collections::HashMap::new();
+    let mut demux = Demux::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut tick = tokio::time::interval_at(grid::on_grid(tokio::time::Instant::now()), grid::STEP);
+    let now = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(grid::on_grid(now), grid::STEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drops_check = tokio::time::interval_at(grid::on_grid(now), Duration::from_secs(1));
+    drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drops = DropReport::new(meminfo(&socket).map(|m| m.drops));
+    let mut arrivals = None;
     loop {
+        if mode == ReadMode::OnArrival && arrivals.is_none() {
+            arrivals = watch_arrivals(&socket);
+            if arrivals.is_none() {
+                mode = ReadMode::Grid;
+            }
+            counters
+                .on_arrival
+                .store(arrivals.is_some(), Ordering::Relaxed);
+        }
         tokio::select! {
             biased;
-            c = control.recv() => match c {
-                Some(Control::Register { slot, ufrag, tx }) => {
-                    debug!(slot, ufrag = %String::from_utf8_lossy(&ufrag), "udp mux: connection registered");
-                    routes.register(slot, &ufrag);
-                    queues.insert(slot, tx);
-                }
-                Some(Control::SentTo { slot, addr }) => routes.sent_to(slot, addr),
-                Some(Control::Unregister(slot)) => {
-                    let (handed, full) = delivered.remove(&slot).unwrap_or_default();
-                    debug!(slot, handed, full, "udp mux: connection gone");
-                    routes.remove(slot);
-                    queues.remove(&slot);
-                }
-                // Every handle is gone: nobody can register again.
-                None if queues.is_empty() => break,
-                None => {}
+            c = control.recv() => if !demux.control(c) {
+                break;
             },
-            _ = tick.tick() => {
-                // Everything queued now (bounded, so a flood cannot hold the task), then wait
-                // for the next tick.
-                for _ in 0..MAX_PER_TICK {
-                    let (n, from) = match socket.recv_from(&mut buf) {
-                        Ok(r) => r,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP errors of earlier sends and the like: per datagram.
-                        Err(_) => continue,
-                    };
-                    counters.received.fetch_add(1, Ordering::Relaxed);
-                    let datagram = &buf[..n];
-                    let Some(slot) = routes.route(from, datagram) else {
-                        let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
-                        if n < 20 || n.is_power_of_two() {
-                            debug!(
-                                %from,
-                                ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
-                                first_byte = datagram.first().copied().unwrap_or(0),
-                                unknown = n + 1,
-                                "udp mux: datagram for no connection"
-                            );
-                        }
-                        continue;
-                    };
-                    let Some(tx) = queues.get(&slot) else {
-                        counters.unknown.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let count = delivered.entry(slot).or_default();
-                    match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
-                        Ok(()) => count.0 += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            count.1 += 1;
-                            counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            // The connection has just closed: its datagram is for no one.
-                            counters.unknown.fetch_add(1, Ordering::Relaxed);
-                            routes.remove(slot);
-                            queues.remove(&slot);
-                            delivered.remove(&slot);
+            ready = async { arrivals.as_ref()?.readable().await.ok() }, if arrivals.is_some() => {
+                if let Some(mut ready) = ready
+                    && demux.drain(&socket, &mut buf, &counters)
+                {
+                    ready.clear_ready();
+                }
+            }
+            _ = tick.tick(), if arrivals.is_none() => {
+                if mode == ReadMode::GridWatched
+                    && let Some(m) = meminfo(&socket)
+                    && m.queued * 2 > m.limit
+                {
+                    info!(
+                        queued_kib = m.queued / 1024,
+                        buffer_kib = m.limit / 1024,
+                        "udp mux: 10 ms of datagrams filled half the port's receive buffer; \
+                         reading it as they arrive from now on (more CPU). Raise \
+                         net.core.rmem_max to {RECV_BUFFER} to keep reading every 10 ms."
+                    );
+                    mode = ReadMode::OnArrival;
+                }
+                demux.drain(&socket, &mut buf, &counters);
+            }
+            _ = drops_check.tick() => {
+                if let Some(total) = meminfo(&socket).map(|m| m.drops) {
+                    counters.kernel_dropped.store(total.saturating_sub(drops.at_start), Ordering::Relaxed);
+                    if let Some(new) = drops.check(total, std::time::Instant::now()) {
+                        warn!(
+                            dropped = new,
+                            since_start = total.saturating_sub(drops.at_start),
+                            "udp mux: the kernel dropped datagrams of the shared port (its receive buffer was full); raise net.core.rmem_max"
+                        );
+                        if mode == ReadMode::GridWatched {
+                            mode = ReadMode::OnArrival;
                         }
                     }
                 }
@@ -251,11 +501,47 @@ async fn read_loop(
     }
 }
 
+/// Says when the kernel has dropped datagrams of the port, at most one line per window.
+struct DropReport {
+    /// The count when the port opened (0: a new socket).
+    at_start: u64,
+    /// The count already said.
+    said: u64,
+    last_line: Option<std::time::Instant>,
+}
+
+impl DropReport {
+    fn new(at_start: Option<u64>) -> DropReport {
+        let at_start = at_start.unwrap_or(0);
+        DropReport {
+            at_start,
+            said: at_start,
+            last_line: None,
+        }
+    }
+
+    /// The kernel's count is `total` now: `Some(new drops)` when that is worth a line.
+    fn check(&mut self, total: u64, now: std::time::Instant) -> Option<u64> {
+        if total <= self.said
+            || self
+                .last_line
+                .is_some_and(|t| now.saturating_duration_since(t) < crate::record::quiet::WINDOW)
+        {
+            return None;
+        }
+        let new = total - self.said;
+        self.said = total;
+        self.last_line = Some(now);
+        Some(new)
+    }
+}
+
 /// tokio's webrtc-rs runtime with the UDP sockets of one connection taken from the shared
 /// port.
 struct MuxRuntime {
     inner: Arc<dyn Runtime>,
     mux: UdpMux,
+    tcp: Option<super::tcp_mux::TcpMux>,
     ufrag: Vec<u8>,
 }
 
@@ -285,7 +571,10 @@ impl Runtime for MuxRuntime {
         &self,
         listener: std::net::TcpListener,
     ) -> io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-        self.inner.wrap_tcp_listener(listener)
+        match &self.tcp {
+            Some(tcp) => tcp.listener_for(listener, &self.ufrag),
+            None => self.inner.wrap_tcp_listener(listener),
+        }
     }
 
     fn connect_tcp<'a>(
@@ -294,6 +583,14 @@ impl Runtime for MuxRuntime {
     ) -> Pin<
         Box<dyn Future<Output = io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>> + Send + 'a>,
     > {
+        if self.tcp.is_some() {
+            // Behind the shared TCP port the recorder only listens (the session does not
+            // pass on candidates that would make webrtc-rs connect out).
+            return Box::pin(std::future::ready(Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the recorder does not connect out over TCP",
+            ))));
+        }
         self.inner.connect_tcp(remote_addr)
     }
 
@@ -462,17 +759,30 @@ mod tests {
     /// ufrag of the first check and then by address, and sends from the shared port.
     #[tokio::test]
     async fn datagrams_reach_their_connection_and_replies_leave_from_the_shared_port() {
-        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap(), Vec::new())
-            .await
-            .unwrap();
+        for mode in [ReadMode::Grid, ReadMode::OnArrival] {
+            route_and_reply(
+                UdpMux::bind_with(
+                    "127.0.0.1:0".parse().unwrap(),
+                    Vec::new(),
+                    RECV_BUFFER,
+                    Some(mode),
+                )
+                .await
+                .unwrap(),
+            )
+            .await;
+        }
+    }
+
+    async fn route_and_reply(mux: UdpMux) {
         let port = mux.local_addr().unwrap();
         let placeholder = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let a = mux
-            .runtime_for("ufraga")
+            .runtime_for("ufraga", None)
             .wrap_udp_socket(placeholder())
             .unwrap();
         let b = mux
-            .runtime_for("ufragb")
+            .runtime_for("ufragb", None)
             .wrap_udp_socket(placeholder())
             .unwrap();
         let pub_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -519,5 +829,79 @@ mod tests {
         pub_b.send_to(&[0x80; 43], port).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(mux.counters().unknown.load(Ordering::Relaxed), 2);
+    }
+
+    /// A buffer too small to be sure of is read on the grid until a read finds it half
+    /// full, then on arrival; the kernel's drop count for a socket is read back, and grows
+    /// when a burst overflows its buffer.
+    #[tokio::test]
+    async fn a_small_buffer_found_half_full_is_read_on_arrival_and_drops_are_counted() {
+        assert_eq!(ReadMode::for_buffer(GRID_MIN_BUFFER), ReadMode::Grid);
+        assert_eq!(
+            ReadMode::for_buffer(GRID_MIN_BUFFER - 1),
+            ReadMode::GridWatched
+        );
+        let mux = UdpMux::bind_with("127.0.0.1:0".parse().unwrap(), Vec::new(), 64 << 10, None)
+            .await
+            .unwrap();
+        assert_eq!(mux.read_mode(), ReadMode::GridWatched);
+        // A burst of more than half the buffer between two reads.
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = mux.local_addr().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..60 {
+            sender.send_to(&[0x80; 1200], port).unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        while mux.read_mode() != ReadMode::OnArrival {
+            assert!(t0.elapsed() < Duration::from_secs(5), "still on the grid");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // And on arrival it still reads everything.
+        for _ in 0..40 {
+            sender.send_to(&[0x80; 1200], port).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = mux.counters();
+        let (received, dropped) = (
+            c.received.load(Ordering::Relaxed),
+            meminfo(&mux.socket).unwrap().drops,
+        );
+        assert_eq!(
+            received + dropped,
+            100,
+            "{received} read, {dropped} dropped"
+        );
+        assert!(received >= 40, "{received} read");
+
+        // A socket nobody reads, with the smallest buffer: a burst overflows it.
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        raw.set_recv_buffer_size(1).unwrap();
+        raw.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let quiet = std::net::UdpSocket::from(raw);
+        assert_eq!(meminfo(&quiet).unwrap().drops, 0);
+        for _ in 0..200 {
+            sender
+                .send_to(&[0u8; 1200], quiet.local_addr().unwrap())
+                .unwrap();
+        }
+        let m = meminfo(&quiet).unwrap();
+        assert!(m.drops > 100, "{} dropped of 200", m.drops);
+        assert!(m.queued > 0 && m.limit > 0, "{m:?}");
+    }
+
+    /// Drops are said at once, then at most once per window, each line with what is new.
+    #[test]
+    fn kernel_drops_are_said_once_per_window() {
+        let t0 = std::time::Instant::now();
+        let mut report = DropReport::new(Some(5));
+        assert_eq!(report.check(5, t0), None, "none since the port opened");
+        assert_eq!(report.check(8, t0), Some(3));
+        let w = crate::record::quiet::WINDOW;
+        assert_eq!(report.check(20, t0 + w / 2), None);
+        assert_eq!(report.check(21, t0 + w), Some(13));
+        assert_eq!(report.check(21, t0 + 3 * w), None, "nothing new");
     }
 }

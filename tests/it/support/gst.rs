@@ -114,6 +114,8 @@ pub struct GstPublisherConfig {
     pub netns: Option<String>,
     /// The one address ICE gathers on (`None`: 127.0.0.1).
     pub local_ip: Option<String>,
+    /// Keep libnice's ICE-TCP on (`--ice-tcp`), for a recorder reached only by TCP.
+    pub ice_tcp: bool,
 }
 
 impl GstPublisherConfig {
@@ -139,6 +141,7 @@ impl GstPublisherConfig {
             pattern: "noise".to_owned(),
             netns: None,
             local_ip: None,
+            ice_tcp: false,
         }
     }
 
@@ -170,6 +173,9 @@ impl GstPublisherConfig {
         ];
         if let Some(ip) = &self.local_ip {
             a.extend(["--local-ip".into(), ip.clone()]);
+        }
+        if self.ice_tcp {
+            a.push("--ice-tcp".into());
         }
         if let Some(r) = &self.room {
             a.extend(["--room".into(), r.clone()]);

@@ -77,6 +77,8 @@ struct Shared {
     stats: Mutex<[DirStats; 2]>,
     /// A forwarded port (see [`ImpairedNet::forward_udp`]).
     forward: Mutex<Option<Forward>>,
+    /// Every UDP packet dropped (see [`ImpairedNet::block_udp`]).
+    udp_blocked: AtomicBool,
 }
 
 /// A 1:1 NAT in front of the host side, for one UDP port: the namespace reaches
@@ -144,6 +146,7 @@ impl ImpairedNet {
             params: Mutex::new([up, down]),
             stats: Mutex::new([DirStats::default(); 2]),
             forward: Mutex::new(None),
+            udp_blocked: AtomicBool::new(false),
         });
         let sh = shared.clone();
         let seed = u64::from(pid) << 8 | u64::from(k);
@@ -183,6 +186,12 @@ impl ImpairedNet {
             host: self.host_ip,
             port,
         });
+    }
+
+    /// Drops every UDP packet both ways (`true`), as a guest network that lets only TCP out
+    /// does; counted as blocked.
+    pub fn block_udp(&self, on: bool) {
+        self.shared.udp_blocked.store(on, Ordering::Relaxed);
     }
 
     /// Packets seen so far: `[up, down]`.
@@ -381,7 +390,11 @@ fn bridge(mut peer: File, mut host: File, shared: Arc<Shared>, seed: u64) {
                 let arrived = Instant::now();
                 let p = shared.params.lock().unwrap()[dir];
                 let mut stats = shared.stats.lock().unwrap();
-                if p.down || queue.len() >= QUEUE_LIMIT {
+                let udp = len > 9 && buf[0] >> 4 == 4 && buf[9] == 17;
+                if p.down
+                    || queue.len() >= QUEUE_LIMIT
+                    || (udp && shared.udp_blocked.load(Ordering::Relaxed))
+                {
                     stats[dir].blocked += 1;
                     continue;
                 }
