@@ -471,7 +471,7 @@ async fn read_loop(
                     && let Some(m) = meminfo(&socket)
                     && m.queued * 2 > m.limit
                 {
-                    info!(
+                    warn!(
                         queued_kib = m.queued / 1024,
                         buffer_kib = m.limit / 1024,
                         "udp mux: 10 ms of datagrams filled half the port's receive buffer; \
