@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ninjarec::testkit::clip::Clip;
 use ninjarec::media::segment::SegmentPolicy;
 use ninjarec::media::stream::{StreamConfig, StreamMuxer};
-use ninjarec::testkit::ts_check::{CheckOptions, check};
 use ninjarec::media::{RtpPacket, TrackKind, VideoCodec};
+use ninjarec::testkit::clip::Clip;
+use ninjarec::testkit::ts_check::{CheckOptions, check};
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 
@@ -218,7 +218,11 @@ fuzz_target!(|data: &[u8]| {
         for end in m.take_ended() {
             file.extend_from_slice(&end.tail);
             assert!(end.patches.is_empty());
-            assert_eq!(end.span.bytes as usize, file.len(), "a file's span counts its bytes");
+            assert_eq!(
+                end.span.bytes as usize,
+                file.len(),
+                "a file's span counts its bytes"
+            );
             files.push(std::mem::take(&mut file));
         }
         let out = m.output();
@@ -265,7 +269,10 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         assert!(violations.is_empty(), "file {i}: {violations:#?}");
         if i > 0 {
-            assert!(r.video.first().is_some_and(|v| v.keyframe), "file {i} starts at a keyframe");
+            assert!(
+                r.video.first().is_some_and(|v| v.keyframe),
+                "file {i} starts at a keyframe"
+            );
         }
         video += r.video.len() as u64;
         audio += r.audio.len() as u64;

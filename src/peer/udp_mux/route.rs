@@ -83,6 +83,12 @@ impl Routes {
         self.by_slot.len()
     }
 
+    /// Addresses tied to connections: at most [`MAX_ADDRS_PER_SLOT`] per connection, however
+    /// many addresses send to the port.
+    pub fn addrs(&self) -> usize {
+        self.addrs.len()
+    }
+
     /// Registers a connection under its ufrag. A ufrag registered again (a rebind of the
     /// same connection) moves to the new slot.
     pub fn register(&mut self, slot: SlotId, ufrag: &[u8]) {
