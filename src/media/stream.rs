@@ -175,6 +175,9 @@ pub struct StreamStats {
     /// Milliseconds audio was moved later because it had fallen behind what the file had
     /// passed (the TS PCR): kept, with a hole, instead of refused.
     pub audio_advanced_ms: u64,
+    /// Milliseconds audio was set later at once when the Sender Reports first became
+    /// reliable after it had been placed without them (a hole in the audio, then in sync).
+    pub audio_settled_ms: u64,
     /// Sender Reports ignored because they put audio more than 5 s from its video (a
     /// broken or hostile sender); audio then keeps the placement it had.
     pub implausible_reports: u64,
@@ -704,6 +707,7 @@ impl StreamMuxer {
         s.av_offset_ms = self.av_sync().sr_correction_ms;
         s.implausible_reports = t.implausible_reports;
         s.audio_advanced_ms = t.audio_advanced_90k / 90;
+        s.audio_settled_ms = t.audio_settled_90k / 90;
         s
     }
 

@@ -138,7 +138,18 @@ pub struct TimelineStats {
     /// How far (90 kHz) audio was moved later because the file could no longer take it
     /// where it was placed (see [`Timeline::advance_audio`]).
     pub audio_advanced_90k: u64,
+    /// How far (90 kHz) audio was set later at once when the Sender Reports first became
+    /// reliable, after it had been placed without them (see [`SETTLE_MIN`]).
+    pub audio_settled_90k: u64,
 }
+
+/// A correction from the first reliable Sender Reports larger than this (later audio) is
+/// applied at once rather than slewed: slewing 250 ms takes 50 s at 5 ms/s, and seconds take
+/// minutes, with the file out of sync meanwhile. It happens when audio was placed before
+/// the reports were known (a first keyframe seconds after the first audio, e.g. a slow
+/// ICE-TCP start) and leaves one hole in the audio. Earlier audio is never set at once (it
+/// would land behind audio already written); it keeps the slew.
+pub const SETTLE_MIN: Duration = Duration::from_millis(250);
 
 /// One track's mapping from unwrapped RTP timestamps to wallclock ticks.
 #[derive(Debug)]
@@ -280,6 +291,8 @@ pub struct Timeline<A> {
     last_audio_ext: Option<i64>,
     /// Correction added to the audio mapping (ticks).
     applied: i64,
+    /// Audio has been placed with reliable reports (at first, or by one settle step).
+    settled: bool,
     /// The newest PTS handed out and the arrival (ticks) of its unit: the basis of `now_pts`.
     newest: Option<(u64, i64)>,
     held: VecDeque<(i64, A)>,
@@ -301,6 +314,7 @@ impl<A> Timeline<A> {
             last_audio_pts: None,
             last_audio_ext: None,
             applied: 0,
+            settled: false,
             newest: None,
             held: VecDeque::new(),
             ready: VecDeque::new(),
@@ -415,6 +429,7 @@ impl<A> Timeline<A> {
             );
             self.release_held();
         } else if !self.video_started
+            && self.sender_reports_sufficient()
             && let Some(target) = self.sr_target()
         {
             // Video joins a file that started with audio alone (no keyframe within
@@ -678,8 +693,28 @@ impl<A> Timeline<A> {
 
     fn emit_audio(&mut self, ext: i64, payload: A, arrival: i64) {
         if let Some(target) = self.sr_target() {
+            let reliable = self.sender_reports_sufficient();
             match self.last_audio_ext {
-                None => self.applied = target,
+                None => {
+                    self.applied = target;
+                    self.settled = reliable;
+                }
+                Some(_) if reliable && !self.settled => {
+                    // See SETTLE_MIN.
+                    self.settled = true;
+                    let step = target - self.applied;
+                    let min = SETTLE_MIN.as_millis() as i64 * TICKS_PER_SEC / 1000;
+                    if step > min {
+                        tracing::debug!(
+                            step_ms = step * 1000 / TICKS_PER_SEC,
+                            "audio set later at once: the reports became reliable after it was placed"
+                        );
+                        self.applied = target;
+                        let step_90k = (step / TICKS_PER_PTS).max(0) as u64;
+                        self.stats.audio_settled_90k =
+                            self.stats.audio_settled_90k.saturating_add(step_90k);
+                    }
+                }
                 Some(last) => {
                     let budget =
                         ((ext - last).max(0) * self.audio.mult * self.cfg.max_slew_ppm) / 1_000_000;
@@ -1038,6 +1073,41 @@ mod tests {
             "{}",
             after.len()
         );
+    }
+
+    /// The ICE-TCP start of a real GStreamer publisher: the first keyframe arrives 2.2 s
+    /// after its audio and the reports become reliable only later, after audio was placed by
+    /// arrival 2.1 s early. Slewed at 5 ms/s it would stay out of sync for minutes (1.6 s off
+    /// in the recorded runs, flash/beep pairs unpaired); it is set later at once instead,
+    /// leaving one hole, and is in sync from there on.
+    #[test]
+    fn reports_that_become_reliable_after_a_late_keyframe_set_audio_at_once() {
+        let sim = Sim {
+            delay_v: 2.2,
+            sr_from: Some(6.0),
+            seconds: 20.0,
+            ..Sim::base()
+        };
+        let out = sim.run(TimelineConfig::new(true, true));
+        let tl = out.tl.as_ref().unwrap();
+        let settled = tl.stats().audio_settled_90k;
+        assert!(
+            (170_000..=200_000).contains(&settled),
+            "set {settled} ticks later"
+        );
+        let errors = sync_errors(&out, 10.0);
+        assert!(errors.iter().all(|e| e.abs() <= 1800), "{errors:?}");
+        // One step, forward; audio PTS never go back.
+        assert!(out.audio.windows(2).all(|w| w[1].1 > w[0].1));
+        let steps = out
+            .audio
+            .windows(2)
+            .filter(|w| {
+                let d = w[1].1 as i64 - w[0].1 as i64 - (w[1].0 - w[0].0) as i64 * 1800;
+                d.abs() > 9_000
+            })
+            .count();
+        assert_eq!(steps, 1);
     }
 
     /// Reports that would move audio hours (or just 6 s) from its video are ignored: audio

@@ -161,6 +161,13 @@ impl std::fmt::Display for StreamSummary {
                 c.audio_advanced_ms
             )?;
         }
+        if c.audio_settled_ms > 0 {
+            write!(
+                f,
+                ", audio set {} ms later once the Sender Reports agreed",
+                c.audio_settled_ms
+            )?;
+        }
         if c.units_refused > 0 {
             write!(f, ", {} units refused by the writer", c.units_refused)?;
         }
