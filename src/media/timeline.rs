@@ -429,7 +429,6 @@ impl<A> Timeline<A> {
             );
             self.release_held();
         } else if !self.video_started
-            && self.sender_reports_sufficient()
             && let Some(target) = self.sr_target()
         {
             // Video joins a file that started with audio alone (no keyframe within
