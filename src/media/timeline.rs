@@ -13,7 +13,10 @@
 //!   corrected so both tracks agree with the sender's wallclock. Video is the reference and is
 //!   never moved; audio is corrected at once if it has not been written yet, otherwise slewed
 //!   by at most [`TimelineConfig::max_slew_ppm`] (5 ms per second by default), so there are no
-//!   jumps.
+//!   jumps; except once: audio written before the reports were reliable (a first keyframe
+//!   seconds after the first audio) is set later at once to their placement when they become
+//!   reliable, if that is more than [`SETTLE_MIN`] away, leaving one hole instead of minutes
+//!   out of sync.
 //! * File time zero (T0) is the first keyframe, or the oldest audio held while it was awaited
 //!   (at most [`TimelineConfig::audio_hold`] before it): it gets PTS
 //!   [`TimelineConfig::origin_pts_90k`] (1 s, so the PCR, which lags the PTS, stays positive).
