@@ -225,6 +225,16 @@ pub(crate) fn media_setup() -> Result<(MediaEngine, Registry), webrtc::error::Er
     Ok((me, registry))
 }
 
+/// The ICE username fragment of an offer (its first `a=ice-ufrag:` line). It tells a new
+/// peer connection of a publisher from the same one offered again: Raspberry Ninja and
+/// GStreamer publishers send every offer with a null session, so the session alone cannot.
+pub fn offer_ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+}
+
 /// The first mid of the first `a=group:BUNDLE` line of an SDP, used as `sdpMid` on our
 /// candidates (`"0"` for the web app, `"video0"` for Raspberry Ninja). `None` without BUNDLE.
 pub fn first_bundle_mid(sdp: &str) -> Option<String> {
@@ -425,6 +435,14 @@ m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\na=bundle-only\r\n";
         assert_eq!(first_bundle_mid(sdp).as_deref(), Some("video0"));
         assert_eq!(first_bundle_mid("v=0\r\na=group:BUNDLE\r\n"), None);
         assert_eq!(first_bundle_mid("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn an_offers_ice_ufrag_is_read() {
+        let sdp = "v=0\r\nm=video 9\r\na=ice-ufrag:Ab+1\r\na=ice-pwd:x\r\nm=audio 9\r\na=ice-ufrag:Ab+1\r\n";
+        assert_eq!(offer_ice_ufrag(sdp), Some("Ab+1"));
+        assert_eq!(offer_ice_ufrag("v=0\r\na=ice-ufrag:\r\n"), None);
+        assert_eq!(offer_ice_ufrag("v=0\r\n"), None);
     }
 
     #[test]

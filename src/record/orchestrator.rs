@@ -144,6 +144,9 @@ struct Entry {
     generation: u64,
     stream_id: String,
     session: Option<Value>,
+    /// The ICE ufrag of the offer being recorded: with the session, what tells a repeated
+    /// offer from a new peer connection of the publisher.
+    ufrag: Option<String>,
     commands: mpsc::Sender<StreamCommand>,
     live: watch::Receiver<LiveStats>,
     stopping: bool,
@@ -279,8 +282,13 @@ pub async fn run(
                 match ev {
                     SignalingEvent::Offer { peer, stream_id, session, sdp, encrypted } => {
                         let mut replaced = false;
+                        let ufrag = crate::peer::offer_ice_ufrag(&sdp).map(str::to_owned);
                         if let Some(e) = entries.get_mut(&peer) {
-                            if e.session == session && !e.stopping {
+                            // A publisher that replaced its peer connection (it was asked
+                            // again) offers a new ufrag under the same, often null, session:
+                            // ignoring that offer left its new peer unanswered and ours
+                            // talking to a closed one (one datagram, then 20 s of silence).
+                            if e.session == session && e.ufrag == ufrag && !e.stopping {
                                 debug!(%stream_id, "repeated offer for a running session ignored");
                                 continue;
                             }
@@ -333,7 +341,7 @@ pub async fn run(
                         let (commands, live) = stream::spawn(settings.clone(), identity, sdp, report_tx.clone(), wait_for_disk);
                         let now = Instant::now();
                         entries.insert(peer, Entry {
-                            generation, stream_id, session, commands, live, stopping: false,
+                            generation, stream_id, session, ufrag, commands, live, stopping: false,
                             started: now, last_bytes: (0, now), bitrate_bps: 0.0,
                         });
                     }
