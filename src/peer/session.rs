@@ -451,15 +451,6 @@ async fn build_pc(
     Ok(Arc::new(pc))
 }
 
-/// True for a `tcptype passive` TCP candidate (one we would have to connect out to).
-fn is_passive_tcp(candidate: &str) -> bool {
-    let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
-    fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
-        && fields
-            .windows(2)
-            .any(|w| w[0] == "tcptype" && w[1] == "passive")
-}
-
 /// A random ICE username fragment (16 characters, it routes the shared port's datagrams)
 /// and password (24, RFC 8445 asks 22 or more).
 fn ice_credentials() -> (String, String) {
@@ -649,7 +640,7 @@ impl Session {
     }
 
     async fn remote_candidate(&mut self, c: IceCandidate) {
-        if self.config.tcp_mux.is_some() && is_passive_tcp(&c.candidate) {
+        if self.config.tcp_mux.is_some() && super::udp_mux::announce::is_passive_tcp(&c.candidate) {
             // webrtc-rs would connect out to it; behind the shared TCP port we only listen
             // (the publisher connects to ours).
             debug!(candidate = %c.candidate, "passive TCP candidate of the publisher not used");

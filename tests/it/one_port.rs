@@ -58,6 +58,19 @@ fn udp_sockets_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// GStreamer publishers (Raspberry Ninja's pipeline, 640x360 at 800 kb/s: a debug build
+/// records several in real time) of `streams` in `room`, inside `net`'s namespace.
+fn gst_in(net: &ImpairedNet, url: &str, room: &str, streams: &[&str]) -> GstPublisherConfig {
+    let mut cfg = GstPublisherConfig::new(url, streams);
+    cfg.room = Some(room.into());
+    cfg.width = 640;
+    cfg.height = 360;
+    cfg.bitrate_kbps = 800;
+    cfg.netns = Some(net.ns.clone());
+    cfg.local_ip = Some(net.peer_ip.to_string());
+    cfg
+}
+
 /// Four webrtc-rs publishers on this machine and two GStreamer publishers (Raspberry Ninja's
 /// pipeline) in a namespace behind a NAT that forwards only the recorder's port: all six are
 /// recorded, and the recorder has exactly one UDP socket, the `--udp-port` one.
@@ -89,14 +102,7 @@ async fn every_publisher_through_one_udp_port_and_a_forwarded_one() {
     let local: Vec<Publisher> = (0..4)
         .map(|k| Publisher::start(source_config(&server.url, &format!("local{k}"), Some(room))))
         .collect();
-    let mut cfg = GstPublisherConfig::new(&server.url, &["natted0", "natted1"]);
-    cfg.room = Some(room.into());
-    cfg.width = 640;
-    cfg.height = 360;
-    cfg.bitrate_kbps = 800;
-    cfg.netns = Some(net.ns.clone());
-    cfg.local_ip = Some(net.peer_ip.to_string());
-    let gst = GstPublisher::start(&cfg);
+    let gst = GstPublisher::start(&gst_in(&net, &server.url, room, &["natted0", "natted1"]));
 
     wait_for_files(&dir, 6).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -268,13 +274,7 @@ async fn gstreamer_through_the_tcp_port_when_no_udp_passes() {
     let server = TestServer::start_with(ServerConfig::new(net.host_addr())).await;
     let room = "tcpport";
     let recorder = InProcess::start(&tcp_only_args(&server.url, &dir, room, net.host_ip));
-    let mut cfg = GstPublisherConfig::new(&server.url, &["tcpgst"]);
-    cfg.room = Some(room.into());
-    cfg.width = 640;
-    cfg.height = 360;
-    cfg.bitrate_kbps = 800;
-    cfg.netns = Some(net.ns.clone());
-    cfg.local_ip = Some(net.peer_ip.to_string());
+    let mut cfg = gst_in(&net, &server.url, room, &["tcpgst"]);
     cfg.ice_tcp = true;
     // Flash+beep pairs. When the first keyframe comes seconds after the first audio (2 of 3
     // runs over TCP here), audio is placed before the Sender Reports are reliable; once they

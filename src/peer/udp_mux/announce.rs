@@ -21,6 +21,16 @@ pub struct Announce<'a> {
     pub tcp: &'a [SocketAddr],
 }
 
+/// True for a `tcptype passive` TCP candidate: one a peer listens on (ours told at the TCP
+/// port; a publisher's one we would have to connect out to).
+pub fn is_passive_tcp(candidate: &str) -> bool {
+    let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
+    fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+        && fields
+            .windows(2)
+            .any(|w| w[0] == "tcptype" && w[1] == "passive")
+}
+
 /// `candidate:...` (a trickled candidate or an SDP `a=candidate:` value without `a=`)
 /// rewritten to the announced addresses; empty when it is neither a UDP host candidate nor
 /// (with a TCP port) a passive TCP host candidate.
@@ -36,11 +46,7 @@ pub fn rewrite_candidate(candidate: &str, announce: Announce<'_>) -> Vec<String>
     }
     let to = if fields[2].eq_ignore_ascii_case("udp") {
         announce.udp
-    } else if fields[2].eq_ignore_ascii_case("tcp")
-        && fields[8..]
-            .windows(2)
-            .any(|w| w[0] == "tcptype" && w[1] == "passive")
-    {
+    } else if is_passive_tcp(candidate) {
         announce.tcp
     } else {
         return Vec::new();
