@@ -547,6 +547,13 @@ impl<A> Timeline<A> {
             track.srs.pop_front();
         }
         track.srs.push_back((ntp, rtp));
+        tracing::trace!(
+            ?kind,
+            ntp_s = ntp_ticks(ntp) as f64 / TICKS_PER_SEC as f64,
+            rtp,
+            sufficient = self.sender_reports_sufficient(),
+            "sender report"
+        );
         if let Some(target) = self.sr_target_unchecked()
             && target.unsigned_abs() > SR_MAX_CORRECTION.unsigned_abs()
         {
@@ -586,13 +593,7 @@ impl<A> Timeline<A> {
         if v.is_empty() || a.is_empty() {
             return false;
         }
-        let pairs = v
-            .iter()
-            .filter(|&&(nv, _)| {
-                a.iter()
-                    .any(|&(na, _)| (ntp_ticks(nv) - ntp_ticks(na)).abs() <= SR_PAIR_TICKS)
-            })
-            .count();
+        let pairs = self.report_pairs();
         let raw_drift = |srs: &VecDeque<(u64, u32)>, mult: i64| {
             let (&(n1, r1), &(n2, r2)) = (srs.front()?, srs.back()?);
             let dt = ntp_ticks(n2) - ntp_ticks(n1);
@@ -611,6 +612,20 @@ impl<A> Timeline<A> {
             1 => sane_track,
             _ => true,
         }
+    }
+
+    /// How many of the kept video Sender Reports have an audio report of (nearly) the same
+    /// instant: the one relation a sender whose reports drift (GStreamer 1.22) gets right.
+    /// One such pair is a usable first estimate; [`Self::sender_reports_sufficient`] says
+    /// when the estimate can be trusted.
+    pub fn report_pairs(&self) -> usize {
+        let (v, a) = (&self.video.srs, &self.audio.srs);
+        v.iter()
+            .filter(|&&(nv, _)| {
+                a.iter()
+                    .any(|&(na, _)| (ntp_ticks(nv) - ntp_ticks(na)).abs() <= SR_PAIR_TICKS)
+            })
+            .count()
     }
 
     /// The PTS the file is at, `now`: the newest PTS handed out, advanced by the time since its
