@@ -796,7 +796,15 @@ impl StreamMuxer {
             for o in outputs.drain(..) {
                 match o {
                     VideoOutput::Frame(frame) => {
-                        self.keyframe_since_request |= frame.keyframe;
+                        if frame.keyframe && !self.keyframe_since_request {
+                            self.keyframe_since_request = true;
+                            if let Some(t) = self.last_keyframe_request {
+                                tracing::debug!(
+                                    after_ms = now.saturating_duration_since(t).as_millis() as u64,
+                                    "keyframe since the last request"
+                                );
+                            }
+                        }
                         if frame.keyframe && self.dropped_before_start.is_none() {
                             // The file can start here: what was dropped until now (a drop in
                             // the same packet's processing precedes the keyframe it made way
