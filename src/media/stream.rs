@@ -11,8 +11,9 @@
 //! delivers them in:
 //!
 //! * **Sync hold.** Until the tracks' RTCP Sender Reports say how they relate (see
-//!   [`Timeline::sender_reports_sufficient`]) or [`StreamConfig::sync_wait`] has passed,
-//!   depacketized units are held, not timed. The
+//!   [`Timeline::sender_reports_sufficient`]) or the wait has passed
+//!   ([`StreamConfig::sync_wait`], longer while not even an estimate came:
+//!   [`StreamConfig::sync_wait_max`]), depacketized units are held, not timed. The
 //!   timeline then places audio with the sender's own A/V relation at once, instead of placing
 //!   it by arrival and slewing it into place over a minute.
 //! * **Interleaving.** Timed units of both tracks are written in PTS order: a unit waits (at
@@ -81,11 +82,15 @@ pub struct StreamConfig {
     pub depacketizer: DepacketizerLimits,
     /// Which file format to write (`--container`).
     pub container: ContainerChoice,
-    /// Shortest time between two keyframe requests: a PLI storm helps no one, but on a
-    /// lossy path every second waited is a second of video lost (500 ms: a hole of 1.03 s
-    /// was measured with 1 s at 2 % loss and 100 ms round trip).
+    /// Shortest time between two keyframe requests while the last one is unanswered: a PLI
+    /// storm helps no one, but on a lossy path every second waited is a second of video
+    /// lost (500 ms: a hole of 1.03 s was measured with 1 s at 2 % loss and 100 ms round
+    /// trip). Once a keyframe came after the last request, [`Self::first_keyframe_retry`]
+    /// is the limit.
     pub keyframe_request_interval: Duration,
-    /// While no keyframe has been written, ask again this often (a PLI can be lost).
+    /// While video waits for a keyframe, the longest wait before asking again (a PLI can be
+    /// lost); shorter for a publisher that answered faster (see
+    /// `StreamMuxer::keyframe_retry`).
     pub keyframe_retry: Duration,
     /// Once delta frames came but no keyframe yet, ask this often instead (both limits above): the
     /// publisher's own first keyframe went out before the connection was up (measured with
@@ -105,7 +110,8 @@ pub struct StreamConfig {
     /// correction left a 1.2 s hole in the audio. Without any reports by then the tracks are
     /// placed by arrival.
     pub sync_wait_max: Duration,
-    /// Most bytes of media held during [`Self::sync_wait`]; past it the file starts at once.
+    /// Most bytes of media held during the sync hold ([`Self::sync_wait`],
+    /// [`Self::sync_wait_max`]); past it the file starts at once.
     pub max_sync_hold_bytes: usize,
     /// Longest a unit waits for the other track before it is written anyway (a track that
     /// stalls or stops must not stop the other).
@@ -255,6 +261,9 @@ pub struct StreamMuxer {
     /// How long the publisher took to answer the last request it answered (after its
     /// first keyframe): how long an unanswered request is worth waiting for.
     keyframe_answer: Option<Duration>,
+    /// When the first request not yet answered by a keyframe was made: answers are timed
+    /// from it, so a retry sent meanwhile does not make the publisher look faster.
+    unanswered_since: Option<Instant>,
     /// A video frame was refused after the depacketizer handed it on: later frames reference
     /// it, so nothing but a keyframe may be written until one is.
     video_broken: bool,
@@ -327,6 +336,7 @@ impl StreamMuxer {
             last_keyframe_request: None,
             keyframe_since_request: false,
             keyframe_answer: None,
+            unanswered_since: None,
             video_broken: false,
             last_now: None,
             audio_lost_at_finish: 0,
@@ -495,6 +505,19 @@ impl StreamMuxer {
         }
     }
 
+    /// The rate limit on the next request: shorter once the last one was answered (a
+    /// keyframe came since), so a loss just after the keyframe that answered a request
+    /// does not wait out the whole limit, while requests still never follow each other
+    /// faster than [`StreamConfig::first_keyframe_retry`].
+    fn current_request_interval(&self) -> Duration {
+        let limit = self.keyframe_request_interval();
+        if self.keyframe_since_request {
+            limit.min(self.config.first_keyframe_retry)
+        } else {
+            limit
+        }
+    }
+
     /// How often to ask again while video waits for a keyframe now: twice as long as the
     /// publisher took to answer last time, from the rate limit to
     /// [`StreamConfig::keyframe_retry`]. GStreamer answered in 0.1-0.3 s behind 100 ms of
@@ -528,10 +551,8 @@ impl StreamMuxer {
         let holes = [self.video_in.next_deadline(), self.audio_in.next_deadline()];
         let keyframe = if self.want_keyframe {
             match self.last_keyframe_request {
-                Some(t) if !self.keyframe_since_request => {
-                    Some(t + self.keyframe_request_interval())
-                }
-                _ => self.last_now,
+                Some(t) => Some(t + self.current_request_interval()),
+                None => self.last_now,
             }
         } else if self.waiting_for_keyframe() {
             self.last_keyframe_request
@@ -579,16 +600,16 @@ impl StreamMuxer {
         if !self.want_keyframe && !for_cut {
             return false;
         }
-        let interval = self.keyframe_request_interval();
-        if !self.keyframe_since_request
-            && self
-                .last_keyframe_request
-                .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        let interval = self.current_request_interval();
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
         {
             return false;
         }
         self.want_keyframe = false;
         self.keyframe_since_request = false;
+        self.unanswered_since.get_or_insert(now);
         if for_cut {
             self.cut_keyframe_asked = Some(now);
         }
@@ -808,13 +829,18 @@ impl StreamMuxer {
             for o in outputs.drain(..) {
                 match o {
                     VideoOutput::Frame(frame) => {
-                        if frame.keyframe && !self.keyframe_since_request {
+                        // A keyframe that arrived after the last request answers it (one that
+                        // arrived before but was released later, behind a hole, does not).
+                        let answers = self
+                            .last_keyframe_request
+                            .is_none_or(|t| frame.arrival >= t);
+                        if frame.keyframe && !self.keyframe_since_request && answers {
                             self.keyframe_since_request = true;
-                            if let Some(t) = self.last_keyframe_request {
-                                let answer = now.saturating_duration_since(t);
+                            if let Some(t) = self.unanswered_since.take() {
+                                let answer = frame.arrival.saturating_duration_since(t);
                                 tracing::debug!(
                                     after_ms = answer.as_millis() as u64,
-                                    "keyframe since the last request"
+                                    "keyframe since the first unanswered request"
                                 );
                                 // The first keyframe answers the request made on joining,
                                 // before any media: that wait says nothing of the publisher.
@@ -1479,6 +1505,32 @@ mod tests {
         assert!(!m.waiting_for_keyframe());
         assert!(!m.take_keyframe_request(later));
         assert_eq!(m.next_deadline(), None);
+
+        // The same with the keyframe at 350 ms lost too: video already waits for a keyframe,
+        // so the loss of frame 45 asks nothing new, and with no keyframe since the request at
+        // 520 ms (and no answer measured yet) it is asked again after `keyframe_retry`.
+        let mut m = StreamMuxer::new(one_second_limit(), Some(VideoCodec::H264), false).unwrap();
+        assert!(m.take_keyframe_request(t0));
+        let mut packets = sent
+            .iter()
+            .filter(|s| {
+                s.kind == TrackKind::Video
+                    && (30..90).contains(&s.unit)
+                    && ![31, 45, 60].contains(&s.unit)
+            })
+            .peekable();
+        let mut grants = Vec::new();
+        for tick in 0..300 {
+            let now = t0 + Duration::from_millis(tick * 10);
+            while let Some(s) = packets.next_if(|s| 100 + (s.ms - 1000) / 4 <= tick * 10) {
+                m.push_rtp(s.kind, s.packet.clone(), now);
+            }
+            m.poll(now);
+            if m.take_keyframe_request(now) {
+                grants.push(tick * 10);
+            }
+        }
+        assert_eq!(grants, vec![520, 2520], "{:?}", m.stats());
     }
 
     /// A request that gets no answer is asked again after twice the time the publisher took
