@@ -255,14 +255,12 @@ pub struct StreamMuxer {
     /// those were skipped waiting for the file to start, not lost.
     dropped_before_start: Option<u64>,
     last_keyframe_request: Option<Instant>,
-    /// A keyframe came since the last request: that request was answered, so the next one
-    /// need not wait out the rate limit.
-    keyframe_since_request: bool,
     /// How long the publisher took to answer the last request it answered (after its
     /// first keyframe): how long an unanswered request is worth waiting for.
     keyframe_answer: Option<Duration>,
-    /// When the first request not yet answered by a keyframe was made: answers are timed
-    /// from it, so a retry sent meanwhile does not make the publisher look faster.
+    /// When the first request not yet answered by a keyframe was made (`None`: every
+    /// request was answered, so the next need not wait out the whole rate limit). Answers
+    /// are timed from it, so a retry sent meanwhile does not make the publisher look faster.
     unanswered_since: Option<Instant>,
     /// A video frame was refused after the depacketizer handed it on: later frames reference
     /// it, so nothing but a keyframe may be written until one is.
@@ -334,7 +332,6 @@ impl StreamMuxer {
             want_keyframe: has_video,
             dropped_before_start: None,
             last_keyframe_request: None,
-            keyframe_since_request: false,
             keyframe_answer: None,
             unanswered_since: None,
             video_broken: false,
@@ -511,7 +508,7 @@ impl StreamMuxer {
     /// faster than [`StreamConfig::first_keyframe_retry`].
     fn current_request_interval(&self) -> Duration {
         let limit = self.keyframe_request_interval();
-        if self.keyframe_since_request {
+        if self.unanswered_since.is_none() {
             limit.min(self.config.first_keyframe_retry)
         } else {
             limit
@@ -585,11 +582,11 @@ impl StreamMuxer {
     }
 
     /// True (once) when a keyframe should be requested from the publisher now; rate-limited
-    /// to one per [`StreamConfig::keyframe_request_interval`] unless a keyframe came since
-    /// the last request (it was answered: asking again cannot ask a publisher faster than it
-    /// sends keyframes, and a loss just after the keyframe that answered the request made
-    /// on joining no longer waits out the limit: 150-500 ms more of a hole). A request
-    /// refused by the rate limit stays pending and is granted by a later call.
+    /// to one per [`StreamConfig::keyframe_request_interval`], or per
+    /// [`StreamConfig::first_keyframe_retry`] once a keyframe answered the last request (a
+    /// loss just after the keyframe that answered the request made on joining no longer
+    /// waits out the whole limit: 150-500 ms more of a hole). A request refused by the rate
+    /// limit stays pending and is granted by a later call.
     pub fn take_keyframe_request(&mut self, now: Instant) -> bool {
         self.saw(now);
         if !self.waiting_for_keyframe() {
@@ -608,7 +605,6 @@ impl StreamMuxer {
             return false;
         }
         self.want_keyframe = false;
-        self.keyframe_since_request = false;
         self.unanswered_since.get_or_insert(now);
         if for_cut {
             self.cut_keyframe_asked = Some(now);
@@ -829,24 +825,22 @@ impl StreamMuxer {
             for o in outputs.drain(..) {
                 match o {
                     VideoOutput::Frame(frame) => {
-                        // A keyframe that arrived after the last request answers it (one that
-                        // arrived before but was released later, behind a hole, does not).
-                        let answers = self
-                            .last_keyframe_request
-                            .is_none_or(|t| frame.arrival >= t);
-                        if frame.keyframe && !self.keyframe_since_request && answers {
-                            self.keyframe_since_request = true;
-                            if let Some(t) = self.unanswered_since.take() {
-                                let answer = frame.arrival.saturating_duration_since(t);
-                                tracing::debug!(
-                                    after_ms = answer.as_millis() as u64,
-                                    "keyframe since the first unanswered request"
-                                );
-                                // The first keyframe answers the request made on joining,
-                                // before any media: that wait says nothing of the publisher.
-                                if video.stats().keyframes_out > 1 {
-                                    self.keyframe_answer = Some(answer);
-                                }
+                        // A keyframe that arrived after the unanswered request answers it (one
+                        // that arrived before but was released later, behind a hole, does not).
+                        if frame.keyframe
+                            && let Some(t) = self.unanswered_since
+                            && frame.arrival >= t
+                        {
+                            self.unanswered_since = None;
+                            let answer = frame.arrival.saturating_duration_since(t);
+                            tracing::debug!(
+                                after_ms = answer.as_millis() as u64,
+                                "keyframe since the first unanswered request"
+                            );
+                            // The first keyframe answers the request made on joining, before
+                            // any media: that wait says nothing of the publisher.
+                            if video.stats().keyframes_out > 1 {
+                                self.keyframe_answer = Some(answer);
                             }
                         }
                         if frame.keyframe && self.dropped_before_start.is_none() {
