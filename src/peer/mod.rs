@@ -20,12 +20,15 @@ pub mod udp_mux;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
     MediaEngine,
 };
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind, TYPE_RTCP_FB_NACK,
+};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionState, register_default_interceptors,
@@ -164,12 +167,26 @@ pub const OTHER_VIDEO_CODECS: [(&str, &str, u8); 3] = [
     (MIME_TYPE_AV1, "", 41),
 ];
 
-/// Builds the media engine and interceptor chain shared by both sides: H.264 (pm=1, several
-/// profiles), VP8, VP9 and AV1, each with RTX, + Opus, default interceptors (NACK, RTCP
-/// reports, TWCC) and the Sender-Report tap that lets SRs reach the application. Which video
-/// codec a publisher sends follows its offer's order, which the viewer request's
-/// `preferVideoCodec` (`--codec`) asks the web app to set.
-pub(crate) fn media_setup() -> Result<(MediaEngine, Registry), webrtc::error::Error> {
+/// Which way media flows on a connection: it decides which interceptors see its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MediaDirection {
+    /// The recorder: it only receives. Every interceptor in the chain handles every packet
+    /// that arrives, so the ones that act only on media we send (the NACK responder's
+    /// retransmission buffer, the Sender Report generator) are left out (issue 11).
+    Receive,
+    /// The test publisher: it sends media, so it keeps webrtc-rs's default chain.
+    Send,
+}
+
+/// Builds the media engine and interceptor chain: H.264 (pm=1, several profiles), VP8, VP9
+/// and AV1, each with RTX, + Opus; for a receiver the NACK generator, receiver reports and
+/// TWCC feedback (what a publisher's retransmissions and congestion control need from us),
+/// for a sender webrtc-rs's defaults; and the Sender-Report tap that lets SRs reach the
+/// application. Which video codec a publisher sends follows its offer's order, which the
+/// viewer request's `preferVideoCodec` (`--codec`) asks the web app to set.
+pub(crate) fn media_setup(
+    direction: MediaDirection,
+) -> Result<(MediaEngine, Registry), webrtc::error::Error> {
     let mut me = MediaEngine::default();
     let h264 = H264_PROFILES.map(|(plid, pt)| {
         (
@@ -220,9 +237,32 @@ pub(crate) fn media_setup() -> Result<(MediaEngine, Registry), webrtc::error::Er
         },
         RtpCodecKind::Audio,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let registry = match direction {
+        MediaDirection::Send => register_default_interceptors(Registry::new(), &mut me)?,
+        MediaDirection::Receive => receive_interceptors(&mut me)?,
+    };
     let registry = registry.with(Slot::from(14_000), sr_tap::SrTap::default());
     Ok((me, registry))
+}
+
+/// webrtc-rs's default chain without what only a sender uses: the same feedback is
+/// negotiated (`nack`, `nack pli`, `transport-cc`, the simulcast header extensions), and the
+/// NACK generator, receiver reports and TWCC feedback run as in the default chain.
+fn receive_interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error::Error> {
+    for parameter in ["", "pli"] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_NACK.to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    interceptor_registry::configure_simulcast_extension_headers(me)?;
+    let registry = Registry::new()
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    interceptor_registry::configure_twcc_receiver_only(registry, me)
 }
 
 /// The ICE username fragment of an offer (its first `a=ice-ufrag:` line). It tells a new

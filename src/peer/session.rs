@@ -403,7 +403,7 @@ async fn build_pc(
     config: &SessionConfig,
     handler: Arc<super::Forwarder>,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
-    let (media_engine, registry) = media_setup()?;
+    let (media_engine, registry) = media_setup(super::MediaDirection::Receive)?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
     let mut builder = PeerConnectionBuilder::new();
