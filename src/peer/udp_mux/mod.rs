@@ -19,8 +19,8 @@
 //! the others. A connection's socket, when dropped, unregisters it.
 //!
 //! The port is read on the grid of [`super::grid`], not as datagrams arrive, and the
-//! connections' timers end on it: one wake of the runtime every 10 ms handles every
-//! connection's datagrams and timers. That needs a receive buffer that holds 10 ms of
+//! connections' timers end on it: one wake of the runtime every 20 ms handles every
+//! connection's datagrams and timers. That needs a receive buffer that holds 20 ms of
 //! arrivals and their bursts ([`GRID_MIN_BUFFER`]); the kernel caps the one asked for at
 //! `net.core.rmem_max` unless the process may force it, and with less the port is read as
 //! datagrams arrive instead ([`ReadMode`]). Either way the kernel's own drop count for the
@@ -52,7 +52,7 @@ use route::{Routes, SlotId};
 /// Datagrams queued per connection before new ones are dropped (~0.5 s of a 2 Mb/s stream).
 const QUEUE: usize = 256;
 /// Receive buffer asked of the kernel (it caps it at `net.core.rmem_max` unless forced): at
-/// 32 publishers of ~280 packets/s, 10 ms are ~90 datagrams, ~200 KiB of kernel memory;
+/// 32 publishers of ~280 packets/s, 20 ms are ~180 datagrams, ~400 KiB of kernel memory;
 /// 4 MiB leaves room for keyframe bursts and a stalled runtime.
 const RECV_BUFFER: usize = 4 << 20;
 /// Most datagrams read in one tick (~0.9 s of 32 publishers): the rest waits a tick.
@@ -153,8 +153,10 @@ impl UdpMux {
             read = ?mode,
             "media for every publisher on one UDP port"
         );
+        let reader = BatchReader::new(&socket);
         tokio::spawn(read_loop(
             socket.clone(),
+            reader,
             mode,
             control_rx,
             counters.clone(),
@@ -213,14 +215,14 @@ impl UdpMux {
 /// How the shared port is read, chosen from the receive buffer the kernel granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
-    /// Every 10 ms on the grid: never a wake-up per datagram; the buffer holds 10 ms of
+    /// Every 20 ms on the grid: never a wake-up per datagram; the buffer holds 20 ms of
     /// arrivals and any unpaced keyframe burst in them.
     Grid,
     /// On the grid while the buffer, too small to be sure of, is found less than half full
     /// at each read; past that (or at the first drop) on arrival from then on.
     GridWatched,
     /// As datagrams arrive (the runtime's epoll): a wake-up per burst, nearly twice the CPU
-    /// of grid reads (2.1 → 4.0 % of a core for one 8 Mb/s publisher), nothing waits 10 ms.
+    /// of grid reads (2.1 → 4.0 % of a core for one 8 Mb/s publisher), nothing waits 20 ms.
     OnArrival,
 }
 
@@ -237,7 +239,7 @@ impl ReadMode {
 }
 
 /// The receive buffer (as the kernel reports it) that grid reads need: 4 MiB of accounted
-/// memory is ~1800 full-size datagrams, ten times 10 ms of 32 publishers with room for a
+/// memory is ~1800 full-size datagrams, five times 20 ms of 32 publishers with room for a
 /// 1080p keyframe sent unpaced. A stock `net.core.rmem_max` (208 KiB) grants 416 KiB: with
 /// one 1080p 8 Mb/s publisher a 10 ms read of the shared port found it 80 % full, and
 /// per-connection sockets read the same way overflowed (365 drops in 40 s).
@@ -332,7 +334,10 @@ fn watch_arrivals(
         Ok(fd) => Some(fd),
         Err(e) => {
             let e = e.into_parts().1;
-            warn!("udp mux: cannot watch the shared port ({e}), reading it every 10 ms");
+            warn!(
+                "udp mux: cannot watch the shared port ({e}), reading it every {} ms",
+                grid::STEP.as_millis()
+            );
             None
         }
     }
@@ -380,50 +385,144 @@ impl Demux {
     fn drain(
         &mut self,
         socket: &std::net::UdpSocket,
-        buf: &mut [u8],
+        reader: &mut BatchReader,
         counters: &MuxCounters,
     ) -> bool {
-        for _ in 0..MAX_PER_TICK {
-            let (n, from) = match socket.recv_from(buf) {
-                Ok(r) => r,
+        let mut left = MAX_PER_TICK;
+        while left > 0 {
+            let batch = match reader.recv(socket) {
+                Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP errors of earlier sends and the like: per datagram.
-                Err(_) => continue,
-            };
-            counters.received.fetch_add(1, Ordering::Relaxed);
-            let datagram = &buf[..n];
-            let Some(slot) = self.routes.route(from, datagram) else {
-                let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
-                if n < 20 || n.is_power_of_two() {
-                    debug!(
-                        %from,
-                        ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
-                        first_byte = datagram.first().copied().unwrap_or(0),
-                        unknown = n + 1,
-                        "udp mux: datagram for no connection"
-                    );
+                Err(_) => {
+                    left -= 1;
+                    continue;
                 }
-                continue;
             };
-            let Some(tx) = self.queues.get(&slot) else {
-                counters.unknown.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let count = self.delivered.entry(slot).or_default();
-            match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
-                Ok(()) => count.0 += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    count.1 += 1;
-                    counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    // The connection has just closed: its datagram is for no one.
-                    counters.unknown.fetch_add(1, Ordering::Relaxed);
-                    self.forget(slot);
-                }
+            for (from, datagram) in batch.datagrams() {
+                left = left.saturating_sub(1);
+                self.hand_on(from, datagram, counters);
             }
         }
         false
+    }
+
+    /// Routes one datagram to its connection's queue, or counts why not.
+    fn hand_on(&mut self, from: SocketAddr, datagram: &[u8], counters: &MuxCounters) {
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.routes.route(from, datagram) else {
+            let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
+            if n < 20 || n.is_power_of_two() {
+                debug!(
+                    %from,
+                    ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
+                    first_byte = datagram.first().copied().unwrap_or(0),
+                    unknown = n + 1,
+                    "udp mux: datagram for no connection"
+                );
+            }
+            return;
+        };
+        let Some(tx) = self.queues.get(&slot) else {
+            counters.unknown.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let count = self.delivered.entry(slot).or_default();
+        match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
+            Ok(()) => count.0 += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                count.1 += 1;
+                counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The connection has just closed: its datagram is for no one.
+                counters.unknown.fetch_add(1, Ordering::Relaxed);
+                self.forget(slot);
+            }
+        }
+    }
+}
+
+/// Reads the shared socket many datagrams per system call (`recvmmsg` through quinn-udp,
+/// the QUIC stack's UDP layer): a tick's ~20 datagrams of a few publishers cost one call
+/// instead of one each. Where the kernel coalesces a burst of same-size datagrams from one
+/// sender (UDP GRO, on real network cards), a buffer holds several, `stride` apart.
+pub(super) struct BatchReader {
+    state: Option<quinn_udp::UdpSocketState>,
+    buf: Vec<u8>,
+    slice_len: usize,
+    meta: [quinn_udp::RecvMeta; BATCH],
+}
+
+/// Buffers per call (quinn-udp takes at most its `BATCH_SIZE`).
+const BATCH: usize = 32;
+
+impl BatchReader {
+    /// Sets the socket up for batched reads; where that fails, one datagram per call.
+    fn new(socket: &std::net::UdpSocket) -> BatchReader {
+        let state = quinn_udp::UdpSocketState::new(socket.into())
+            .inspect_err(|e| {
+                warn!("udp mux: batched reads unavailable ({e}), one datagram per read")
+            })
+            .ok();
+        let segments = state.as_ref().map_or(1, |s| s.gro_segments().max(1));
+        let slices = if state.is_some() {
+            BATCH.min(quinn_udp::BATCH_SIZE)
+        } else {
+            1
+        };
+        let slice_len = MAX_DATAGRAM * segments;
+        BatchReader {
+            state,
+            // Zeroed pages are mapped only once written: a coalesced buffer's tail costs no
+            // memory until a burst fills it.
+            buf: vec![0u8; slice_len * slices],
+            slice_len,
+            meta: [quinn_udp::RecvMeta::default(); BATCH],
+        }
+    }
+
+    /// One read: the datagrams it returned, or the socket's error (`WouldBlock` when empty).
+    fn recv(&mut self, socket: &std::net::UdpSocket) -> io::Result<Batch<'_>> {
+        let n = match &self.state {
+            Some(state) => {
+                let mut chunks = self.buf.chunks_mut(self.slice_len);
+                let mut slices: Vec<io::IoSliceMut<'_>> = Vec::with_capacity(BATCH);
+                slices.extend(chunks.by_ref().take(BATCH).map(io::IoSliceMut::new));
+                state.recv(socket.into(), &mut slices, &mut self.meta)?
+            }
+            None => {
+                let (len, from) = socket.recv_from(&mut self.buf[..MAX_DATAGRAM])?;
+                self.meta[0].addr = from;
+                self.meta[0].len = len;
+                self.meta[0].stride = len;
+                1
+            }
+        };
+        Ok(Batch { reader: self, n })
+    }
+}
+
+/// What one [`BatchReader::recv`] returned.
+pub(super) struct Batch<'a> {
+    reader: &'a BatchReader,
+    n: usize,
+}
+
+impl Batch<'_> {
+    /// Each datagram with its sender, coalesced buffers split at their stride.
+    fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        let r = self.reader;
+        r.meta[..self.n].iter().enumerate().flat_map(move |(i, m)| {
+            let start = i * r.slice_len;
+            let filled = &r.buf[start..start + m.len.min(r.slice_len)];
+            let stride = if m.stride == 0 {
+                filled.len().max(1)
+            } else {
+                m.stride
+            };
+            filled.chunks(stride).map(move |d| (m.addr, d))
+        })
     }
 }
 
@@ -432,12 +531,12 @@ impl Demux {
 /// Once a second it takes the kernel's count of datagrams dropped for a full receive buffer.
 async fn read_loop(
     socket: Arc<std::net::UdpSocket>,
+    mut reader: BatchReader,
     mut mode: ReadMode,
     mut control: mpsc::UnboundedReceiver<Control>,
     counters: Arc<MuxCounters>,
 ) {
     let mut demux = Demux::default();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let now = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(grid::on_grid(now), grid::STEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,7 +561,7 @@ async fn read_loop(
             },
             ready = async { arrivals.as_ref()?.readable().await.ok() }, if arrivals.is_some() => {
                 if let Some(mut ready) = ready
-                    && demux.drain(&socket, &mut buf, &counters)
+                    && demux.drain(&socket, &mut reader, &counters)
                 {
                     ready.clear_ready();
                 }
@@ -475,13 +574,14 @@ async fn read_loop(
                     warn!(
                         queued_kib = m.queued / 1024,
                         buffer_kib = m.limit / 1024,
-                        "udp mux: 10 ms of datagrams filled half the port's receive buffer; \
+                        "udp mux: {step} ms of datagrams filled half the port's receive buffer; \
                          reading it as they arrive from now on (more CPU). Raise \
-                         net.core.rmem_max to {RECV_BUFFER} to keep reading every 10 ms."
+                         net.core.rmem_max to {RECV_BUFFER} to keep reading every {step} ms.",
+                        step = grid::STEP.as_millis(),
                     );
                     mode = ReadMode::OnArrival;
                 }
-                demux.drain(&socket, &mut buf, &counters);
+                demux.drain(&socket, &mut reader, &counters);
             }
             _ = drops_check.tick() => {
                 if let Some(total) = meminfo(&socket).map(|m| m.drops) {
@@ -821,6 +921,67 @@ mod tests {
         pub_b.send_to(&[0x80; 43], port).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(mux.counters().unknown.load(Ordering::Relaxed), 2);
+    }
+
+    /// A burst is read many datagrams per call, and one the kernel hands over coalesced
+    /// (sent with UDP GSO here; on loopback it arrives whole, as GRO coalesces on a network
+    /// card) is split back at its stride: every datagram reaches its connection, in order.
+    #[tokio::test]
+    async fn a_coalesced_burst_reaches_its_connection_datagram_by_datagram() {
+        let mux = UdpMux::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Vec::new(),
+            RECV_BUFFER,
+            Some(ReadMode::Grid),
+        )
+        .await
+        .unwrap();
+        let port = mux.local_addr().unwrap();
+        let placeholder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let conn = mux
+            .runtime_for("ufraga", None)
+            .wrap_udp_socket(placeholder)
+            .unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(&route::binding("ufraga:y"), port).unwrap();
+        let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
+        const COUNT: usize = 40;
+        const SIZE: usize = 1000;
+        let mut burst = Vec::new();
+        for i in 0..COUNT {
+            burst.extend(std::iter::repeat_n(0x80 | i as u8, SIZE));
+        }
+        burst.extend([0x80; 300]); // a shorter last one, as GSO allows
+        let per_send = state.max_gso_segments().clamp(1, COUNT + 1);
+        for chunk in burst.chunks(per_send * SIZE) {
+            let transmit = quinn_udp::Transmit {
+                destination: port,
+                ecn: None,
+                contents: chunk,
+                segment_size: (per_send > 1).then_some(SIZE),
+                src_ip: None,
+            };
+            state.send((&sender).into(), &transmit).unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..COUNT + 2 {
+            let mut buf = [0u8; 1500];
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+                .await
+                .expect("a datagram")
+                .unwrap();
+            assert_eq!(from, sender.local_addr().unwrap());
+            got.push((n, buf[0]));
+        }
+        let want: Vec<(usize, u8)> = (0..COUNT)
+            .map(|i| (SIZE, 0x80 | i as u8))
+            .chain([(300, 0x80)])
+            .collect();
+        assert_eq!(&got[1..], &want[..], "sent {per_send} per send");
+        assert_eq!(
+            mux.counters().received.load(Ordering::Relaxed),
+            COUNT as u64 + 2
+        );
     }
 
     /// A buffer too small to be sure of is read on the grid until a read finds it half
