@@ -1,4 +1,4 @@
-//! One clock for every wake-up of the peer connections: a 10 ms grid.
+//! One clock for every wake-up of the peer connections: a 20 ms grid.
 //!
 //! A recorder needs no low latency, and waking the runtime is most of what receiving costs
 //! (a GStreamer publisher's ~280 packets/s each woke a runtime thread: about one context switch
@@ -24,8 +24,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The grid's step: 10 ms, a third of a video frame.
-pub const STEP: Duration = Duration::from_millis(10);
+/// The grid's step: 20 ms, under a video frame at 30 fps. Each step costs every connection one
+/// round of its driver (locks, timer, a sweep of its protocol stack) whatever it carries, so a
+/// longer step is cheaper: 10 -> 20 ms took the recorder from 0.97 to 0.84 % of a core per
+/// GStreamer publisher (issue 11, `docs/loadbench.md`). Nothing a recorder does needs it
+/// shorter: NACKs and TWCC feedback go every 100 ms, a keyframe request waits 20 ms more.
+pub const STEP: Duration = Duration::from_millis(20);
 
 /// `at` rounded up to the process-wide grid.
 pub fn on_grid(at: Instant) -> Instant {
