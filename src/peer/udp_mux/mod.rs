@@ -961,7 +961,7 @@ mod tests {
                 segment_size: (per_send > 1).then_some(SIZE),
                 src_ip: None,
             };
-            state.send((&sender).into(), &transmit).unwrap();
+            state.try_send((&sender).into(), &transmit).unwrap();
         }
         let mut got = Vec::new();
         for _ in 0..COUNT + 2 {
