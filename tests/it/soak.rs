@@ -11,7 +11,7 @@
 //!     cargo test --test it soak -- --ignored --nocapture
 //! ```
 //!
-//! The samples are written to `samples.csv` in the kept test folder. `NINJAREC_SOAK_LOSSY`
+//! The samples are written to `ninjarec-soak-<pid>.csv` in the temp folder. `NINJAREC_SOAK_LOSSY`
 //! sets the share of joins behind loss (default 0.05).
 
 use std::sync::{Arc, Mutex};
@@ -203,7 +203,10 @@ async fn churn_soak() {
                 .map(|(t, r, f, th)| format!("{t:.0},{r},{f},{th}\n")),
         )
         .collect();
-    std::fs::write(dir.join("samples.csv"), csv).unwrap();
+    // Beside the test folder, not in it: the folder goes when the test passes.
+    let samples_path =
+        std::env::temp_dir().join(format!("ninjarec-soak-{}.csv", std::process::id()));
+    std::fs::write(&samples_path, csv).unwrap();
     // Slopes after the first tenth of the run (allocator and caches warming up).
     let warm: Vec<&Sample> = samples
         .iter()
@@ -237,8 +240,22 @@ async fn churn_soak() {
         end.2,
         baseline.3,
         end.3,
-        dir.join("samples.csv").display()
+        samples_path.display()
     );
+    // Whether growth slows (allocator settling) or keeps its pace (state kept per join).
+    let third = minutes as f64 * 60.0 / 3.0;
+    let thirds: Vec<String> = (0..3)
+        .map(|k| {
+            let (from, to) = (k as f64 * third, (k + 1) as f64 * third);
+            let points: Vec<(f64, f64)> = samples
+                .iter()
+                .filter(|s| s.0 >= from && s.0 < to)
+                .map(|s| (s.0, s.1 as f64))
+                .collect();
+            format!("{:+.0}", slope_per_hour(&points))
+        })
+        .collect();
+    eprintln!("  RSS slope by thirds: {} KiB/h", thirds.join(", "));
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     assert!(
         files.len() as u64 >= joins / 2,
