@@ -116,8 +116,9 @@ const FILL_SAMPLES_KEPT: usize = 64;
 pub const INITIAL_HOLES: u64 = 4;
 
 /// Margin over the measured fill time: a repair slightly slower than the recent ones is
-/// still used.
-const FILL_MARGIN: Duration = Duration::from_millis(20);
+/// still used. Two steps of the connections' 20 ms grid, on which arrivals are taken and
+/// deadlines checked (`peer::grid`), so the rounding of both never eats it.
+const FILL_MARGIN: Duration = Duration::from_millis(40);
 
 /// Reorders one track's packets by extended sequence number. See the module docs.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 /// round of its driver (locks, timer, a sweep of its protocol stack) whatever it carries, so a
 /// longer step is cheaper: 10 -> 20 ms took the recorder from 0.97 to 0.84 % of a core per
 /// GStreamer publisher (issue 11, `docs/loadbench.md`). Nothing a recorder does needs it
-/// shorter: NACKs and TWCC feedback go every 100 ms, a keyframe request waits 20 ms more.
+/// shorter: NACKs and TWCC feedback go every 100 ms, a keyframe request waits up to 20 ms.
 pub const STEP: Duration = Duration::from_millis(20);
 
 /// `at` rounded up to the process-wide grid.

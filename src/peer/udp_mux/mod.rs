@@ -239,7 +239,7 @@ impl ReadMode {
 }
 
 /// The receive buffer (as the kernel reports it) that grid reads need: 4 MiB of accounted
-/// memory is ~1800 full-size datagrams, five times 20 ms of 32 publishers with room for a
+/// memory is ~1800 full-size datagrams, ten times 20 ms of 32 publishers with room for a
 /// 1080p keyframe sent unpaced. A stock `net.core.rmem_max` (208 KiB) grants 416 KiB: with
 /// one 1080p 8 Mb/s publisher a 10 ms read of the shared port found it 80 % full, and
 /// per-connection sockets read the same way overflowed (365 drops in 40 s).
@@ -265,6 +265,27 @@ fn grow_recv_buffer(socket: &socket2::Socket, size: usize) {
             )
         };
     }
+}
+
+/// Sets an integer socket option, best effort (Linux; elsewhere nothing).
+fn set_int_option(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int, value: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value: libc::c_int = value;
+        // SAFETY: a valid socket descriptor and a c_int option of its stated size.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (socket, level, name, value);
 }
 
 /// The kernel's memory counters of a socket (`SO_MEMINFO`): what its receive queue holds,
@@ -399,6 +420,8 @@ impl Demux {
                     continue;
                 }
             };
+            // Each read counts at least once, so even empty datagrams cannot hold the task.
+            left = left.saturating_sub(batch.n.max(1));
             for (from, datagram) in batch.datagrams() {
                 left = left.saturating_sub(1);
                 self.hand_on(from, datagram, counters);
@@ -465,6 +488,13 @@ impl BatchReader {
                 warn!("udp mux: batched reads unavailable ({e}), one datagram per read")
             })
             .ok();
+        // quinn-udp turns on kernel receive timestamps, which we never read (and which make
+        // the kernel timestamp every packet of the machine); and if it failed half-way, GRO
+        // may be on without the control messages that say where a coalesced buffer splits.
+        set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
+        if state.is_none() {
+            set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 0);
+        }
         let segments = state.as_ref().map_or(1, |s| s.gro_segments().max(1));
         let slices = if state.is_some() {
             BATCH.min(quinn_udp::BATCH_SIZE)
@@ -510,7 +540,8 @@ pub(super) struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Each datagram with its sender, coalesced buffers split at their stride.
+    /// Each datagram with its sender, coalesced buffers split at their stride (an empty
+    /// datagram is one too: it is counted, then dropped as for no connection).
     fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         let r = self.reader;
         r.meta[..self.n].iter().enumerate().flat_map(move |(i, m)| {
@@ -521,7 +552,10 @@ impl Batch<'_> {
             } else {
                 m.stride
             };
-            filled.chunks(stride).map(move |d| (m.addr, d))
+            let empty = filled.is_empty().then_some((m.addr, filled));
+            empty
+                .into_iter()
+                .chain(filled.chunks(stride).map(move |d| (m.addr, d)))
         })
     }
 }
