@@ -252,27 +252,20 @@ fn grow_recv_buffer(socket: &socket2::Socket, size: usize) {
     let _ = socket.set_recv_buffer_size(size);
     #[cfg(target_os = "linux")]
     if socket.recv_buffer_size().unwrap_or(0) < 2 * size {
-        use std::os::fd::AsRawFd;
         let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-        // SAFETY: a valid socket descriptor and a c_int option of its stated size.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::addr_of!(value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value);
     }
 }
 
 /// Sets an integer socket option, best effort (Linux; elsewhere nothing).
-fn set_int_option(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int, value: i32) {
+fn set_int_option(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        let value: libc::c_int = value;
         // SAFETY: a valid socket descriptor and a c_int option of its stated size.
         let _ = unsafe {
             libc::setsockopt(
