@@ -413,8 +413,8 @@ impl Demux {
                     continue;
                 }
             };
-            // Each read counts at least once, so even empty datagrams cannot hold the task.
-            left = left.saturating_sub(batch.n.max(1));
+            // Every datagram counts, empty ones too (`datagrams` yields them), so nothing a
+            // sender floods the port with can hold the task past the bound.
             for (from, datagram) in batch.datagrams() {
                 left = left.saturating_sub(1);
                 self.hand_on(from, datagram, counters);
@@ -509,9 +509,12 @@ impl BatchReader {
     fn recv(&mut self, socket: &std::net::UdpSocket) -> io::Result<Batch<'_>> {
         let n = match &self.state {
             Some(state) => {
-                let mut chunks = self.buf.chunks_mut(self.slice_len);
-                let mut slices: Vec<io::IoSliceMut<'_>> = Vec::with_capacity(BATCH);
-                slices.extend(chunks.by_ref().take(BATCH).map(io::IoSliceMut::new));
+                // `buf` holds at most BATCH slices.
+                let mut slices: Vec<io::IoSliceMut<'_>> = self
+                    .buf
+                    .chunks_mut(self.slice_len)
+                    .map(io::IoSliceMut::new)
+                    .collect();
                 state.recv(socket.into(), &mut slices, &mut self.meta)?
             }
             None => {
@@ -1009,6 +1012,34 @@ mod tests {
             mux.counters().received.load(Ordering::Relaxed),
             COUNT as u64 + 2
         );
+    }
+
+    /// An empty datagram is read, counted and dropped like any datagram for no connection
+    /// (each counts toward the per-tick bound, so a flood of them cannot hold the task).
+    #[tokio::test]
+    async fn empty_datagrams_are_counted_and_dropped() {
+        let mux = UdpMux::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Vec::new(),
+            RECV_BUFFER,
+            Some(ReadMode::Grid),
+        )
+        .await
+        .unwrap();
+        let port = mux.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            sender.send_to(&[], port).unwrap();
+        }
+        let counters = mux.counters();
+        for _ in 0..100 {
+            if counters.unknown.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counters.received.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.unknown.load(Ordering::Relaxed), 3);
     }
 
     /// A buffer too small to be sure of is read on the grid until a read finds it half
