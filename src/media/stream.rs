@@ -628,6 +628,11 @@ impl StreamMuxer {
         std::mem::take(&mut self.ended)
     }
 
+    /// Whether files have ended that [`Self::take_ended`] has not taken yet.
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
     /// What the file being written holds so far.
     pub fn span(&self) -> FileSpan {
         self.span

@@ -36,10 +36,14 @@ pub struct RecorderSettings {
     pub stream: StreamConfig,
     /// Peer connection settings (ICE servers, timeouts, cipher for data-channel payloads).
     pub session: SessionConfig,
-    /// Pending TS bytes are written at least this often, so a killed recorder loses at most
-    /// this much.
+    /// Pending file bytes are written at least this often, so a killed recorder loses at most
+    /// this much of what it had made ready. Writes are batched because each write costs a hop
+    /// to the blocking pool and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s
+    /// stream) made file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
     pub flush_interval: Duration,
-    /// Pending TS bytes are written as soon as there are this many.
+    /// Pending file bytes are written as soon as there are this many (a 64 KiB write, as
+    /// GStreamer's filesink and FFmpeg's buffered I/O do, costs the kernel about half as much
+    /// per byte as a 25 KiB one, measured).
     pub flush_bytes: usize,
     /// After a write error, recording resumes (in a new file) once this many bytes are free
     /// on the output folder's file system (`--min-free-mb`; at least 1 MiB).
@@ -54,8 +58,8 @@ impl RecorderSettings {
             prefix,
             stream: StreamConfig::default(),
             session: SessionConfig::default(),
-            flush_interval: Duration::from_millis(100),
-            flush_bytes: 256 * 1024,
+            flush_interval: Duration::from_millis(250),
+            flush_bytes: 64 * 1024,
             min_free_bytes: 0,
         }
     }
@@ -386,6 +390,8 @@ struct Recorder {
     /// Reports for the orchestrator, sent from the task's loop (never lost, never awaited
     /// inside the core's calls).
     outbox: Vec<StreamReport>,
+    /// When the file was last written (or the recorder started).
+    last_flush: Instant,
 }
 
 /// Whether the recording can write.
@@ -413,6 +419,11 @@ impl DiskState {
         }
     }
 }
+
+/// How often the recorder polls its core (reorder deadlines, the interleaver, keyframe
+/// requests), checks the disk and publishes its live counters. Files are written on these
+/// ticks once [`RecorderSettings::flush_interval`] has passed since the last write.
+const TICK: Duration = Duration::from_millis(100);
 
 /// A track of the file that has delivered nothing for this long is reported (once): a muted
 /// or blocked track would otherwise just be missing from the file without a word.
@@ -458,13 +469,14 @@ async fn run(
         label: None,
         media_dropped: 0,
         outbox: Vec::new(),
+        last_flush: Instant::now(),
     };
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
     // On the connections' grid: the runtime wakes once for this tick and their timers.
     let first = crate::peer::grid::on_grid(tokio::time::Instant::now());
-    let mut tick = tokio::time::interval_at(first, rec.settings.flush_interval);
+    let mut tick = tokio::time::interval_at(first, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
     let mut close_reason = None;
@@ -536,7 +548,9 @@ async fn run(
                     }
                 }
                 rec.check_disk(now);
-                rec.flush().await;
+                if rec.flush_due(now) {
+                    rec.flush().await;
+                }
                 rec.report_timeline();
                 rec.media_dropped = session.media_dropped();
                 rec.publish_live();
@@ -817,10 +831,23 @@ impl Recorder {
         self.muxer.as_mut().map_or(0, |m| m.output().len())
     }
 
+    /// Whether a tick at `now` should write: a file the core ended is closed at once; the
+    /// bytes of the current one wait for [`RecorderSettings::flush_interval`] (the media path
+    /// writes them earlier once there are [`RecorderSettings::flush_bytes`]).
+    fn flush_due(&mut self, now: Instant) -> bool {
+        let Some(m) = self.muxer.as_mut() else {
+            return false;
+        };
+        m.has_ended()
+            || (!m.output().is_empty()
+                && now.saturating_duration_since(self.last_flush) >= self.settings.flush_interval)
+    }
+
     /// Writes what the core produced: first the files it ended (segments), then the bytes
     /// of the current one. While the disk is failed the bytes are dropped (counted): memory
     /// must not grow, and the file to come starts at a keyframe anyway.
     async fn flush(&mut self) {
+        self.last_flush = Instant::now();
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
