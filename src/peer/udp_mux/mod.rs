@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, Transmit};
@@ -59,6 +59,14 @@ const RECV_BUFFER: usize = 4 << 20;
 const MAX_PER_TICK: usize = 8192;
 /// Largest datagram read (WebRTC keeps under the 1500-byte MTU; bigger is cut and dropped).
 const MAX_DATAGRAM: usize = 2048;
+/// Datagrams a connection's queue may hold as slices of a read's buffer ([`Demux::drain`]);
+/// past that, the ones queued get buffers of their own. A queue is emptied at each grid step,
+/// where a 1080p keyframe is ~60 datagrams: the limit is only reached by a connection that
+/// falls behind, whose queue then pins at most this many read buffers, not [`QUEUE`].
+const PIN_LIMIT: usize = 64;
+/// A read larger than this (kernel-coalesced bursts) is handed on as copies: its buffer is
+/// not kept alive by slices.
+const PIN_MAX_READ: usize = 256 * 1024;
 /// Destinations a connection's socket reports as its own (bounded like its addresses).
 const MAX_LEARNED: usize = route::MAX_ADDRS_PER_SLOT;
 
@@ -364,6 +372,8 @@ struct Demux {
     queues: HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>>,
     /// Per connection: datagrams handed on and dropped (queue full), said when it goes.
     delivered: HashMap<SlotId, (u64, u64)>,
+    /// Scratch for [`Demux::drain`]: each datagram of a read, where it lies in its buffer.
+    spans: Vec<(SocketAddr, std::ops::Range<usize>)>,
 }
 
 impl Demux {
@@ -396,6 +406,14 @@ impl Demux {
 
     /// Reads what the socket holds now (bounded, so a flood cannot hold the task) and hands
     /// each datagram on; true if the socket was emptied.
+    ///
+    /// The datagrams of one read are copied into one buffer and handed on as slices of it:
+    /// one allocation per read instead of one per datagram. Datagrams of full size are over
+    /// glibc's per-thread cache limit (1032 bytes), so each of their allocations took
+    /// malloc's slow path; that was ~3 % of the recorder's CPU at 32 publishers (issue 11).
+    /// A slice keeps its whole buffer alive, so a connection whose queue is backing up gets
+    /// copies instead (see [`PIN_LIMIT`]), and so does every datagram of a read too large to
+    /// pin ([`PIN_MAX_READ`]).
     fn drain(
         &mut self,
         socket: &std::net::UdpSocket,
@@ -403,35 +421,56 @@ impl Demux {
         counters: &MuxCounters,
     ) -> bool {
         let mut left = MAX_PER_TICK;
+        let mut spans = std::mem::take(&mut self.spans);
         while left > 0 {
             let batch = match reader.recv(socket) {
                 Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.spans = spans;
+                    return true;
+                }
                 // ICMP errors of earlier sends and the like: per datagram.
                 Err(_) => {
                     left -= 1;
                     continue;
                 }
             };
+            let total = batch.datagrams().map(|(_, d)| d.len()).sum();
+            if total > PIN_MAX_READ {
+                for (from, datagram) in batch.datagrams() {
+                    left = left.saturating_sub(1);
+                    self.hand_on(from, Bytes::copy_from_slice(datagram), counters);
+                }
+                continue;
+            }
+            let mut chunk = BytesMut::with_capacity(total);
+            spans.clear();
             // Every datagram counts, empty ones too (`datagrams` yields them), so nothing a
             // sender floods the port with can hold the task past the bound.
             for (from, datagram) in batch.datagrams() {
                 left = left.saturating_sub(1);
-                self.hand_on(from, datagram, counters);
+                let start = chunk.len();
+                chunk.extend_from_slice(datagram);
+                spans.push((from, start..chunk.len()));
+            }
+            let chunk = chunk.freeze();
+            for (from, span) in spans.drain(..) {
+                self.hand_on(from, chunk.slice(span), counters);
             }
         }
+        self.spans = spans;
         false
     }
 
     /// Routes one datagram to its connection's queue, or counts why not.
-    fn hand_on(&mut self, from: SocketAddr, datagram: &[u8], counters: &MuxCounters) {
+    fn hand_on(&mut self, from: SocketAddr, datagram: Bytes, counters: &MuxCounters) {
         counters.received.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = self.routes.route(from, datagram) else {
+        let Some(slot) = self.routes.route(from, &datagram) else {
             let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
             if n < 20 || n.is_power_of_two() {
                 debug!(
                     %from,
-                    ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
+                    ufrag = ?route::binding_request_ufrag(&datagram).map(String::from_utf8_lossy),
                     first_byte = datagram.first().copied().unwrap_or(0),
                     unknown = n + 1,
                     "udp mux: datagram for no connection"
@@ -444,7 +483,12 @@ impl Demux {
             return;
         };
         let count = self.delivered.entry(slot).or_default();
-        match tx.try_send((from, Bytes::copy_from_slice(datagram))) {
+        let datagram = if QUEUE - tx.capacity() >= PIN_LIMIT {
+            Bytes::copy_from_slice(&datagram)
+        } else {
+            datagram
+        };
+        match tx.try_send((from, datagram)) {
             Ok(()) => count.0 += 1,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 count.1 += 1;
