@@ -1058,6 +1058,46 @@ mod tests {
         );
     }
 
+    /// Datagrams go on as slices of their read's buffer while their connection keeps up; once
+    /// its queue holds PIN_LIMIT, the ones queued get buffers of their own, so a connection
+    /// that falls behind cannot keep many reads' buffers alive.
+    #[test]
+    fn slices_pin_a_read_buffer_only_while_the_queue_is_short() {
+        let mut demux = Demux::default();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        assert!(demux.control(Some(Control::Register {
+            slot: 7,
+            ufrag: b"ufraga".to_vec(),
+            tx,
+        })));
+        let counters = MuxCounters::default();
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut read = BytesMut::new();
+        read.extend_from_slice(&route::binding("ufraga:y"));
+        let first = read.len();
+        for i in 0..100u8 {
+            read.extend_from_slice(&[0x80, i, 0, 0]);
+        }
+        let read = read.freeze();
+        demux.hand_on(from, read.slice(..first), &counters);
+        for i in 0..100 {
+            let at = first + 4 * i;
+            demux.hand_on(from, read.slice(at..at + 4), &counters);
+        }
+        let inside = |b: &Bytes| read.as_ptr_range().contains(&b.as_ptr());
+        let mut queued = Vec::new();
+        while let Ok((_, d)) = rx.try_recv() {
+            queued.push(d);
+        }
+        assert_eq!(queued.len(), 101);
+        for (i, d) in queued.iter().enumerate() {
+            if i > 0 {
+                assert_eq!(&d[..2], &[0x80, (i - 1) as u8]);
+            }
+            assert_eq!(inside(d), i < PIN_LIMIT, "datagram {i}");
+        }
+    }
+
     /// An empty datagram is read, counted and dropped like any datagram for no connection
     /// (each counts toward the per-tick bound, so a flood of them cannot hold the task).
     #[tokio::test]
