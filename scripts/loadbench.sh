@@ -4,12 +4,13 @@
 #   scripts/loadbench.sh [N ...]          # default: 1 8 32 64 100
 #
 # For each N, on loopback: starts `ninjarec serve`, then N test publishers of a 2 Mb/s 720p30 clip
-# in ONE separate process (examples/testsrc.rs), then `ninjarec` recording the room as its own
-# process. Only the recorder is measured: /proc/PID/stat (utime+stime) and /proc/PID/status
-# (VmRSS, VmHWM) once a second. CPU and steady RSS are taken over the window after WARMUP seconds
-# (connection setup excluded); peak RSS is VmHWM at the end. The publishers' CPU is sampled too:
+# in ONE separate process (examples/testsrc.rs; the GStreamer publisher, see PUBLISHER, in
+# GST_PROCS processes), then `ninjarec` recording the room as its own process. Only the recorder
+# is measured: /proc/PID/stat (utime+stime) and /proc/PID/status (VmRSS, VmHWM) once a second.
+# CPU and steady RSS are taken over the window after WARMUP seconds (connection setup excluded);
+# peak RSS is VmHWM at the end. The publishers' CPU is sampled too (summed over their processes):
 # when they use more than SATURATION % of the machine the run says so and larger N are skipped,
-# because a starved publisher process, not the recorder, would then set the numbers.
+# because starved publishers, not the recorder, would then set the numbers.
 #
 # Environment:
 #   DURATION=60     measured seconds (after WARMUP)
@@ -23,9 +24,21 @@
 #                   copy of an older build, to compare two builds in the same session
 #   PUBLISHER=testsrc  who publishes: `testsrc` (our webrtc-rs clip publisher, N in one process)
 #                   or `gst` (the test suite's GStreamer publisher, Raspberry Ninja's pipeline:
-#                   x264 720p30 2 Mb/s + Opus, encoded live per stream, N in one process)
+#                   x264 720p30 2 Mb/s + Opus, encoded live per stream; tests/publishers/
+#                   gst_publisher.py). Live x264 takes ~15-18 % of a core per stream, so 2 cores
+#                   saturate at 6-8 streams: see GST_PRE_ENCODED. The recorder starts once every
+#                   stream has said it is ready (waits at most 60 s)
 #   GST_VIDEO="--width 1280 --height 720 --bitrate 2000"   the GStreamer publisher's picture
 #                   size and video kb/s (the default is Raspberry Ninja's 720p at 2 Mb/s)
+#   GST_PRE_ENCODED=1  the GStreamer publisher encodes 10 s of x264 (same settings) and Opus once
+#                   per process, every stream sends that loop through rtph264pay/rtpopuspay and
+#                   webrtcbin (--pre-encoded), and packets are counted from webrtcbin's statistics
+#                   instead of by Python code per packet (--light-counters): the same wire (same
+#                   packet rates) for ~2 % of a core per stream, so N = 32 fits on 2 cores.
+#                   No flashes/beeps; keyframes every 2 s, not on request (PLI/FIR)
+#   GST_PROCS=1     split the N GStreamer streams over this many publisher processes: one
+#                   process runs all its streams' Python callbacks under one GIL (fine for 32
+#                   pre-encoded streams; live encoding or larger N may need 2-4)
 #   UDP_PORT=1      record with `--udp-port` (all media on one port) instead of a port per stream
 #   FLOOR=1         after each N, measure the floor at the same packet rate: examples/floor.rs
 #                   receives SRTP packets from a paced sender and only decrypts them
@@ -44,6 +57,10 @@ PUBLISHER=${PUBLISHER:-testsrc}
 UDP_PORT=${UDP_PORT:-}
 FLOOR=${FLOOR:-}
 GST_VIDEO=${GST_VIDEO:---width 1280 --height 720 --bitrate 2000}
+GST_PRE_ENCODED=${GST_PRE_ENCODED:-}
+GST_PROCS=${GST_PROCS:-1}
+gst_mode=()
+[ -n "$GST_PRE_ENCODED" ] && gst_mode=(--pre-encoded --light-counters)
 case "$PUBLISHER" in
     # Packets per second per stream on the wire, measured: the clip sends ~190 video + 50 audio;
     # the GStreamer publisher ~225 video + 50 audio (issue 11).
@@ -71,6 +88,16 @@ CORES=$(nproc)
 
 # Total CPU ticks (utime + stime, all threads) of a process; empty once it is gone.
 ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || true; }
+# The sum over the publisher processes; empty once one of them is gone.
+pub_ticks() {
+    local sum=0 t p
+    for p in "${pub_pids[@]}"; do
+        t=$(ticks "$p")
+        [ -z "$t" ] && return 0
+        sum=$((sum + t))
+    done
+    echo "$sum"
+}
 # VmRSS and VmHWM in KiB.
 mem() { awk '/^VmRSS:/{r=$2} /^VmHWM:/{h=$2} END{print r+0, h+0}' "/proc/$1/status" 2>/dev/null || echo "0 0"; }
 rcvbuf_errors() { awk '/^Udp:/{ if (!h) { for (i=1;i<=NF;i++) if ($i=="RcvbufErrors") c=i; h=1 } else print $c }' /proc/net/snmp; }
@@ -85,7 +112,9 @@ wait_port() {
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -srm), $CORES cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "# recorder $REC, publisher $PUBLISHER, ${UDP_PORT:+one UDP port, }warmup ${WARMUP}s, measured ${DURATION}s"
+gst_desc=
+[ "$PUBLISHER" = gst ] && gst_desc=" (${GST_PRE_ENCODED:+pre-encoded, }$GST_PROCS process(es))"
+echo "# recorder $REC, publisher $PUBLISHER$gst_desc, ${UDP_PORT:+one UDP port, }warmup ${WARMUP}s, measured ${DURATION}s"
 echo "| N | recorder CPU % of a core per stream | floor CPU % per stream (ratio) | publishers CPU % of a core | peak RSS MiB/stream (total) | steady RSS MiB/stream (total) | RSS drift over window MiB | MB written | frames written / received | packets lost | dropped by recorder | UDP RcvbufErrors | UDP sockets | files ffmpeg-clean |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
@@ -99,18 +128,35 @@ for N in "${NS[@]}"; do
     "$BIN" serve -q --listen "127.0.0.1:$port" --max-clients-per-ip $((N + 8)) --max-room-members $((N + 8)) >"$dir/serve.log" 2>&1 &
     serve_pid=$!
     wait_port "$port"
+    pub_pids=()
     if [ "$PUBLISHER" = gst ]; then
-        /usr/bin/python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
-            --room bench --streams "$streams" --password false $GST_VIDEO --fps 30 \
-            --local-ip 127.0.0.1 --stats-interval 5 \
-            --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
+        # Streams s1..sN in GST_PROCS contiguous slices, one process each (pub.out, or pub-K.out).
+        procs=$((GST_PROCS < N ? GST_PROCS : N))
+        for k in $(seq 1 "$procs"); do
+            first=$(((k - 1) * N / procs + 1))
+            last=$((k * N / procs))
+            name=pub
+            [ "$procs" -gt 1 ] && name=pub-$k
+            /usr/bin/python3 tests/publishers/gst_publisher.py --server "ws://127.0.0.1:$port" --dialect official \
+                --room bench --streams "$(seq -s, -f 's%g' "$first" "$last")" --password false $GST_VIDEO --fps 30 \
+                --local-ip 127.0.0.1 --stats-interval 5 "${gst_mode[@]}" \
+                --duration $((WARMUP + DURATION + 120)) >"$dir/$name.out" 2>"$dir/$name.err" &
+            pub_pids+=($!)
+        done
     else
         "$PUB" --server "ws://127.0.0.1:$port" --dialect official --room bench --streams "$streams" \
             --clip "$CLIP" --password false --mode media-first --udp 127.0.0.1:0 \
             --duration $((WARMUP + DURATION + 120)) >"$dir/pub.out" 2>"$dir/pub.err" &
+        pub_pids+=($!)
     fi
-    pub_pid=$!
     sleep $((2 + N / 20))
+    if [ "$PUBLISHER" = gst ]; then
+        # Every stream announced (with GST_PRE_ENCODED: after its process encoded the loop).
+        for _ in $(seq 600); do
+            [ "$(cat "$dir"/pub*.out | grep -c '"event":"ready"')" -ge "$N" ] && break
+            sleep 0.1
+        done
+    fi
     rcv0=$(rcvbuf_errors)
 
     port_args=()
@@ -126,7 +172,7 @@ for N in "${NS[@]}"; do
         r=$(ticks "$rec_pid")
         [ -z "$r" ] && break
         now=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.2f", a-b}')
-        echo "$now $r $(mem "$rec_pid") $(ticks "$pub_pid")" >>"$dir/samples"
+        echo "$now $r $(mem "$rec_pid") $(pub_ticks)" >>"$dir/samples"
         if [ -z "$sockets" ] && awk -v t="$now" -v w="$WARMUP" 'BEGIN{exit !(t >= w)}'; then
             sockets=$(ss -uanp 2>/dev/null | grep -c "pid=$rec_pid," || true)
         fi
@@ -134,15 +180,15 @@ for N in "${NS[@]}"; do
     done
     wait "$rec_pid" || echo "recorder exited with $?" >&2
     rcv1=$(rcvbuf_errors)
-    kill -INT "$pub_pid" 2>/dev/null || true
-    wait "$pub_pid" || true
+    kill -INT "${pub_pids[@]}" 2>/dev/null || true
+    for p in "${pub_pids[@]}"; do wait "$p" || true; done
     kill -INT "$serve_pid" 2>/dev/null || true
     wait "$serve_pid" || true
 
     # Steady window: samples between WARMUP and WARMUP+DURATION.
     read -r cpu pubcpu rss drift hwm < <(awk -v w0="$WARMUP" -v w1=$((WARMUP + DURATION)) -v hz="$CLK_TCK" '
         $5 != "" { if ($1 >= w0 && $1 <= w1) { if (!n) { t0=$1; c0=$2; p0=$5; r0=$3 } t1=$1; c1=$2; p1=$5; r1=$3; rs+=$3; n++ } }
-        { h=$4 }
+        { if ($4 > h) h=$4 }
         END { if (n < 2) { print "nan nan nan nan", h/1024; exit }
               printf "%.3f %.1f %.2f %.2f %.2f\n", (c1-c0)/hz/(t1-t0)*100, (p1-p0)/hz/(t1-t0)*100, rs/n/1024, (r1-r0)/1024, h/1024 }' "$dir/samples")
     # Summary lines: "sN: file, X s, W frames (K keyframes) of R received, A audio packets,

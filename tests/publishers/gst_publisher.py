@@ -13,6 +13,10 @@ Runs with Debian's /usr/bin/python3 and Debian packages only (see DEBIAN_PACKAGE
 publishers run in one process (--streams a,b,c), each with its own WebSocket; every viewer gets
 its own pipeline (sources, encoders, webrtcbin), like RN without --multiviewer.
 
+For load tests (scripts/loadbench.sh) two options make a stream cheap while its wire stays
+webrtcbin's: --pre-encoded (x264 and Opus encoded once per process, looped by every pipeline;
+see EncodedLoop) and --light-counters (no Python code per packet; see Peer.poll_stats).
+
 Reports go to stdout, one JSON object per line prefixed `NINJAREC `:
   ready       {"event":"ready","stream","wire_stream"}            the stream is announced
   viewer      {"event":"viewer","stream","viewer","state",...}    requested/offer/answer/connected/closed
@@ -23,7 +27,10 @@ Reports go to stdout, one JSON object per line prefixed `NINJAREC `:
               payloader counters (RTP handed to webrtcbin): video_packets, audio_packets,
               video_frames (marker bits), keyframes (frames with an IDR slice), video_slices;
               wire counters (SRTP/SRTCP handed to nicesink): wire_video_packets,
-              wire_audio_packets, wire_other_rtp (RTX, RED...), wire_rtcp; audio_ssrc/video_ssrc
+              wire_audio_packets, wire_other_rtp (RTX, RED...), wire_rtcp; audio_ssrc/video_ssrc.
+              With --light-counters only wire_video_packets and wire_audio_packets are counted
+              (RTP packets webrtcbin's RTP session sent, as of the previous report); the other
+              counters are null
   sr          (--report-sr) {"event":"sr","stream","viewer","kind","ssrc","ntp_unix_ms","rtp",
               "packets","t","pts_ms","implied_epoch_ms"}: each Sender Report webrtcbin sends (t =
               unix ms when it reached SRTP encryption), with the media time its RTP timestamp
@@ -332,6 +339,128 @@ def audio_chunk(schedule, k):
 
 
 # ------------------------------------------------------------------------------------------
+# --pre-encoded: the media encoded once per process
+# ------------------------------------------------------------------------------------------
+
+KEY_INT_MAX = 60  # x264enc key-int-max: an IDR every 2 s at 30 fps
+PRE_ENCODED_SECONDS = 10  # length of the loop: five GOPs at 30 fps
+
+
+def x264_desc(a):
+    """x264enc and its caps as Raspberry Ninja sets them; the live pipelines and --pre-encoded
+    share this text so both send the same kind of stream."""
+    return (
+        f"x264enc tune=zerolatency speed-preset=ultrafast bitrate={a.bitrate} "
+        f'key-int-max={KEY_INT_MAX} threads={a.x264_threads} option-string="slices=2" '
+        "! video/x-h264,profile=constrained-baseline,stream-format=byte-stream"
+    )
+
+
+def opus_desc(a):
+    """opusenc as the live pipelines set it (shared with --pre-encoded, like x264_desc)."""
+    return (
+        "opusenc audio-type=restricted-lowdelay frame-size=20 "
+        f"bitrate={a.audio_bitrate} bitrate-type=cbr inband-fec=false"
+    )
+
+
+def nal_types(data):
+    """NAL unit types of an H.264 byte-stream access unit (Annex B start codes)."""
+    out = []
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i and i + 3 < len(data):
+        out.append(data[i + 3] & 0x1F)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return out
+
+
+def _encode(desc, caps, buffers):
+    """Runs `appsrc caps=... ! desc ! appsink` as fast as it goes over `buffers`; returns the
+    encoded buffers and their caps."""
+    pipe = Gst.parse_launch(f"appsrc name=src format=time ! {desc} ! appsink name=sink sync=false")
+    src = pipe.get_by_name("src")
+    sink = pipe.get_by_name("sink")
+    src.set_property("caps", Gst.Caps.from_string(caps))
+    if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+        die("--pre-encoded: the encoding pipeline did not start")
+    for b in buffers:
+        src.emit("push-buffer", b)
+    src.emit("end-of-stream")
+    out, out_caps = [], None
+    bus = pipe.get_bus()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        sample = sink.emit("try-pull-sample", Gst.SECOND)
+        if sample is not None:
+            out_caps = out_caps or sample.get_caps()
+            out.append(sample.get_buffer())
+            continue
+        if sink.get_property("eos"):
+            break
+        msg = bus.pop_filtered(Gst.MessageType.ERROR)
+        if msg is not None:
+            die(f"--pre-encoded: encoding failed: {msg.parse_error()[0].message}")
+    else:
+        die("--pre-encoded: the encoder did not finish within 300 s")
+    pipe.set_state(Gst.State.NULL)
+    return out, out_caps
+
+
+class EncodedLoop:
+    """--pre-encoded: PRE_ENCODED_SECONDS of video and audio, encoded once per process, that every
+    viewer's pipeline sends in a loop with fresh timestamps.
+
+    Why: encoding x264 live for every viewer (as Raspberry Ninja does) costs ~15 % of a core
+    per 720p stream, so a 2-core machine saturates at 6-8 publishers; a load test of the
+    recorder at N = 32 needs the wire of N publishers, not N encoders. What goes out is still
+    x264's stream (same settings, same noise frames) payloaded by rtph264pay and sent by
+    webrtcbin, at the same packet rates. The encoder runs one GOP longer than the loop and the
+    first GOP is dropped: the loop then starts on an IDR with the rate control settled, and
+    ends right before the next IDR (key-int-max divides the loop; scenecut is off in the
+    ultrafast preset), so every wrap lands on an IDR. Checked at startup. The audio is Opus of
+    silence (no beeps in this mode), looped the same way: no opusenc per viewer either."""
+
+    def __init__(self, a):
+        # Copying an encoded buffer for a pipeline takes its flags (x264enc's DELTA_UNIT and
+        # MARKER) and shares its memory.
+        self.copy = Gst.BufferCopyFlags.FLAGS | Gst.BufferCopyFlags.MEMORY
+        vbufs, _white = frames_for(a.width, a.height, a.pattern)
+        frames = a.fps * PRE_ENCODED_SECONDS  # a multiple of KEY_INT_MAX (parse_args)
+        raw = []
+        for n in range(KEY_INT_MAX + frames):
+            base = vbufs[n % len(vbufs)]
+            b = base.copy_region(Gst.BufferCopyFlags.MEMORY, 0, base.get_size())
+            b.pts = n * Gst.SECOND // a.fps
+            b.duration = (n + 1) * Gst.SECOND // a.fps - b.pts
+            raw.append(b)
+        v_caps = f"video/x-raw,format=I420,width={a.width},height={a.height},framerate={a.fps}/1"
+        video, self.video_caps = _encode(x264_desc(a), v_caps, raw)
+        if len(video) != len(raw):
+            die(f"--pre-encoded: x264enc gave {len(video)} frames for {len(raw)}")
+        self.video = video[KEY_INT_MAX:]
+        types = [nal_types(b.extract_dup(0, b.get_size())) for b in self.video]
+        keys = [i for i, t in enumerate(types) if 5 in t]
+        if keys != list(range(0, frames, KEY_INT_MAX)):
+            die(f"--pre-encoded: IDR frames at {keys}, wanted every {KEY_INT_MAX} from 0")
+        if 7 not in types[0] or 8 not in types[0]:
+            die(f"--pre-encoded: the first IDR has no SPS/PPS (NAL types {types[0]})")
+
+        chunks = AUDIO_RATE * PRE_ENCODED_SECONDS // AUDIO_CHUNK
+        skip = AUDIO_RATE // AUDIO_CHUNK  # one second: the encoder's start
+        silence = []
+        for k in range(skip + chunks):
+            b = Gst.Buffer.new_wrapped(_SILENCE)
+            b.pts = k * AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
+            b.duration = AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
+            silence.append(b)
+        a_caps = f"audio/x-raw,format=S16LE,layout=interleaved,rate={AUDIO_RATE},channels=2"
+        audio, self.audio_caps = _encode(opus_desc(a), a_caps, silence)
+        if len(audio) < skip + chunks:
+            die(f"--pre-encoded: opusenc gave {len(audio)} packets for {skip + chunks} chunks")
+        self.audio = audio[skip : skip + chunks]
+
+
+# ------------------------------------------------------------------------------------------
 # RTP counting (pad probes)
 # ------------------------------------------------------------------------------------------
 
@@ -340,7 +469,8 @@ class Counters:
     """Counters of one viewer's pipeline. Each field is written by one streaming thread only,
     except the wire counters, which several threads feed (hence the lock)."""
 
-    def __init__(self):
+    def __init__(self, light=False):
+        self.light = light  # --light-counters: only LIGHT_FIELDS are counted
         self.video_packets = 0
         self.audio_packets = 0
         self.video_frames = 0
@@ -370,8 +500,16 @@ class Counters:
         "wire_rtcp",
     )
 
+    # What --light-counters still counts (from webrtcbin's statistics, see Peer.poll_stats).
+    LIGHT_FIELDS = ("wire_video_packets", "wire_audio_packets")
+
+    @classmethod
+    def counted(cls, light):
+        return cls.LIGHT_FIELDS if light else cls.FIELDS
+
     def snapshot(self):
-        d = {f: getattr(self, f) for f in self.FIELDS}
+        counted = self.counted(self.light)
+        d = {f: getattr(self, f) if f in counted else None for f in self.FIELDS}
         d["audio_ssrc"] = None if self.audio_ssrc is None else f"{self.audio_ssrc:08x}"
         d["video_ssrc"] = None if self.video_ssrc is None else f"{self.video_ssrc:08x}"
         d["media_start"] = self.first_wire_rtp_ms
@@ -493,6 +631,18 @@ def wire_probe(pad, info, peer):
     return Gst.PadProbeReturn.OK
 
 
+def wire_start_probe(pad, info, peer):
+    """--light-counters: only the time of the first SRTP packet handed to nicesink (for the
+    media-start report); the probe then removes itself."""
+    for b in _buffers(info):
+        hdr = b.extract_dup(0, min(b.get_size(), 2))
+        if len(hdr) == 2 and 128 <= hdr[0] <= 191 and not 192 <= hdr[1] <= 223:
+            peer.counters.first_wire_rtp_ms = unix_ms()
+            LOOP.call_soon_threadsafe(peer.on_media_start)
+            return Gst.PadProbeReturn.REMOVE
+    return Gst.PadProbeReturn.OK
+
+
 # ------------------------------------------------------------------------------------------
 # One viewer: its own pipeline and webrtcbin
 # ------------------------------------------------------------------------------------------
@@ -520,7 +670,7 @@ class Peer:
         self.send_channel = None  # the last one opened: pings go there
         self.all_channels = []
         self.unanswered_pings = 0
-        self.counters = Counters()
+        self.counters = Counters(light=self.args.light_counters)
         self.media_epoch_ms = None
         self.ping_task = None
         self.offer_made = False
@@ -533,20 +683,28 @@ class Peer:
         a = self.args
         v_caps = f"video/x-raw,format=I420,width={a.width},height={a.height},framerate={a.fps}/1"
         a_caps = f"audio/x-raw,format=S16LE,layout=interleaved,rate={AUDIO_RATE},channels=2"
+        encoded = self.pub.encoded
+        if encoded is None:
+            video = (
+                f'appsrc name=vsrc is-live=true format=time min-latency=0 caps="{v_caps}" '
+                f"! clocksync ! queue max-size-buffers=1 ! {x264_desc(a)} "
+            )
+            audio = (
+                f'appsrc name=asrc is-live=true format=time min-latency=0 caps="{a_caps}" '
+                f"! clocksync ! {opus_desc(a)} "
+            )
+        else:
+            # --pre-encoded: the encoders' output, caps set below (the encoders' own caps).
+            video = "appsrc name=vsrc is-live=true format=time min-latency=0 ! clocksync "
+            audio = "appsrc name=asrc is-live=true format=time min-latency=0 ! clocksync "
         desc = (
             "webrtcbin name=webrtc bundle-policy=max-bundle async-handling=true "
-            f'appsrc name=vsrc is-live=true format=time min-latency=0 caps="{v_caps}" '
-            "! clocksync ! queue max-size-buffers=1 "
-            f"! x264enc tune=zerolatency speed-preset=ultrafast bitrate={a.bitrate} "
-            f'key-int-max=60 threads={a.x264_threads} option-string="slices=2" '
-            "! video/x-h264,profile=constrained-baseline,stream-format=byte-stream "
+            f"{video}"
             "! rtph264pay name=vpay config-interval=-1 aggregate-mode=zero-latency "
             f"pt={VIDEO_PT} "
             f"! application/x-rtp,media=video,encoding-name=H264,payload={VIDEO_PT} "
             "! queue ! webrtc. "
-            f'appsrc name=asrc is-live=true format=time min-latency=0 caps="{a_caps}" '
-            "! clocksync ! opusenc audio-type=restricted-lowdelay frame-size=20 "
-            f"bitrate={a.audio_bitrate} bitrate-type=cbr inband-fec=false "
+            f"{audio}"
             f"! rtpopuspay name=apay pt={AUDIO_PT} ssrc=-1 "
             f"! application/x-rtp,media=audio,encoding-name=OPUS,payload={AUDIO_PT} "
             "! queue ! webrtc."
@@ -560,16 +718,23 @@ class Peer:
         self.ak = 0
         self.vsrc = self.pipe.get_by_name("vsrc")
         self.asrc = self.pipe.get_by_name("asrc")
-        self.vsrc.connect("need-data", self._video_need_data)
-        self.asrc.connect("need-data", self._audio_need_data)
+        if encoded is None:
+            self.vsrc.connect("need-data", self._video_need_data)
+            self.asrc.connect("need-data", self._audio_need_data)
+        else:
+            self.vsrc.set_property("caps", encoded.video_caps)
+            self.asrc.set_property("caps", encoded.audio_caps)
+            self.vsrc.connect("need-data", self._encoded_video_need_data, encoded)
+            self.asrc.connect("need-data", self._encoded_audio_need_data, encoded)
 
         c = self.counters
-        self.pipe.get_by_name("vpay").get_static_pad("src").add_probe(
-            Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, video_pay_probe, c
-        )
-        self.pipe.get_by_name("apay").get_static_pad("src").add_probe(
-            Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, audio_pay_probe, c
-        )
+        if not a.light_counters:
+            self.pipe.get_by_name("vpay").get_static_pad("src").add_probe(
+                Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, video_pay_probe, c
+            )
+            self.pipe.get_by_name("apay").get_static_pad("src").add_probe(
+                Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, audio_pay_probe, c
+            )
         self._probed = set()
         self.pipe.connect("deep-element-added", self._on_element_added)
 
@@ -625,8 +790,9 @@ class Peer:
                 continue
             self._probed.add(el.get_name())
             if name == "nicesink":
+                probe = wire_start_probe if self.args.light_counters else wire_probe
                 el.get_static_pad("sink").add_probe(
-                    Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, wire_probe, self
+                    Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, probe, self
                 )
             elif self.args.report_sr:
                 el.connect("pad-added", self._on_srtpenc_pad)
@@ -706,6 +872,70 @@ class Peer:
         buf.pts = k * AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
         buf.duration = AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
         src.emit("push-buffer", buf)
+
+    def _encoded_video_need_data(self, src, _length, encoded):
+        """--pre-encoded: the next access unit of the loop (no B-frames: DTS = PTS). PTS n/fps
+        as in _video_need_data, but rounded up to the nanosecond instead of down: rtph264pay
+        rounds down to 90 kHz, so n/fps rounded down gives frame steps of 2999/3000/3001 ticks.
+        In a recording whose video starts half a frame off its audio (the loop's exact 20 ms
+        and 1/fps grids make that common: 1 file of the first 5) `ffmpeg -f null` then put
+        two frames on one 1/fps tick and reported non-monotonic timestamps. Rounded up, every
+        step is 3000 ticks."""
+        n = self.vn
+        self.vn += 1
+        au = encoded.video[n % len(encoded.video)]
+        buf = au.copy_region(encoded.copy, 0, au.get_size())
+        fps = self.args.fps
+        buf.pts = buf.dts = -(-n * Gst.SECOND // fps)
+        buf.duration = -(-(n + 1) * Gst.SECOND // fps) - buf.pts
+        src.emit("push-buffer", buf)
+
+    def _encoded_audio_need_data(self, src, _length, encoded):
+        """--pre-encoded: the next Opus packet of the loop (20 ms each)."""
+        k = self.ak
+        self.ak += 1
+        pkt = encoded.audio[k % len(encoded.audio)]
+        buf = pkt.copy_region(encoded.copy, 0, pkt.get_size())
+        buf.pts = buf.dts = k * AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
+        buf.duration = AUDIO_CHUNK * Gst.SECOND // AUDIO_RATE
+        src.emit("push-buffer", buf)
+
+    def poll_stats(self, wait=False):
+        """--light-counters: asks webrtcbin for its statistics; the RTP packets its RTP session
+        sent for the video and audio SSRCs of the offer become wire_video_packets and
+        wire_audio_packets. Without `wait` the answer lands in the counters when it comes (the
+        periodic report shows the previous one): the asyncio thread never blocks on webrtcbin."""
+        if not self.offer_sent:
+            return
+        if wait:
+            promise = Gst.Promise.new()
+            self.webrtc.emit("get-stats", None, promise)
+            promise.wait()
+            self._take_stats(promise)
+        else:
+            promise = Gst.Promise.new_with_change_func(lambda p, _d: self._take_stats(p), None)
+            self.webrtc.emit("get-stats", None, promise)
+
+    def _take_stats(self, promise):
+        if promise.wait() != Gst.PromiseResult.REPLIED:
+            return
+        reply = promise.get_reply()
+        if reply is None:
+            return
+        c = self.counters
+        found = {}
+
+        def each(_field, value, _data):
+            if isinstance(value, Gst.Structure) and value.get_name() == "outbound-rtp":
+                found[value.get_value("ssrc")] = value.get_value("packets-sent")
+            return True
+
+        reply.foreach(each, None)
+        with c.wire_lock:
+            if c.video_ssrc in found:
+                c.wire_video_packets = found[c.video_ssrc]
+            if c.audio_ssrc in found:
+                c.wire_audio_packets = found[c.audio_ssrc]
 
     def media_epoch(self):
         """Unix ms of running time 0 (= PTS 0 of both appsrcs)."""
@@ -790,12 +1020,18 @@ class Peer:
         # The msid track ids GStreamer put in the offer ("webrtctransceiverN", N counted over
         # the whole process): webrtc-rs names tracks (and its routing errors) after them.
         tracks = {}
+        ssrcs = {}
         kind = None
         for line in sdp.splitlines():
             if line.startswith("m="):
                 kind = line[2:].split(" ", 1)[0]
             elif line.startswith("a=ssrc:") and " msid:" in line and kind:
                 tracks.setdefault(kind, line.rsplit(" ", 1)[-1])
+                ssrcs.setdefault(kind, int(line[7:].split(" ", 1)[0]))
+        if self.counters.light:
+            # The wire probe learns them from the packets; webrtcbin's statistics need them.
+            self.counters.video_ssrc = ssrcs.get("video")
+            self.counters.audio_ssrc = ssrcs.get("audio")
         self.pub.viewer_event(self, "offer", tracks=tracks)
         for mline, cand in self.queued_local:
             self.send_candidate(mline, cand)
@@ -959,6 +1195,8 @@ class Peer:
 
         def teardown():
             time.sleep(0.3 if bye else 0.0)  # let the bye leave
+            if self.counters.light:
+                self.poll_stats(wait=True)  # the last counts, while webrtcbin is up
             self.pipe.set_state(Gst.State.NULL)
 
         self.teardown_thread = threading.Thread(target=teardown, daemon=True)
@@ -978,10 +1216,11 @@ def random_id():
 class Publisher:
     """One stream: announces itself, answers viewer requests with offers (state.rs semantics)."""
 
-    def __init__(self, args, stream, schedule):
+    def __init__(self, args, stream, schedule, encoded=None):
         self.args = args
         self.stream = stream
         self.schedule = schedule
+        self.encoded = encoded  # EncodedLoop with --pre-encoded
         self.sec = Security(args.password, args.salt)
         self.wire_stream = self.sec.stream(stream)
         self.relay = args.dialect == "relay"
@@ -1189,12 +1428,15 @@ class Publisher:
         report(ev)
 
     def stats(self, final=False):
-        total = {f: 0 for f in Counters.FIELDS}
+        counted = Counters.counted(self.args.light_counters)
+        total = {f: 0 if f in counted else None for f in Counters.FIELDS}
         per_viewer = {}
         audio_ssrc = video_ssrc = None
         for p in self.history:
             snap = p.counters.snapshot()
-            for f in Counters.FIELDS:
+            if self.args.light_counters and not p.closed:
+                p.poll_stats()  # for the next report (so each report is one interval behind)
+            for f in counted:
                 total[f] += snap[f]
             audio_ssrc = snap["audio_ssrc"] or audio_ssrc
             video_ssrc = snap["video_ssrc"] or video_ssrc
@@ -1248,6 +1490,26 @@ def parse_args(argv):
         help="keep libnice's ICE-TCP on (its default; off otherwise, as with --local-ip)",
     )
     ap.add_argument("--connect-timeout", type=float, default=15.0)
+    ap.add_argument(
+        "--pre-encoded",
+        action="store_true",
+        help=(
+            "load mode: encode the video (x264, same settings and noise frames) and the audio "
+            f"(Opus, silence) once per process at startup, {PRE_ENCODED_SECONDS} s starting and "
+            "looping on an IDR, and have every viewer's pipeline send that loop with fresh "
+            "timestamps through rtph264pay/rtpopuspay and webrtcbin, instead of encoding live "
+            "per viewer. No flashes or beeps (--flashes is refused). Keyframe requests (PLI/FIR) "
+            f"are not honoured: the loop has an IDR every {KEY_INT_MAX} frames"
+        ),
+    )
+    ap.add_argument(
+        "--light-counters",
+        action="store_true",
+        help=(
+            "load mode: no Python pad probe on every RTP/SRTP packet: the stats report counts "
+            "only wire_video_packets and wire_audio_packets, taken from webrtcbin's statistics"
+        ),
+    )
     args = ap.parse_args(argv)
     if args.check:
         return args
@@ -1265,6 +1527,10 @@ def parse_args(argv):
         ap.error("--width/--height must be positive and even")
     if args.fps <= 0 or AUDIO_RATE % args.fps:
         ap.error(f"--fps must divide {AUDIO_RATE}")
+    if args.pre_encoded and args.flash_list:
+        ap.error("--pre-encoded sends no flashes or beeps: drop --flashes")
+    if args.pre_encoded and (args.fps * PRE_ENCODED_SECONDS) % KEY_INT_MAX:
+        ap.error(f"--pre-encoded needs --fps * {PRE_ENCODED_SECONDS} to be a multiple of 60")
     return args
 
 
@@ -1335,14 +1601,14 @@ def check():
     sys.exit(0)
 
 
-async def amain(args):
+async def amain(args, encoded):
     global LOOP
     LOOP = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         LOOP.add_signal_handler(sig, stopping.set)
     schedule = Schedule(args.fps, args.flash_list, args.period)
-    pubs = [Publisher(args, s, schedule) for s in args.stream_list]
+    pubs = [Publisher(args, s, schedule, encoded) for s in args.stream_list]
     tasks = [asyncio.ensure_future(p.run(stopping)) for p in pubs]
     started = time.monotonic()
     next_stats = started + args.stats_interval
@@ -1402,7 +1668,8 @@ def main():
             die(f"GStreamer element {name} missing; install {pkg}", 2)
     warm_up()
     try:
-        asyncio.run(amain(args))
+        encoded = EncodedLoop(args) if args.pre_encoded else None
+        asyncio.run(amain(args, encoded))
     except ValueError as e:
         die(str(e))
     sys.stdout.flush()
