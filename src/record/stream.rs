@@ -36,14 +36,15 @@ pub struct RecorderSettings {
     pub stream: StreamConfig,
     /// Peer connection settings (ICE servers, timeouts, cipher for data-channel payloads).
     pub session: SessionConfig,
-    /// Pending file bytes are written at least this often, so a killed recorder loses at most
-    /// this much of what it had made ready. Writes are batched because each write costs a hop
-    /// to the blocking pool and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s
-    /// stream) made file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
+    /// Pending file bytes are written on the first recorder tick ([`TICK`], 100 ms) at least
+    /// this long after the last write, so a killed recorder loses at most about this much of
+    /// what it had made ready. Writes are batched because each costs a hop to the blocking
+    /// pool and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s stream) made
+    /// file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
     pub flush_interval: Duration,
-    /// Pending file bytes are written as soon as there are this many (a 64 KiB write, as
-    /// GStreamer's filesink and FFmpeg's buffered I/O do, costs the kernel about half as much
-    /// per byte as a 25 KiB one, measured).
+    /// Pending file bytes are written as soon as there are this many: for a high-bitrate
+    /// stream, writes of this size instead of every tick's worth (a write of 64 KiB or more
+    /// costs the kernel about half as much per byte as a 25 KiB one, measured).
     pub flush_bytes: usize,
     /// After a write error, recording resumes (in a new file) once this many bytes are free
     /// on the output folder's file system (`--min-free-mb`; at least 1 MiB).
@@ -58,8 +59,8 @@ impl RecorderSettings {
             prefix,
             stream: StreamConfig::default(),
             session: SessionConfig::default(),
-            flush_interval: Duration::from_millis(250),
-            flush_bytes: 64 * 1024,
+            flush_interval: Duration::from_millis(300),
+            flush_bytes: 128 * 1024,
             min_free_bytes: 0,
         }
     }
@@ -831,16 +832,19 @@ impl Recorder {
         self.muxer.as_mut().map_or(0, |m| m.output().len())
     }
 
-    /// Whether a tick at `now` should write: a file the core ended is closed at once; the
-    /// bytes of the current one wait for [`RecorderSettings::flush_interval`] (the media path
-    /// writes them earlier once there are [`RecorderSettings::flush_bytes`]).
+    /// Whether a tick at `now` should write: a file the core ended is closed at once, and the
+    /// first bytes of a file are written at once (that names the file, which the timeline's
+    /// gap events point to); the rest waits for [`RecorderSettings::flush_interval`] (the
+    /// media path writes earlier once there are [`RecorderSettings::flush_bytes`]). Half a
+    /// tick of slack: `last_flush` is taken a little after its tick's `now`.
     fn flush_due(&mut self, now: Instant) -> bool {
+        let opening = self.file.path().is_none();
         let Some(m) = self.muxer.as_mut() else {
             return false;
         };
+        let waited = now.saturating_duration_since(self.last_flush) + TICK / 2;
         m.has_ended()
-            || (!m.output().is_empty()
-                && now.saturating_duration_since(self.last_flush) >= self.settings.flush_interval)
+            || (!m.output().is_empty() && (opening || waited >= self.settings.flush_interval))
     }
 
     /// Writes what the core produced: first the files it ended (segments), then the bytes

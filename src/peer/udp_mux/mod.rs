@@ -61,12 +61,13 @@ const MAX_PER_TICK: usize = 8192;
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams a connection's queue may hold as slices of a read's buffer ([`Demux::drain`]);
 /// past that, the ones queued get buffers of their own. A queue is emptied at each grid step,
-/// where a 1080p keyframe is ~60 datagrams: the limit is only reached by a connection that
-/// falls behind, whose queue then pins at most this many read buffers, not [`QUEUE`].
+/// and a 720p keyframe is ~40-60 datagrams, so only a connection that falls behind reaches the
+/// limit. Such a connection pins at most `PIN_LIMIT` reads' buffers, each at most
+/// [`PIN_MAX_READ`]: 4 MiB, where its whole queue of copies would hold ~0.5 MiB.
 const PIN_LIMIT: usize = 64;
-/// A read larger than this (kernel-coalesced bursts) is handed on as copies: its buffer is
-/// not kept alive by slices.
-const PIN_MAX_READ: usize = 256 * 1024;
+/// A read larger than this (only kernel-coalesced bursts are: 32 datagrams of at most
+/// [`MAX_DATAGRAM`] are 64 KiB) is handed on as copies: its buffer is not kept alive by slices.
+const PIN_MAX_READ: usize = 64 * 1024;
 /// Destinations a connection's socket reports as its own (bounded like its addresses).
 const MAX_LEARNED: usize = route::MAX_ADDRS_PER_SLOT;
 
@@ -483,7 +484,8 @@ impl Demux {
             return;
         };
         let count = self.delivered.entry(slot).or_default();
-        let datagram = if QUEUE - tx.capacity() >= PIN_LIMIT {
+        // (A full queue drops it below: no copy for that.)
+        let datagram = if tx.capacity() > 0 && QUEUE - tx.capacity() >= PIN_LIMIT {
             Bytes::copy_from_slice(&datagram)
         } else {
             datagram
