@@ -928,18 +928,20 @@ mod tests {
     #[tokio::test]
     async fn datagrams_reach_their_connection_and_replies_leave_from_the_shared_port() {
         for mode in [ReadMode::Grid, ReadMode::OnArrival] {
-            route_and_reply(
-                UdpMux::bind_with(
-                    "127.0.0.1:0".parse().unwrap(),
-                    Vec::new(),
-                    RECV_BUFFER,
-                    Some(mode),
-                )
-                .await
-                .unwrap(),
-            )
-            .await;
+            route_and_reply(loopback_mux(mode).await).await;
         }
+    }
+
+    /// A shared port on loopback with the full buffer, read in `mode`.
+    async fn loopback_mux(mode: ReadMode) -> UdpMux {
+        UdpMux::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Vec::new(),
+            RECV_BUFFER,
+            Some(mode),
+        )
+        .await
+        .unwrap()
     }
 
     async fn route_and_reply(mux: UdpMux) {
@@ -1004,14 +1006,7 @@ mod tests {
     /// card) is split back at its stride: every datagram reaches its connection, in order.
     #[tokio::test]
     async fn a_coalesced_burst_reaches_its_connection_datagram_by_datagram() {
-        let mux = UdpMux::bind_with(
-            "127.0.0.1:0".parse().unwrap(),
-            Vec::new(),
-            RECV_BUFFER,
-            Some(ReadMode::Grid),
-        )
-        .await
-        .unwrap();
+        let mux = loopback_mux(ReadMode::Grid).await;
         let port = mux.local_addr().unwrap();
         let placeholder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let conn = mux
@@ -1104,14 +1099,7 @@ mod tests {
     /// (each counts toward the per-tick bound, so a flood of them cannot hold the task).
     #[tokio::test]
     async fn empty_datagrams_are_counted_and_dropped() {
-        let mux = UdpMux::bind_with(
-            "127.0.0.1:0".parse().unwrap(),
-            Vec::new(),
-            RECV_BUFFER,
-            Some(ReadMode::Grid),
-        )
-        .await
-        .unwrap();
+        let mux = loopback_mux(ReadMode::Grid).await;
         let port = mux.local_addr().unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..3 {
