@@ -10,6 +10,7 @@
 //! [`IceCandidate`]s; the signalling layer moves them over the WebSocket.
 
 pub mod dc;
+mod events;
 pub mod grid;
 pub mod publisher;
 pub mod session;

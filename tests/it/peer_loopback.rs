@@ -9,7 +9,8 @@ use ninjarec::peer::publisher::{
     self, PublisherCloseReason, PublisherConfig, PublisherEvent, PublisherHandle, PublisherMode,
 };
 use ninjarec::peer::session::{
-    self, CloseReason, MediaEvent, SessionConfig, SessionEvent, SessionHandle, SessionStats,
+    self, CloseReason, MediaEvent, SessionConfig, SessionEvent, SessionEvents, SessionHandle,
+    SessionStats,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -31,7 +32,7 @@ fn wire(
     publisher: PublisherHandle,
     mut pub_rx: mpsc::Receiver<PublisherEvent>,
     session: SessionHandle,
-    mut sess_rx: mpsc::Receiver<SessionEvent>,
+    mut sess_rx: SessionEvents,
 ) -> (
     mpsc::UnboundedReceiver<PublisherEvent>,
     mpsc::UnboundedReceiver<SessionEvent>,
