@@ -503,8 +503,14 @@ async fn run(
                 // Everything ready now is handled in this wake (up to a batch), without a
                 // round of the other branches per packet.
                 let mut next = ev;
-                for _ in 0..EVENT_BATCH {
-                    let Some(ev) = next else { break 'run };
+                for handled in 0..EVENT_BATCH {
+                    if handled > 0 {
+                        next = events.try_recv();
+                        if next.is_none() {
+                            break;
+                        }
+                    }
+                    let Some(ev) = next.take() else { break 'run };
                     match ev {
                         SessionEvent::Media(m) => {
                             if rec.media(m) {
@@ -549,10 +555,6 @@ async fn run(
                         SessionEvent::TrackStarted { codec: None, .. }
                         | SessionEvent::DataChannelOpen { .. }
                         | SessionEvent::Renegotiated => {}
-                    }
-                    next = events.try_recv();
-                    if next.is_none() {
-                        break;
                     }
                 }
             }
