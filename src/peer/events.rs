@@ -66,10 +66,6 @@ fn next_event(track: Arc<dyn TrackRemote>) -> NextEvent {
     Box::pin(async move { track.poll().await })
 }
 
-/// Most media events kept while the consumer is held ([`SessionEvents::hold`]): ~4 s of a
-/// 2 Mb/s stream's packets.
-const BACKLOG: usize = 1024;
-
 /// Longest wait, once the session has closed its connection, for its tracks' last packets
 /// before [`SessionEvent::Closed`] is handed on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,11 +95,14 @@ pub struct SessionEvents {
     reports: VecDeque<SessionEvent>,
     /// Media events in `ready`.
     ready_media: usize,
+    /// Most media events kept in `ready` (`SessionConfig::event_capacity`, 1024 by default:
+    /// ~4 s of a 2 Mb/s stream's packets).
+    backlog: usize,
     counters: Counters,
 }
 
 impl SessionEvents {
-    pub(crate) fn new(control: mpsc::Receiver<Wire>) -> Self {
+    pub(crate) fn new(control: mpsc::Receiver<Wire>, backlog: usize) -> Self {
         Self {
             control,
             control_done: false,
@@ -113,11 +112,12 @@ impl SessionEvents {
             ready: VecDeque::new(),
             reports: VecDeque::new(),
             ready_media: 0,
+            backlog,
             counters: Counters::default(),
         }
     }
 
-    /// Media events dropped so far because the consumer was held up past [`BACKLOG`] (live,
+    /// Media events dropped so far because the consumer was held up past its backlog (live,
     /// for the status page; the final count comes with [`SessionEvent::Closed`]).
     pub fn media_dropped(&self) -> u64 {
         self.counters.media_dropped
@@ -139,7 +139,7 @@ impl SessionEvents {
     }
 
     /// Runs `work` (the consumer's own wait, e.g. a file write) while reading on: what arrives
-    /// meanwhile is kept for [`Self::recv`], media beyond [`BACKLOG`] dropped and counted.
+    /// meanwhile is kept for [`Self::recv`], media beyond the backlog dropped and counted.
     pub async fn hold<F: Future>(&mut self, work: F) -> F::Output {
         let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
@@ -148,7 +148,7 @@ impl SessionEvents {
             }
             while let Poll::Ready(Some(ev)) = self.poll_fresh(cx) {
                 if matches!(ev, SessionEvent::Media(_)) {
-                    if self.ready_media >= BACKLOG {
+                    if self.ready_media >= self.backlog {
                         self.counters.media_dropped += 1;
                         continue;
                     }
@@ -289,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn what_comes_during_a_hold_is_received_after_it_in_order() {
         let (tx, rx) = mpsc::channel(16);
-        let mut events = SessionEvents::new(rx);
+        let mut events = SessionEvents::new(rx, 1024);
         let sender = tx.clone();
         let work = async move {
             for state in [ConnectionState::Connecting, ConnectionState::Connected] {
@@ -320,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn closed_is_last_and_carries_the_media_counters() {
         let (tx, rx) = mpsc::channel(16);
-        let mut events = SessionEvents::new(rx);
+        let mut events = SessionEvents::new(rx, 1024);
         tx.send(Wire::Event(SessionEvent::Closed {
             reason: CloseReason::Bye,
             stats: SessionStats {

@@ -70,7 +70,8 @@ pub struct SessionConfig {
     pub udp_addrs: Vec<String>,
     /// Decrypts/encrypts data-channel signalling payloads.
     pub cipher: SharedCipher,
-    /// Capacity of the event channel (media events included).
+    /// Media events kept while the consumer is held up ([`SessionEvents::hold`]); also the
+    /// capacity of the control-event channel.
     pub event_capacity: usize,
     /// Answer as DTLS server instead of client. For publishers whose first offer carries
     /// media (Raspberry Ninja, GStreamer): they send what they queued during the handshake
@@ -334,9 +335,13 @@ impl SessionHandle {
 /// Starts a receiving session task on the current tokio runtime.
 pub fn spawn(config: SessionConfig) -> (SessionHandle, SessionEvents) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
+    let capacity = config.event_capacity.max(16);
+    let (ev_tx, ev_rx) = mpsc::channel(capacity);
     tokio::spawn(run(config, cmd_rx, ev_tx));
-    (SessionHandle { tx: cmd_tx }, SessionEvents::new(ev_rx))
+    (
+        SessionHandle { tx: cmd_tx },
+        SessionEvents::new(ev_rx, capacity),
+    )
 }
 
 struct Channel {
