@@ -10,7 +10,6 @@
 //! [`IceCandidate`]s; the signalling layer moves them over the WebSocket.
 
 pub mod dc;
-mod events;
 pub mod grid;
 pub mod publisher;
 pub mod session;

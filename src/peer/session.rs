@@ -1,24 +1,26 @@
 //! The receiving side: one webrtc-rs peer connection per publisher, driven by one tokio task.
 //!
-//! [`spawn`] returns a [`SessionHandle`] (inputs from signalling and the record layer) and
-//! [`SessionEvents`] (answer and candidates for signalling, RTP and Sender Reports for the record
-//! layer, and finally exactly one [`SessionEvent::Closed`]); the media are read from webrtc-rs's
-//! track queues by `SessionEvents` itself, in the consumer's task. webrtc-rs callbacks only
+//! [`spawn`] returns a [`SessionHandle`] (inputs from signalling and the record layer) and a
+//! receiver of [`SessionEvent`]s (answer and candidates for signalling, RTP and Sender Reports for
+//! the record layer, and finally exactly one [`SessionEvent::Closed`]). webrtc-rs callbacks only
 //! forward into channels; every `PeerConnection` call (negotiation, candidates, PLI, close) is made
 //! by the session task, so negotiations never interleave.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use webrtc::data_channel::DataChannel;
-use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCPeerConnectionState,
     RTCSessionDescription, SettingEngineBuilder,
@@ -26,8 +28,6 @@ use webrtc::peer_connection::{
 
 use super::Internal;
 use super::dc::{self, DcMessage};
-pub use super::events::SessionEvents;
-use super::events::{TrackFeed, Wire};
 use super::{
     ConnectionState, IceCandidate, IceServer, SharedCipher, first_bundle_mid, media_setup,
     rtc_ice_servers,
@@ -38,6 +38,8 @@ use crate::media::{RtpPacket, TrackKind, VideoCodec};
 const MAX_PENDING_CANDIDATES: usize = 256;
 /// Data channels tracked per connection (Raspberry Ninja opens two); more are ignored.
 const MAX_DATA_CHANNELS: usize = 8;
+/// Longest wait for the track readers to drain after `close()`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The label VDO.Ninja publishers use for their signalling data channel.
 pub const SIGNALLING_LABEL: &str = "sendChannel";
 
@@ -70,8 +72,7 @@ pub struct SessionConfig {
     pub udp_addrs: Vec<String>,
     /// Decrypts/encrypts data-channel signalling payloads.
     pub cipher: SharedCipher,
-    /// Media events kept while the consumer is held up ([`SessionEvents::hold`]); also the
-    /// capacity of the control-event channel.
+    /// Capacity of the event channel (media events included).
     pub event_capacity: usize,
     /// Answer as DTLS server instead of client. For publishers whose first offer carries
     /// media (Raspberry Ninja, GStreamer): they send what they queued during the handshake
@@ -220,9 +221,8 @@ pub struct SessionStats {
     pub dc_dropped: u64,
     /// Remote candidates dropped (queue full or rejected).
     pub candidates_dropped: u64,
-    /// Media events (RTP, Sender Reports) dropped because the consumer was held up past its
-    /// backlog (a slow disk, [`SessionEvents::hold`]): memory stays bounded, the loss is
-    /// counted here and shows up as a gap.
+    /// Media events (RTP, Sender Reports) dropped because the consumer's queue was full (a
+    /// slow disk): the queue stays bounded, the loss is counted here and shows up as a gap.
     pub media_dropped: u64,
 }
 
@@ -298,9 +298,18 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct SessionHandle {
     tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
 }
 
 impl SessionHandle {
+    /// Media events dropped so far because the receiver of the events fell behind (live,
+    /// for the status page; the final count comes with [`SessionEvent::Closed`]).
+    pub fn media_dropped(&self) -> u64 {
+        self.counters.media_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Apply a remote offer received over the WebSocket; the answer comes back as
+    /// [`SessionEvent::LocalAnswer`].
     pub async fn remote_offer(&self, sdp: String) -> Result<(), SessionGone> {
         self.tx
             .send(Command::Offer(sdp))
@@ -333,15 +342,26 @@ impl SessionHandle {
 }
 
 /// Starts a receiving session task on the current tokio runtime.
-pub fn spawn(config: SessionConfig) -> (SessionHandle, SessionEvents) {
+pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let capacity = config.event_capacity.max(16);
-    let (ev_tx, ev_rx) = mpsc::channel(capacity);
-    tokio::spawn(run(config, cmd_rx, ev_tx));
+    let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(16));
+    let counters = Arc::new(Counters::default());
+    tokio::spawn(run(config, cmd_rx, ev_tx, counters.clone()));
     (
-        SessionHandle { tx: cmd_tx },
-        SessionEvents::new(ev_rx, capacity),
+        SessionHandle {
+            tx: cmd_tx,
+            counters,
+        },
+        ev_rx,
     )
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    video_packets: AtomicU64,
+    audio_packets: AtomicU64,
+    sender_reports: AtomicU64,
+    media_dropped: AtomicU64,
 }
 
 struct Channel {
@@ -364,14 +384,16 @@ enum Reply {
 struct Session {
     config: SessionConfig,
     pc: Arc<dyn PeerConnection>,
-    events: mpsc::Sender<Wire>,
+    events: mpsc::Sender<SessionEvent>,
     internal_tx: mpsc::UnboundedSender<Internal>,
+    counters: Arc<Counters>,
     stats: SessionStats,
     remote_set: bool,
     pending: Vec<IceCandidate>,
     bundle_mid: Option<String>,
     channels: Vec<Channel>,
     video: Option<(Arc<dyn TrackRemote>, u32)>,
+    readers: Vec<JoinHandle<()>>,
     connected_once: bool,
     ice_deadline: Option<tokio::time::Instant>,
     vanish_deadline: Option<tokio::time::Instant>,
@@ -448,7 +470,8 @@ fn far_future() -> tokio::time::Instant {
 async fn run(
     config: SessionConfig,
     mut cmd_rx: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Wire>,
+    events: mpsc::Sender<SessionEvent>,
+    counters: Arc<Counters>,
 ) {
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
     let handler = Arc::new(super::Forwarder {
@@ -459,10 +482,10 @@ async fn run(
         Err(e) => {
             warn!(label = %config.label, "cannot create peer connection: {e}");
             let _ = events
-                .send(Wire::Event(SessionEvent::Closed {
+                .send(SessionEvent::Closed {
                     reason: CloseReason::Setup(e.to_string()),
                     stats: SessionStats::default(),
-                }))
+                })
                 .await;
             return;
         }
@@ -472,12 +495,14 @@ async fn run(
         pc,
         events,
         internal_tx,
+        counters,
         stats: SessionStats::default(),
         remote_set: false,
         pending: Vec::new(),
         bundle_mid: None,
         channels: Vec::new(),
         video: None,
+        readers: Vec::new(),
         connected_once: false,
         ice_deadline: None,
         vanish_deadline: None,
@@ -536,7 +561,7 @@ async fn run(
 
 impl Session {
     async fn emit(&self, ev: SessionEvent) {
-        let _ = self.events.send(Wire::Event(ev)).await;
+        let _ = self.events.send(ev).await;
     }
 
     async fn negotiate(&mut self, sdp: String, reply: Reply) -> Result<(), webrtc::error::Error> {
@@ -781,12 +806,14 @@ impl Session {
             supported,
         })
         .await;
-        let feed = TrackFeed {
-            track: track.clone(),
+        let reader = tokio::spawn(read_track(
+            track.clone(),
             kind,
-            forward: supported,
-        };
-        let _ = self.events.send(Wire::Track(feed)).await;
+            supported,
+            self.events.clone(),
+            self.counters.clone(),
+        ));
+        self.readers.push(reader);
         if kind == TrackKind::Video
             && supported
             && let Some(ssrc) = ssrc
@@ -899,7 +926,7 @@ impl Session {
         None
     }
 
-    async fn shutdown(self, reason: CloseReason) {
+    async fn shutdown(mut self, reason: CloseReason) {
         if reason == CloseReason::LocalClose {
             let open: Vec<_> = self
                 .channels
@@ -912,10 +939,94 @@ impl Session {
         if let Err(e) = self.pc.close().await {
             debug!("close: {e}");
         }
+        for r in std::mem::take(&mut self.readers) {
+            let abort = r.abort_handle();
+            if tokio::time::timeout(DRAIN_TIMEOUT, r).await.is_err() {
+                abort.abort();
+            }
+        }
+        self.stats.video_packets = self.counters.video_packets.load(Ordering::Relaxed);
+        self.stats.audio_packets = self.counters.audio_packets.load(Ordering::Relaxed);
+        self.stats.sender_reports = self.counters.sender_reports.load(Ordering::Relaxed);
+        self.stats.media_dropped = self.counters.media_dropped.load(Ordering::Relaxed);
         // The recorder says why in one line (within its per-publisher log budget); the
         // session's own view is detail.
         debug!(label = %self.config.label, ?reason, stats = ?self.stats, "peer session closed");
         let stats = self.stats.clone();
         self.emit(SessionEvent::Closed { reason, stats }).await;
+    }
+}
+
+/// Drains one remote track until it ends, forwarding RTP and Sender Reports.
+async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    kind: TrackKind,
+    forward: bool,
+    events: mpsc::Sender<SessionEvent>,
+    counters: Arc<Counters>,
+) {
+    while let Some(ev) = track.poll().await {
+        match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                if !forward || p.payload.is_empty() {
+                    continue;
+                }
+                let counter = match kind {
+                    TrackKind::Video => &counters.video_packets,
+                    TrackKind::Audio => &counters.audio_packets,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let packet = RtpPacket {
+                    sequence: p.header.sequence_number,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    ssrc: p.header.ssrc,
+                    payload_type: p.header.payload_type,
+                    payload: p.payload,
+                };
+                let ev = MediaEvent::Rtp {
+                    kind,
+                    packet,
+                    arrival: Instant::now(),
+                };
+                if !forward_media(&events, &counters, ev) {
+                    return;
+                }
+            }
+            TrackRemoteEvent::OnRtcpPacket(packets) => {
+                // Forwarded even from a track that is not recorded: the compound packet may
+                // carry the other track's report.
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                        counters.sender_reports.fetch_add(1, Ordering::Relaxed);
+                        let ev = MediaEvent::SenderReport {
+                            ssrc: sr.ssrc,
+                            ntp: sr.ntp_time,
+                            rtp_timestamp: sr.rtp_time,
+                            arrival: Instant::now(),
+                        };
+                        if !forward_media(&events, &counters, ev) {
+                            return;
+                        }
+                    }
+                }
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
+
+/// Hands one media event to the consumer without waiting: a full queue (the recorder is behind,
+/// e.g. on a slow disk) drops the event and counts it, so memory stays bounded and the track
+/// reader never stalls the connection. Returns false when the consumer is gone.
+fn forward_media(events: &mpsc::Sender<SessionEvent>, counters: &Counters, ev: MediaEvent) -> bool {
+    match events.try_send(SessionEvent::Media(ev)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            counters.media_dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }

@@ -430,10 +430,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
 
-/// Most session events handled per wake of the recorder before its other inputs (commands,
-/// ticks) get a turn.
-const EVENT_BATCH: usize = 64;
-
 /// Least free space to resume after a write error, whatever `--min-free-mb` says.
 const MIN_RESUME_BYTES: u64 = 1 << 20;
 
@@ -486,7 +482,7 @@ async fn run(
     let mut stopping = false;
     let mut close_reason = None;
     let mut media_dropped = 0;
-    'run: loop {
+    loop {
         tokio::select! {
             cmd = commands.recv(), if !stopping => match cmd {
                 Some(StreamCommand::RemoteCandidates(cands)) => {
@@ -500,62 +496,48 @@ async fn run(
                 }
             },
             ev = events.recv() => {
-                // Everything ready now is handled in this wake (up to a batch), without a
-                // round of the other branches per packet.
-                let mut next = ev;
-                for handled in 0..EVENT_BATCH {
-                    if handled > 0 {
-                        next = events.try_recv();
-                        if next.is_none() {
-                            break;
+                let Some(ev) = ev else { break };
+                match ev {
+                    SessionEvent::Media(m) => {
+                        if rec.media(m) {
+                            let _ = session.request_keyframe();
+                        }
+                        if rec.pending() >= rec.settings.flush_bytes {
+                            rec.flush().await;
                         }
                     }
-                    let Some(ev) = next.take() else { break 'run };
-                    match ev {
-                        SessionEvent::Media(m) => {
-                            if rec.media(m) {
-                                let _ = session.request_keyframe();
-                            }
-                            if rec.pending() >= rec.settings.flush_bytes {
-                                events.hold(rec.flush()).await;
-                            }
-                        }
-                        SessionEvent::LocalAnswer { sdp } => {
-                            rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
-                                peer: rec.id.peer.clone(),
-                                session: rec.id.session.clone(),
-                                sdp,
-                                encrypt: rec.id.encrypted,
-                            }));
-                        }
-                        SessionEvent::LocalCandidate(c) => {
-                            rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
-                                peer: rec.id.peer.clone(),
-                                session: rec.id.session.clone(),
-                                candidates: vec![c],
-                            }));
-                        }
-                        SessionEvent::MediaOffered { video, audio } => {
-                            rec.media_offered(video, audio);
-                        }
-                        SessionEvent::TrackStarted { codec: Some(codec), .. } => {
-                            events.hold(rec.video_codec(codec)).await;
-                        }
-                        SessionEvent::State(state) => {
-                            debug!(stream = %rec.id.stream_id, ?state, "connection state");
-                            rec.connected =
-                                matches!(state, crate::peer::ConnectionState::Connected);
-                        }
-                        SessionEvent::Closed { reason, stats } => {
-                            close_reason = Some(reason);
-                            media_dropped = stats.media_dropped;
-                            break 'run;
-                        }
-                        SessionEvent::PublisherLabel(label) => rec.label(label),
-                        SessionEvent::TrackStarted { codec: None, .. }
-                        | SessionEvent::DataChannelOpen { .. }
-                        | SessionEvent::Renegotiated => {}
+                    SessionEvent::LocalAnswer { sdp } => {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            sdp,
+                            encrypt: rec.id.encrypted,
+                        }));
                     }
+                    SessionEvent::LocalCandidate(c) => {
+                        rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
+                            peer: rec.id.peer.clone(),
+                            session: rec.id.session.clone(),
+                            candidates: vec![c],
+                        }));
+                    }
+                    SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
+                    SessionEvent::TrackStarted { codec: Some(codec), .. } => {
+                        rec.video_codec(codec).await;
+                    }
+                    SessionEvent::State(state) => {
+                        debug!(stream = %rec.id.stream_id, ?state, "connection state");
+                        rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
+                    }
+                    SessionEvent::Closed { reason, stats } => {
+                        close_reason = Some(reason);
+                        media_dropped = stats.media_dropped;
+                        break;
+                    }
+                    SessionEvent::PublisherLabel(label) => rec.label(label),
+                    SessionEvent::TrackStarted { codec: None, .. }
+                    | SessionEvent::DataChannelOpen { .. }
+                    | SessionEvent::Renegotiated => {}
                 }
             }
             _ = tick.tick() => {
@@ -568,10 +550,10 @@ async fn run(
                 }
                 rec.check_disk(now);
                 if rec.flush_due(now) {
-                    events.hold(rec.flush()).await;
+                    rec.flush().await;
                 }
                 rec.report_timeline();
-                rec.media_dropped = events.media_dropped();
+                rec.media_dropped = session.media_dropped();
                 rec.publish_live();
                 rec.report_silent_tracks(now);
                 #[cfg(debug_assertions)]
@@ -618,9 +600,8 @@ fn test_panic(rec: &Recorder) {
 /// stalled disk (a full SD card, a hung network mount) then holds up this recording only,
 /// never a runtime thread that the other recordings and the peer connections run on. The
 /// recorder waits meanwhile, so what it writes stays in order and its errors stay its own;
-/// its session's media are read on into a bounded backlog meanwhile
-/// ([`crate::peer::session::SessionEvents::hold`]). A panic inside is this recorder's panic
-/// (its supervisor sees it).
+/// its session's media queue (bounded) absorbs the wait. A panic inside is this recorder's
+/// panic (its supervisor sees it).
 async fn on_disk<R: Send + 'static>(
     file: &mut RecordingFile,
     f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,

@@ -9,8 +9,7 @@ use ninjarec::peer::publisher::{
     self, PublisherCloseReason, PublisherConfig, PublisherEvent, PublisherHandle, PublisherMode,
 };
 use ninjarec::peer::session::{
-    self, CloseReason, MediaEvent, SessionConfig, SessionEvent, SessionEvents, SessionHandle,
-    SessionStats,
+    self, CloseReason, MediaEvent, SessionConfig, SessionEvent, SessionHandle, SessionStats,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -32,7 +31,7 @@ fn wire(
     publisher: PublisherHandle,
     mut pub_rx: mpsc::Receiver<PublisherEvent>,
     session: SessionHandle,
-    mut sess_rx: SessionEvents,
+    mut sess_rx: mpsc::Receiver<SessionEvent>,
 ) -> (
     mpsc::UnboundedReceiver<PublisherEvent>,
     mpsc::UnboundedReceiver<SessionEvent>,
