@@ -373,8 +373,6 @@ struct Demux {
     queues: HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>>,
     /// Per connection: datagrams handed on and dropped (queue full), said when it goes.
     delivered: HashMap<SlotId, (u64, u64)>,
-    /// Scratch for [`Demux::drain`]: each datagram of a read, where it lies in its buffer.
-    spans: Vec<(SocketAddr, std::ops::Range<usize>)>,
 }
 
 impl Demux {
@@ -422,14 +420,10 @@ impl Demux {
         counters: &MuxCounters,
     ) -> bool {
         let mut left = MAX_PER_TICK;
-        let mut spans = std::mem::take(&mut self.spans);
         while left > 0 {
             let batch = match reader.recv(socket) {
                 Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.spans = spans;
-                    return true;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP errors of earlier sends and the like: per datagram.
                 Err(_) => {
                     left -= 1;
@@ -445,21 +439,21 @@ impl Demux {
                 continue;
             }
             let mut chunk = BytesMut::with_capacity(total);
-            spans.clear();
-            // Every datagram counts, empty ones too (`datagrams` yields them), so nothing a
-            // sender floods the port with can hold the task past the bound.
-            for (from, datagram) in batch.datagrams() {
-                left = left.saturating_sub(1);
-                let start = chunk.len();
+            for (_, datagram) in batch.datagrams() {
                 chunk.extend_from_slice(datagram);
-                spans.push((from, start..chunk.len()));
             }
             let chunk = chunk.freeze();
-            for (from, span) in spans.drain(..) {
-                self.hand_on(from, chunk.slice(span), counters);
+            // The same walk again: datagram k of the read is the next span of `chunk`. Every
+            // datagram counts, empty ones too (`datagrams` yields them), so nothing a sender
+            // floods the port with can hold the task past the bound.
+            let mut start = 0;
+            for (from, datagram) in batch.datagrams() {
+                left = left.saturating_sub(1);
+                let end = start + datagram.len();
+                self.hand_on(from, chunk.slice(start..end), counters);
+                start = end;
             }
         }
-        self.spans = spans;
         false
     }
 
