@@ -66,6 +66,12 @@ impl RecorderSettings {
     }
 }
 
+/// Capacity the file buffer keeps between writes: what a write's worth and one large keyframe
+/// need, so the usual flush does not reallocate, while a rare burst's growth is given back.
+fn kept_buffer(flush_bytes: usize) -> usize {
+    flush_bytes.saturating_mul(2).max(64 * 1024)
+}
+
 /// What the orchestrator tells a recorder task.
 #[derive(Debug)]
 pub enum StreamCommand {
@@ -888,6 +894,10 @@ impl Recorder {
         })
         .await;
         bytes.clear();
+        // Its capacity is the most ever pending at once: a burst (the start's held seconds
+        // released together, a keyframe past `flush_bytes`) would otherwise stay allocated
+        // for the whole recording (up to 2 MiB per stream at N = 32, issue 11).
+        bytes.shrink_to(kept_buffer(self.settings.flush_bytes));
         if let Some(m) = self.muxer.as_mut() {
             *m.output() = bytes;
         }
