@@ -44,6 +44,12 @@
 #                   receives SRTP packets from a paced sender and only decrypts them
 #                   (FLOOR_VIDEO_PPS, FLOOR_AUDIO_PPS, FLOOR_VIDEO_SIZE per stream; defaults: the
 #                   publisher kind's measured rates; FLOOR_PROFILE=gcm|cm, default gcm)
+#   PERF=1          also sample the recorder with `perf record` (no call graphs, 1999 Hz) over
+#                   the measured window and say how many of its samples were SRTP decryption:
+#                   samples per SRTP sample is the recorder's work in units of its own SRTP
+#                   work, the same per packet in every build, so a ratio the machine's speed
+#                   (which drifts by 10-50 % on a shared VM) does not move. perf's own cost
+#                   raises the CPU column a little; compare PERF=1 runs with each other
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -56,6 +62,7 @@ BASE_PORT=${BASE_PORT:-21000}
 PUBLISHER=${PUBLISHER:-testsrc}
 UDP_PORT=${UDP_PORT:-}
 FLOOR=${FLOOR:-}
+PERF=${PERF:-}
 GST_VIDEO=${GST_VIDEO:---width 1280 --height 720 --bitrate 2000}
 GST_PRE_ENCODED=${GST_PRE_ENCODED:-}
 GST_PROCS=${GST_PROCS:-1}
@@ -169,6 +176,7 @@ for N in "${NS[@]}"; do
         --max-streams "$N" --duration $((WARMUP + DURATION)) >"$dir/rec.out" 2>"$dir/rec.err" &
     rec_pid=$!
     sockets=
+    perf_pid=
     t0=$(date +%s.%N)
     # t, recorder ticks, VmRSS KiB, VmHWM KiB, publisher ticks
     while kill -0 "$rec_pid" 2>/dev/null; do
@@ -178,6 +186,11 @@ for N in "${NS[@]}"; do
         echo "$now $r $(mem "$rec_pid") $(pub_ticks)" >>"$dir/samples"
         if [ -z "$sockets" ] && awk -v t="$now" -v w="$WARMUP" 'BEGIN{exit !(t >= w)}'; then
             sockets=$(ss -uanp 2>/dev/null | grep -c "pid=$rec_pid," || true)
+            if [ -n "$PERF" ]; then
+                perf record -q -F 1999 -p "$rec_pid" -o "$dir/perf.data" -- sleep "$DURATION" \
+                    >"$dir/perf.log" 2>&1 &
+                perf_pid=$!
+            fi
         fi
         sleep 1
     done
@@ -226,6 +239,16 @@ ratio="" if rec=="nan" else " (%.1f x)" % (float(rec)/n/pct)
 print("%.3f%s" % (pct, ratio))' "$dir/floor.out" "$N" "$cpu" 2>/dev/null || echo "?")
     fi
     echo "| $N | $(per "$cpu") | $floor | $pubcpu | $(per "$hwm") ($hwm) | $(per "$rss") ($rss) | $drift | $bytes | $written / $received | $lost | $behind | $((rcv1 - rcv0)) | ${sockets:-?} | $clean / $files of $N (summaries: $nsum) |"
+    if [ -n "$PERF" ]; then
+        [ -n "$perf_pid" ] && { wait "$perf_pid" || true; }
+        # Leaf symbols of SRTP decryption: webrtc-rs's SRTP and crypto crates, AES-CTR/GCM and
+        # HMAC-SHA1 (DTLS's share of them is its handshake and the data channel: negligible).
+        perf script -i "$dir/perf.data" -F ip,sym 2>/dev/null | awk -v n="$N" '
+            NF { total++; if ($0 ~ /rtc_srtp|rtc_crypto|sha1|aes|ctr::|hmac|ghash|polyval|generate_counter/) srtp++
+                 if ($0 ~ /copy_folio_from_iter/) pagecache++ }
+            END { if (srtp) printf "# N=%s perf: %d samples of the recorder, %d (%.1f %%) SRTP decryption: %.2f samples per SRTP sample; %.1f %% copying file writes into the page cache\n", n, total, srtp, 100*srtp/total, total/srtp, 100*pagecache/total
+                  else print "# N=" n " perf: no samples (is perf installed and allowed? see " "perf.log)" }'
+    fi
     if awk -v p="$pubcpu" -v c="$CORES" -v s="$SATURATION" 'BEGIN{exit !(p != "nan" && p > c*s)}'; then
         echo "# N=$N: the publishers used $pubcpu % of one core (> $SATURATION % of $CORES cores): machine saturated, stopping here"
         break

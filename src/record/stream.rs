@@ -66,10 +66,13 @@ impl RecorderSettings {
     }
 }
 
-/// Capacity the file buffer keeps between writes: what a write's worth and one large keyframe
-/// need, so the usual flush does not reallocate, while a rare burst's growth is given back.
-fn kept_buffer(flush_bytes: usize) -> usize {
-    flush_bytes.saturating_mul(2).max(64 * 1024)
+/// The most capacity the file buffer keeps between writes, and what it is cut to past that.
+/// A write's worth and one large keyframe can double it twice (to 4 x `flush_bytes`), every
+/// few seconds: that much is kept, so steady recording never reallocates it. Only a rare burst
+/// past it (the sync hold's release) is given back.
+fn kept_buffer(flush_bytes: usize) -> (usize, usize) {
+    let flush = flush_bytes.max(32 * 1024);
+    (flush.saturating_mul(4), flush.saturating_mul(2))
 }
 
 /// What the orchestrator tells a recorder task.
@@ -895,9 +898,12 @@ impl Recorder {
         .await;
         bytes.clear();
         // Its capacity is the most ever pending at once: a burst (the start's held seconds
-        // released together, a keyframe past `flush_bytes`) would otherwise stay allocated
-        // for the whole recording (up to 2 MiB per stream at N = 32, issue 11).
-        bytes.shrink_to(kept_buffer(self.settings.flush_bytes));
+        // released together) would otherwise stay allocated for the whole recording (up to
+        // 2 MiB per stream at N = 32, issue 11).
+        let (most, kept) = kept_buffer(self.settings.flush_bytes);
+        if bytes.capacity() > most {
+            bytes.shrink_to(kept);
+        }
         if let Some(m) = self.muxer.as_mut() {
             *m.output() = bytes;
         }
