@@ -48,8 +48,10 @@
 #                   the measured window and say how many of its samples were SRTP decryption:
 #                   samples per SRTP sample is the recorder's work in units of its own SRTP
 #                   work, the same per packet in every build, so a ratio the machine's speed
-#                   (which drifts by 10-50 % on a shared VM) does not move. perf's own cost
-#                   raises the CPU column a little; compare PERF=1 runs with each other
+#                   (which drifts by 10-50 % on a shared VM) does not move; also the share
+#                   spent copying file writes into the page cache (a VM's fresh memory can make
+#                   it the largest item). perf's sampling is charged to the recorder's CPU
+#                   column too: compare PERF=1 runs with each other
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -243,11 +245,11 @@ print("%.3f%s" % (pct, ratio))' "$dir/floor.out" "$N" "$cpu" 2>/dev/null || echo
         [ -n "$perf_pid" ] && { wait "$perf_pid" || true; }
         # Leaf symbols of SRTP decryption: webrtc-rs's SRTP and crypto crates, AES-CTR/GCM and
         # HMAC-SHA1 (DTLS's share of them is its handshake and the data channel: negligible).
-        perf script -i "$dir/perf.data" -F ip,sym 2>/dev/null | awk -v n="$N" '
+        perf script -i "$dir/perf.data" -F ip,sym 2>/dev/null | awk -v n="$N" -v plog="$dir/perf.log" '
             NF { total++; if ($0 ~ /rtc_srtp|rtc_crypto|sha1|aes|ctr::|hmac|ghash|polyval|generate_counter/) srtp++
                  if ($0 ~ /copy_folio_from_iter/) pagecache++ }
             END { if (srtp) printf "# N=%s perf: %d samples of the recorder, %d (%.1f %%) SRTP decryption: %.2f samples per SRTP sample; %.1f %% copying file writes into the page cache\n", n, total, srtp, 100*srtp/total, total/srtp, 100*pagecache/total
-                  else print "# N=" n " perf: no samples (is perf installed and allowed? see " "perf.log)" }'
+                  else print "# N=" n " perf: no samples (is perf installed and allowed? see " plog ")" }'
     fi
     if awk -v p="$pubcpu" -v c="$CORES" -v s="$SATURATION" 'BEGIN{exit !(p != "nan" && p > c*s)}'; then
         echo "# N=$N: the publishers used $pubcpu % of one core (> $SATURATION % of $CORES cores): machine saturated, stopping here"

@@ -67,9 +67,9 @@ impl RecorderSettings {
 }
 
 /// The most capacity the file buffer keeps between writes, and what it is cut to past that.
-/// A write's worth and one large keyframe can double it twice (to 4 x `flush_bytes`), every
-/// few seconds: that much is kept, so steady recording never reallocates it. Only a rare burst
-/// past it (the sync hold's release) is given back.
+/// A write's worth and one large keyframe grow it to 4 x `flush_bytes` every few seconds: that
+/// much is kept, so steady recording never reallocates it. Only a rare burst past it (the sync
+/// hold's release) is given back.
 fn kept_buffer(flush_bytes: usize) -> (usize, usize) {
     let flush = flush_bytes.max(32 * 1024);
     (flush.saturating_mul(4), flush.saturating_mul(2))
