@@ -66,13 +66,19 @@ impl RecorderSettings {
     }
 }
 
-/// The most capacity the file buffer keeps between writes, and what it is cut to past that.
-/// A write's worth and one large keyframe grow it to 4 x `flush_bytes` every few seconds: that
-/// much is kept, so steady recording never reallocates it. Only a rare burst past it (the sync
-/// hold's release) is given back.
-fn kept_buffer(flush_bytes: usize) -> (usize, usize) {
+/// Empties the file buffer after a write for the next one. Its capacity is the most ever
+/// pending at once: at 2 Mb/s a write's worth and one large keyframe grow it to 4 x
+/// `flush_bytes` every few seconds, which is kept so steady recording does not reallocate it;
+/// a larger burst (the sync hold releasing the start's seconds at once: up to 2 MiB per stream
+/// at N = 32, issue 11) would otherwise stay allocated for the whole recording, so it is cut
+/// back to 2 x. (`flush_bytes` counts as at least 32 KiB, so a tiny setting cannot make every
+/// write reallocate.)
+fn recycle_buffer(bytes: &mut Vec<u8>, flush_bytes: usize) {
+    bytes.clear();
     let flush = flush_bytes.max(32 * 1024);
-    (flush.saturating_mul(4), flush.saturating_mul(2))
+    if bytes.capacity() > flush.saturating_mul(4) {
+        bytes.shrink_to(flush.saturating_mul(2));
+    }
 }
 
 /// What the orchestrator tells a recorder task.
@@ -896,14 +902,7 @@ impl Recorder {
             (result, bytes)
         })
         .await;
-        bytes.clear();
-        // Its capacity is the most ever pending at once: a burst (the start's held seconds
-        // released together) would otherwise stay allocated for the whole recording (up to
-        // 2 MiB per stream at N = 32, issue 11).
-        let (most, kept) = kept_buffer(self.settings.flush_bytes);
-        if bytes.capacity() > most {
-            bytes.shrink_to(kept);
-        }
+        recycle_buffer(&mut bytes, self.settings.flush_bytes);
         if let Some(m) = self.muxer.as_mut() {
             *m.output() = bytes;
         }
@@ -1158,4 +1157,30 @@ pub fn explain_end(summary: &StreamSummary, left_out: u64) {
 fn offers_media(sdp: &str) -> bool {
     sdp.lines()
         .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recycle_buffer;
+
+    #[test]
+    fn a_burst_is_given_back_and_a_keyframe_s_growth_kept() {
+        const FLUSH: usize = 128 * 1024;
+        // The start's burst: cut back to 2 x flush_bytes, emptied.
+        let mut burst = vec![7u8; 2 << 20];
+        recycle_buffer(&mut burst, FLUSH);
+        assert!(burst.is_empty());
+        assert!(burst.capacity() >= 2 * FLUSH && burst.capacity() < 4 * FLUSH);
+        // A write's worth plus a keyframe (512 KiB): kept as it is, no reallocation.
+        let mut steady = Vec::with_capacity(4 * FLUSH);
+        steady.extend_from_slice(&[1u8; 300 * 1024]);
+        let (ptr, cap) = (steady.as_ptr(), steady.capacity());
+        recycle_buffer(&mut steady, FLUSH);
+        assert!(steady.is_empty());
+        assert_eq!((steady.as_ptr(), steady.capacity()), (ptr, cap));
+        // A tiny setting counts as 32 KiB: a 100 KiB buffer is not cut on every write.
+        let mut small = Vec::with_capacity(100 * 1024);
+        recycle_buffer(&mut small, 1);
+        assert_eq!(small.capacity(), 100 * 1024);
+    }
 }
