@@ -10,6 +10,7 @@
 //! [`IceCandidate`]s; the signalling layer moves them over the WebSocket.
 
 pub mod dc;
+pub(crate) mod feedback_gate;
 pub mod grid;
 pub mod publisher;
 pub mod session;
@@ -20,7 +21,9 @@ pub mod udp_mux;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
+use rtc::interceptor::{
+    NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder,
+};
 use rtc::peer_connection::configuration::interceptor_registry;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -259,10 +262,30 @@ fn receive_interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error:
         );
     }
     interceptor_registry::configure_simulcast_extension_headers(me)?;
-    let registry = Registry::new()
+    // Negotiates transport-cc; the interceptor it adds is the one `receive_feedback` has.
+    interceptor_registry::configure_twcc_receiver_only(Registry::new(), me)?;
+    Ok(receive_feedback())
+}
+
+/// A receiving connection's chain on the shared UDP port: the feedback interceptors behind
+/// the [`feedback_gate`] (the port runs their twins for what arrives over UDP), then the
+/// Sender-Report tap.
+pub(crate) fn shared_port_chain(mux: &udp_mux::UdpMux, ufrag: &str) -> Registry {
+    let inner = Box::new(receive_feedback().build());
+    let gate = feedback_gate::FeedbackGate::new(inner, mux.clone(), ufrag.to_owned());
+    Registry::new()
+        .with(Slot::NackGenerator, gate)
+        .with(Slot::from(14_000), sr_tap::SrTap::default())
+}
+
+/// A receiver's feedback interceptors: the NACK generator, receiver reports and TWCC
+/// feedback. In webrtc-rs's chain, or run by the shared UDP port for its connections
+/// ([`udp_mux::media_path`], [`feedback_gate`]).
+pub(crate) fn receive_feedback() -> Registry {
+    Registry::new()
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-    interceptor_registry::configure_twcc_receiver_only(registry, me)
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
 }
 
 /// The ICE username fragment of an offer (its first `a=ice-ufrag:` line). It tells a new

@@ -38,6 +38,9 @@ use crate::media::{RtpPacket, TrackKind, VideoCodec};
 const MAX_PENDING_CANDIDATES: usize = 256;
 /// Data channels tracked per connection (Raspberry Ninja opens two); more are ignored.
 const MAX_DATA_CHANNELS: usize = 8;
+/// RTCP messages the shared port's feedback may queue for the session (a second's worth of
+/// TWCC feedback, NACKs and receiver reports); past it they are dropped and counted.
+const FEEDBACK_QUEUE: usize = 64;
 /// Longest wait for the track readers to drain after `close()`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The label VDO.Ninja publishers use for their signalling data channel.
@@ -357,11 +360,11 @@ pub fn spawn(config: SessionConfig) -> (SessionHandle, mpsc::Receiver<SessionEve
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    video_packets: AtomicU64,
-    audio_packets: AtomicU64,
-    sender_reports: AtomicU64,
-    media_dropped: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) video_packets: AtomicU64,
+    pub(crate) audio_packets: AtomicU64,
+    pub(crate) sender_reports: AtomicU64,
+    pub(crate) media_dropped: AtomicU64,
 }
 
 struct Channel {
@@ -393,6 +396,10 @@ struct Session {
     bundle_mid: Option<String>,
     channels: Vec<Channel>,
     video: Option<(Arc<dyn TrackRemote>, u32)>,
+    /// On the shared port: this connection's ICE ufrag, which names it to the port.
+    ufrag: Option<String>,
+    /// The track the shared port's feedback is sent on (the first one).
+    feedback_track: Option<Arc<dyn TrackRemote>>,
     readers: Vec<JoinHandle<()>>,
     connected_once: bool,
     ice_deadline: Option<tokio::time::Instant>,
@@ -402,8 +409,9 @@ struct Session {
 async fn build_pc(
     config: &SessionConfig,
     handler: Arc<super::Forwarder>,
+    ufrag_out: &mut Option<String>,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
-    let (media_engine, registry) = media_setup(super::MediaDirection::Receive)?;
+    let (media_engine, mut registry) = media_setup(super::MediaDirection::Receive)?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
     let mut builder = PeerConnectionBuilder::new();
@@ -414,6 +422,8 @@ async fn build_pc(
         // webrtc-rs; its packets go through the shared port, known by this ufrag. No mDNS
         // socket, no STUN/TURN: publishers reach the shared port directly.
         let (ufrag, pwd) = ice_credentials();
+        *ufrag_out = Some(ufrag.clone());
+        registry = super::shared_port_chain(mux, &ufrag);
         builder = builder.with_runtime(mux.runtime_for(&ufrag, config.tcp_mux.as_ref()));
         if config.tcp_mux.is_some() {
             // Also a placeholder: the shared TCP port hands this connection its streams.
@@ -477,7 +487,8 @@ async fn run(
     let handler = Arc::new(super::Forwarder {
         tx: internal_tx.clone(),
     });
-    let pc = match build_pc(&config, handler).await {
+    let mut ufrag = None;
+    let pc = match build_pc(&config, handler, &mut ufrag).await {
         Ok(pc) => pc,
         Err(e) => {
             warn!(label = %config.label, "cannot create peer connection: {e}");
@@ -490,6 +501,21 @@ async fn run(
             return;
         }
     };
+    // On the shared port, the port takes the recorded tracks' packets and makes the feedback
+    // (see `udp_mux::media_path`); the feedback comes back here to be sent.
+    let mut feedback_rx = None;
+    if let (Some(mux), Some(ufrag)) = (&config.udp_mux, &ufrag) {
+        let (rtcp, rx) = mpsc::channel(FEEDBACK_QUEUE);
+        mux.attach(
+            ufrag,
+            super::udp_mux::media_path::Sink {
+                events: events.clone(),
+                counters: counters.clone(),
+                rtcp,
+            },
+        );
+        feedback_rx = Some(rx);
+    }
     let mut s = Session {
         config,
         pc,
@@ -502,6 +528,8 @@ async fn run(
         bundle_mid: None,
         channels: Vec::new(),
         video: None,
+        ufrag,
+        feedback_track: None,
         readers: Vec::new(),
         connected_once: false,
         ice_deadline: None,
@@ -534,6 +562,7 @@ async fn run(
                 Some(Command::Candidate(c)) => s.remote_candidate(c).await,
                 Some(Command::Keyframe) => s.send_pli().await,
             },
+            Some(rtcp) = async { feedback_rx.as_mut()?.recv().await } => s.send_feedback(rtcp).await,
             Some(ev) = internal_rx.recv() => {
                 if let Some(reason) = s.internal(ev).await {
                     break reason;
@@ -556,6 +585,9 @@ async fn run(
             break CloseReason::LocalClose;
         }
     };
+    if let (Some(mux), Some(ufrag)) = (&s.config.udp_mux, &s.ufrag) {
+        mux.detach(ufrag);
+    }
     s.shutdown(reason).await;
 }
 
@@ -663,6 +695,18 @@ impl Session {
     /// Sends a PLI for the video track now. Not rate-limited here: the one limiter is the
     /// recording core's (`StreamMuxer::take_keyframe_request`), and `--keyframe-interval`
     /// is periodic by itself.
+    /// Sends RTCP the shared port's feedback chain made, through webrtc-rs (which encrypts
+    /// it with the connection's SRTCP context), on any track of the connection: RTCP is per
+    /// connection. Before the first track there is nothing to report on.
+    async fn send_feedback(&mut self, rtcp: super::udp_mux::media_path::Rtcp) {
+        let Some(track) = &self.feedback_track else {
+            return;
+        };
+        if let Err(e) = track.write_rtcp(rtcp).await {
+            debug!("feedback not sent: {e}");
+        }
+    }
+
     async fn send_pli(&mut self) {
         let Some((track, ssrc)) = &self.video else {
             return;
@@ -806,6 +850,15 @@ impl Session {
             supported,
         })
         .await;
+        if self.feedback_track.is_none() {
+            self.feedback_track = Some(track.clone());
+        }
+        if supported
+            && let Some(ssrc) = ssrc
+            && let (Some(mux), Some(ufrag)) = (&self.config.udp_mux, &self.ufrag)
+        {
+            mux.route(ufrag, ssrc, kind);
+        }
         let reader = tokio::spawn(read_track(
             track.clone(),
             kind,

@@ -687,6 +687,9 @@ impl Run {
                     queue_full: c.queue_full.load(Ordering::Relaxed),
                     send_dropped: c.send_dropped.load(Ordering::Relaxed),
                     kernel_dropped: c.kernel_dropped.load(Ordering::Relaxed),
+                    decrypted_here: c.media.taken.load(Ordering::Relaxed),
+                    not_decrypted_here: c.media.not_decrypted.load(Ordering::Relaxed),
+                    feedback_dropped: c.media.feedback_dropped.load(Ordering::Relaxed),
                 }
             }),
             tcp_port: self.settings.session.tcp_mux.as_ref().map(|mux| {

@@ -113,6 +113,25 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "--udp-port: datagrams of ours not sent because the shared port's send buffer was full (waiting would stall the connection; ICE, DTLS and RTCP resend).",
         );
         w.sample(name, &[("port", &port)], u.send_dropped as f64);
+        let name = "ninjarec_udp_port_media_packets_total";
+        w.family(
+            name,
+            "counter",
+            "--udp-port: RTP packets of recorded tracks, by where they were decrypted (here: where the port is read; not_here: handed to webrtc-rs, no keys yet or failed authentication).",
+        );
+        for (result, v) in [
+            ("decrypted_here", u.decrypted_here),
+            ("not_decrypted_here", u.not_decrypted_here),
+        ] {
+            w.sample(name, &[("port", &port), ("result", result)], v as f64);
+        }
+        let name = "ninjarec_udp_port_feedback_dropped_total";
+        w.family(
+            name,
+            "counter",
+            "--udp-port: RTCP feedback (NACKs, receiver reports, TWCC) the port made that a session had no room to queue.",
+        );
+        w.sample(name, &[("port", &port)], u.feedback_dropped as f64);
     }
     if let Some(t) = &s.tcp_port {
         let name = "ninjarec_tcp_port_streams_total";
@@ -526,6 +545,9 @@ mod tests {
                 queue_full: 3,
                 send_dropped: 2,
                 kernel_dropped: 4,
+                decrypted_here: 80_000,
+                not_decrypted_here: 5,
+                feedback_dropped: 1,
             }),
             tcp_port: Some(crate::status::snapshot::TcpPortStatus {
                 port: 5005,
@@ -790,6 +812,22 @@ mod tests {
             .find(|l| l.name == "ninjarec_udp_port_sends_dropped_total")
             .map(|l| l.value);
         assert_eq!(sends, Some(2.0));
+        let media = |result: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l.name == "ninjarec_udp_port_media_packets_total"
+                        && l.labels.contains(&("result".into(), result.into()))
+                })
+                .map(|l| l.value)
+        };
+        assert_eq!(media("decrypted_here"), Some(80_000.0));
+        assert_eq!(media("not_decrypted_here"), Some(5.0));
+        let feedback = lines
+            .iter()
+            .find(|l| l.name == "ninjarec_udp_port_feedback_dropped_total")
+            .map(|l| l.value);
+        assert_eq!(feedback, Some(1.0));
         let tcp = |result: &str| {
             lines
                 .iter()

@@ -55,6 +55,14 @@ pub struct UdpPortStatus {
     pub send_dropped: u64,
     /// Dropped by the kernel before we read them: the port's receive buffer was full.
     pub kernel_dropped: u64,
+    /// RTP packets of recorded tracks decrypted where the port is read (its media path).
+    pub decrypted_here: u64,
+    /// Packets of recorded tracks that did not decrypt there (no keys yet, or they failed
+    /// authentication): handed to webrtc-rs instead, which tries them.
+    pub not_decrypted_here: u64,
+    /// RTCP feedback (NACKs, receiver reports, TWCC) the port made that a session had no
+    /// room to queue.
+    pub feedback_dropped: u64,
 }
 
 /// `--tcp-port`: what became of the streams publishers opened to the shared TCP port.

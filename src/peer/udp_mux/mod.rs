@@ -27,6 +27,7 @@
 //! socket is taken every second, shown and said.
 
 pub mod announce;
+pub mod media_path;
 pub mod route;
 
 use std::collections::HashMap;
@@ -89,6 +90,8 @@ pub struct MuxCounters {
     pub kernel_dropped: AtomicU64,
     /// True once the port is read as datagrams arrive (see [`ReadMode`]).
     pub on_arrival: std::sync::atomic::AtomicBool,
+    /// What the media path counts ([`media_path`]).
+    pub media: media_path::MediaPathCounters,
 }
 
 enum Control {
@@ -102,6 +105,33 @@ enum Control {
         addr: SocketAddr,
     },
     Unregister(SlotId),
+    /// A session's queues, for what the media path takes of its connection's packets.
+    Attach {
+        ufrag: Vec<u8>,
+        sink: media_path::Sink,
+    },
+    /// A track whose RTP the media path takes from now on.
+    Route {
+        ufrag: Vec<u8>,
+        ssrc: u32,
+        kind: crate::media::TrackKind,
+    },
+    /// A stream webrtc-rs bound (`bound`) or unbound, for the feedback chain.
+    Bind {
+        ufrag: Vec<u8>,
+        info: Box<rtc::interceptor::StreamInfo>,
+        bound: bool,
+    },
+    /// Sender Reports webrtc-rs decrypted.
+    SenderReports {
+        ufrag: Vec<u8>,
+        now: std::time::Instant,
+        reports: media_path::Rtcp,
+    },
+    /// The session is over: its media path goes (if its connection never registered).
+    Detach {
+        ufrag: Vec<u8>,
+    },
 }
 
 /// The shared port: cheap to clone, one per recorder. Its task ends when every clone and
@@ -129,6 +159,7 @@ impl UdpMux {
     /// Binds `bind` and starts the task that reads it. `announce`: the addresses publishers
     /// are told (the shared port at this machine's or the NAT's public address).
     pub async fn bind(bind: SocketAddr, announce: Vec<SocketAddr>) -> io::Result<UdpMux> {
+        media_path::observe_srtp_keys();
         UdpMux::bind_with(bind, announce, RECV_BUFFER, None).await
     }
 
@@ -197,6 +228,60 @@ impl UdpMux {
     /// The addresses publishers are told (see [`announce`]).
     pub fn announce(&self) -> &[SocketAddr] {
         &self.announce
+    }
+
+    /// Hands the media path of the connection known by `ufrag` its session's queues
+    /// ([`media_path`]): once its tracks are routed, their packets go there.
+    pub(crate) fn attach(&self, ufrag: &str, sink: media_path::Sink) {
+        let _ = self.control.send(Control::Attach {
+            ufrag: ufrag.as_bytes().to_vec(),
+            sink,
+        });
+    }
+
+    /// From now on, RTP of `ssrc` on the connection known by `ufrag` is decrypted in the
+    /// port's loop and handed to its session as `kind`.
+    pub(crate) fn route(&self, ufrag: &str, ssrc: u32, kind: crate::media::TrackKind) {
+        let _ = self.control.send(Control::Route {
+            ufrag: ufrag.as_bytes().to_vec(),
+            ssrc,
+            kind,
+        });
+    }
+
+    /// A stream webrtc-rs bound (`bound`) or unbound on the connection known by `ufrag`.
+    pub(crate) fn bind_stream(
+        &self,
+        ufrag: &str,
+        info: &rtc::interceptor::StreamInfo,
+        bound: bool,
+    ) {
+        let _ = self.control.send(Control::Bind {
+            ufrag: ufrag.as_bytes().to_vec(),
+            info: Box::new(info.clone()),
+            bound,
+        });
+    }
+
+    /// Sender Reports webrtc-rs decrypted on the connection known by `ufrag`.
+    pub(crate) fn sender_reports(
+        &self,
+        ufrag: &str,
+        now: std::time::Instant,
+        reports: media_path::Rtcp,
+    ) {
+        let _ = self.control.send(Control::SenderReports {
+            ufrag: ufrag.as_bytes().to_vec(),
+            now,
+            reports,
+        });
+    }
+
+    /// The session of the connection known by `ufrag` is over.
+    pub(crate) fn detach(&self, ufrag: &str) {
+        let _ = self.control.send(Control::Detach {
+            ufrag: ufrag.as_bytes().to_vec(),
+        });
     }
 
     /// The port's counters.
@@ -373,6 +458,12 @@ struct Demux {
     queues: HashMap<SlotId, mpsc::Sender<(SocketAddr, Bytes)>>,
     /// Per connection: datagrams handed on and dropped (queue full), said when it goes.
     delivered: HashMap<SlotId, (u64, u64)>,
+    /// Each registered connection's slot, by its ufrag (for the sessions' messages).
+    slots_by_ufrag: HashMap<Vec<u8>, SlotId>,
+    /// Each registered connection's media path.
+    paths: HashMap<SlotId, media_path::MediaPath>,
+    /// Media paths of sessions whose connection has not registered yet.
+    pending: HashMap<Vec<u8>, media_path::MediaPath>,
 }
 
 impl Demux {
@@ -383,9 +474,23 @@ impl Demux {
             Some(Control::Register { slot, ufrag, tx }) => {
                 debug!(slot, ufrag = %String::from_utf8_lossy(&ufrag), "udp mux: connection registered");
                 self.routes.register(slot, &ufrag);
+                let path = self.pending.remove(&ufrag).unwrap_or_default();
+                self.paths.insert(slot, path);
+                self.slots_by_ufrag.insert(ufrag, slot);
                 self.queues.insert(slot, tx);
             }
             Some(Control::SentTo { slot, addr }) => self.routes.sent_to(slot, addr),
+            Some(Control::Attach { ufrag, sink }) => self.path(ufrag).attach(sink),
+            Some(Control::Route { ufrag, ssrc, kind }) => self.path(ufrag).route(ssrc, kind),
+            Some(Control::Bind { ufrag, info, bound }) => self.path(ufrag).bind(&info, bound),
+            Some(Control::SenderReports {
+                ufrag,
+                now,
+                reports,
+            }) => self.path(ufrag).sender_reports(now, reports),
+            Some(Control::Detach { ufrag }) => {
+                self.pending.remove(&ufrag);
+            }
             Some(Control::Unregister(slot)) => {
                 let (handed, full) = self.delivered.remove(&slot).unwrap_or_default();
                 debug!(slot, handed, full, "udp mux: connection gone");
@@ -401,6 +506,24 @@ impl Demux {
         self.routes.remove(slot);
         self.queues.remove(&slot);
         self.delivered.remove(&slot);
+        self.paths.remove(&slot);
+        self.slots_by_ufrag.retain(|_, s| *s != slot);
+    }
+
+    /// The media path of the connection known by `ufrag`, registered or not yet. Only
+    /// sessions of this process name one, so the pending ones are bounded by their number.
+    fn path(&mut self, ufrag: Vec<u8>) -> &mut media_path::MediaPath {
+        match self.slots_by_ufrag.get(&ufrag) {
+            Some(slot) => self.paths.entry(*slot).or_default(),
+            None => self.pending.entry(ufrag).or_default(),
+        }
+    }
+
+    /// The feedback chains' timers (every grid step).
+    fn tick(&mut self, now: std::time::Instant, counters: &MuxCounters) {
+        for path in self.paths.values_mut() {
+            path.tick(now, &counters.media);
+        }
     }
 
     /// Reads what the socket holds now (bounded, so a flood cannot hold the task) and hands
@@ -476,6 +599,18 @@ impl Demux {
         let Some(tx) = self.queues.get(&slot) else {
             counters.unknown.fetch_add(1, Ordering::Relaxed);
             return;
+        };
+        let datagram = match self.paths.get_mut(&slot) {
+            Some(path) => {
+                if let Some(random) = media_path::hello_random(&datagram) {
+                    path.saw_hello(random);
+                }
+                match path.datagram(datagram, std::time::Instant::now(), &counters.media) {
+                    Some(d) => d,
+                    None => return,
+                }
+            }
+            None => datagram,
         };
         let count = self.delivered.entry(slot).or_default();
         // (A full queue drops it below: no copy for that.)
@@ -636,7 +771,11 @@ async fn read_loop(
                     ready.clear_ready();
                 }
             }
-            _ = tick.tick(), if arrivals.is_none() => {
+            _ = tick.tick() => {
+                demux.tick(std::time::Instant::now(), &counters);
+                if arrivals.is_some() {
+                    continue;
+                }
                 if mode == ReadMode::GridWatched
                     && let Some(m) = meminfo(&socket)
                     && m.queued * 2 > m.limit

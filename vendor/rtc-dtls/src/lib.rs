@@ -103,6 +103,8 @@ pub mod record_layer;
 pub mod signature_hash_algorithm;
 /// The negotiated connection state: keys, sequence numbers and peer identity.
 pub mod state;
+/// ninjarec patch (issue 11): see the module.
+pub mod srtp_key_export;
 
 use cipher_suite::*;
 use extension::extension_use_srtp::SrtpProtectionProfile;

@@ -339,7 +339,22 @@ impl State {
                 length,
                 cipher_suite.hash_func(),
             ) {
-                Ok(v) => Ok(SecretVec::new(v)),
+                Ok(v) => {
+                    if label == crate::srtp_key_export::LABEL_DTLS_SRTP {
+                        crate::srtp_key_export::observe(|| {
+                            let mut random = [0u8; 32];
+                            let n = remote_random.len().min(32);
+                            random[..n].copy_from_slice(&remote_random[..n]);
+                            crate::srtp_key_export::ExportedSrtpKeys {
+                                remote_random: random,
+                                is_client: self.is_client,
+                                profile: self.srtp_protection_profile,
+                                keying_material: v.clone(),
+                            }
+                        });
+                    }
+                    Ok(SecretVec::new(v))
+                }
                 Err(err) => Err(Error::Hash(err.to_string())),
             }
         } else {

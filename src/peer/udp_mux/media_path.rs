@@ -1,0 +1,642 @@
+//! The shared port's media path: a recorded track's SRTP decrypted where the port is read,
+//! and the feedback a publisher needs (NACKs, receiver reports, transport-wide congestion
+//! control) made from every RTP packet's header on the way (issue 11).
+//!
+//! Through webrtc-rs, a media packet crosses its connection's driver task, its handler
+//! pipeline (DTLS/SRTP demux, SRTP, interceptors, RTX unwrap, track lookup), a per-track
+//! channel and one of our reader tasks before it reaches the recorder. At 32 real
+//! publishers that path was ~45 % of the recorder's CPU and nothing of it is needed to
+//! record (`docs/loadbench.md`). Here, once a track is recorded ([`MediaPath::route`]), its
+//! packets are decrypted with the connection's own SRTP keys in the port's loop and handed to
+//! the session's event queue as [`MediaEvent::Rtp`]: the same event the long way produces.
+//!
+//! **Keys.** webrtc-rs keeps the SRTP keys it derives inside its DTLS handler. The vendored
+//! `rtc-dtls` hands each handshake's exported keying material to an observer, named by the
+//! peer's hello random ([`rtc::dtls::srtp_key_export`]); the port reads the same random off
+//! the peer's ClientHello or ServerHello, which cross it in the clear ([`hello_random`]), and
+//! so knows whose keys they are. The keys wait in a small bounded store until the port takes
+//! them ([`KeyStore`]).
+//!
+//! **What still takes the long way:** a track's packets until the session has said
+//! `TrackStarted` and routed it (so the recorder knows the track first), retransmissions
+//! (RTX, unwrapped by webrtc-rs), every track not recorded, every packet that does not
+//! decrypt here (counted; webrtc-rs then tries it), RTCP, and every connection over TCP.
+//!
+//! **Feedback.** NACKs, receiver reports and TWCC feedback come from webrtc-rs's own
+//! interceptors (`rtc-interceptor`), run here as a chain of their own per connection
+//! ([`Feedback`]) and fed the header of every RTP packet of the connection that arrives on the
+//! port, taken or not, plus the Sender Reports webrtc-rs decrypts
+//! ([`crate::peer::feedback_gate`] forwards them, and the streams it binds). The RTCP they
+//! make goes to the session, which sends it through webrtc-rs (one SRTCP context per
+//! direction: never two). webrtc-rs's own copies of these interceptors then see only packets
+//! that came over TCP, so every stream gets exactly one of each report.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::dtls::srtp_key_export::{self, ExportedSrtpKeys};
+use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::sansio::Protocol;
+use rtc::shared::TransportContext;
+use rtc::shared::marshal::Unmarshal;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::media::{RtpPacket, TrackKind};
+use crate::peer::session::{Counters, MediaEvent, SessionEvent};
+
+/// RTCP the feedback chain made, for the session to send.
+pub(crate) type Rtcp = Vec<Box<dyn rtc::rtcp::Packet>>;
+
+/// Handshakes whose keys may wait at once for their connection's first routed packet. A
+/// recorder starts connections a few at a time; 256 is far more than ever wait together.
+const MAX_WAITING_KEYS: usize = 256;
+/// Tracks one connection may route (a publisher has one audio and one video track;
+/// renegotiations may add a few). A route past it replaces the oldest.
+const MAX_ROUTES: usize = 8;
+/// Streams one connection's feedback chain may hold (media and RTX, audio and video, with
+/// room for renegotiations).
+const MAX_STREAMS: usize = 16;
+/// SRTP replay window, in packets (webrtc-rs's default for remote streams).
+const REPLAY_WINDOW: usize = 64;
+
+/// The keys exported by handshakes that no port has taken yet, oldest first.
+///
+/// The one lock of this module: the observer runs inside webrtc-rs's DTLS handler, on
+/// whatever thread drives that connection, and cannot reach the port's task otherwise. It is
+/// held for a push or a lookup in at most [`MAX_WAITING_KEYS`] entries.
+struct KeyStore;
+
+static WAITING_KEYS: Mutex<VecDeque<ExportedSrtpKeys>> = Mutex::new(VecDeque::new());
+
+impl KeyStore {
+    /// The observer given to `rtc-dtls`: keeps the newest keys of each peer random.
+    fn observe(keys: ExportedSrtpKeys) {
+        if let Ok(mut waiting) = WAITING_KEYS.lock() {
+            waiting.retain(|k| k.remote_random != keys.remote_random);
+            if waiting.len() >= MAX_WAITING_KEYS {
+                waiting.pop_front();
+            }
+            waiting.push_back(keys);
+        }
+    }
+
+    /// The keys of the handshake whose peer sent `random`, taken out of the store.
+    fn take(random: &[u8; 32]) -> Option<ExportedSrtpKeys> {
+        let mut waiting = WAITING_KEYS.lock().ok()?;
+        let i = waiting.iter().position(|k| &k.remote_random == random)?;
+        waiting.remove(i)
+    }
+}
+
+/// Asks `rtc-dtls` for every handshake's SRTP keys (once per process; later calls do nothing).
+pub(crate) fn observe_srtp_keys() {
+    srtp_key_export::set_srtp_key_observer(KeyStore::observe);
+}
+
+/// The hello random of a DTLS ClientHello or ServerHello that starts `datagram` (a record of
+/// epoch 0, its handshake message unfragmented at offset 0), as the peer's handshake will
+/// name its keys. Any other datagram: `None`.
+pub(crate) fn hello_random(datagram: &[u8]) -> Option<[u8; 32]> {
+    // Record header: type 22 (handshake), version, epoch (0), sequence, length: 13 bytes.
+    // Handshake header: type, length, message sequence, fragment offset, fragment length: 12.
+    // Then the hello's version (2 bytes) and its random (32).
+    const RANDOM: std::ops::Range<usize> = 27..59;
+    let d = datagram;
+    let hello = d.len() >= RANDOM.end
+        && d[0] == 22
+        && d[3..5] == [0, 0]
+        && matches!(d[13], 1 | 2)
+        && d[19..22] == [0, 0, 0];
+    hello.then(|| d[RANDOM].try_into().expect("32 bytes"))
+}
+
+/// True for an RTP packet (not RTCP) by RFC 7983's first byte and RFC 5761's payload types.
+pub(crate) fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && (128..192).contains(&datagram[0]) && !(192..224).contains(&datagram[1])
+}
+
+/// Where a connection's taken packets and its feedback go: the session's queues.
+pub(crate) struct Sink {
+    /// The session's event queue (shared with its track readers).
+    pub(crate) events: mpsc::Sender<SessionEvent>,
+    /// The session's counters, which count what arrives here as what arrives the long way.
+    pub(crate) counters: Arc<Counters>,
+    /// RTCP for the session to send to the publisher.
+    pub(crate) rtcp: mpsc::Sender<Rtcp>,
+}
+
+/// What the media path counts over all connections of the port.
+#[derive(Debug, Default)]
+pub struct MediaPathCounters {
+    /// RTP packets decrypted in the port's loop and handed to a recorder.
+    pub taken: AtomicU64,
+    /// Packets of a routed track that did not decrypt here (handed on the long way instead).
+    pub not_decrypted: AtomicU64,
+    /// RTCP packets the feedback chains made that the session's queue had no room for.
+    pub feedback_dropped: AtomicU64,
+}
+
+/// One connection's media path: its SRTP keys, its routed tracks and its feedback chain.
+#[derive(Default)]
+pub(crate) struct MediaPath {
+    /// The peer's hello random, once seen.
+    random: Option<[u8; 32]>,
+    srtp: Option<rtc::srtp::context::Context>,
+    /// Tracks taken here: media SSRC and kind.
+    routes: Vec<(u32, TrackKind)>,
+    sink: Option<Sink>,
+    feedback: Option<Feedback>,
+    /// The recorder's queue has closed: nothing is taken any more.
+    gone: bool,
+}
+
+impl MediaPath {
+    /// A DTLS hello from the peer: its random names the keys of this connection.
+    pub(crate) fn saw_hello(&mut self, random: [u8; 32]) {
+        if self.random != Some(random) {
+            // A new handshake (an ICE restart may bring one): new keys too.
+            self.random = Some(random);
+            self.srtp = None;
+        }
+    }
+
+    /// The session's queues, given once when it starts.
+    pub(crate) fn attach(&mut self, sink: Sink) {
+        self.sink = Some(sink);
+        self.gone = false;
+    }
+
+    /// From now on, RTP of `ssrc` that decrypts here goes to the session as `kind`.
+    pub(crate) fn route(&mut self, ssrc: u32, kind: TrackKind) {
+        self.routes.retain(|r| r.0 != ssrc);
+        if self.routes.len() >= MAX_ROUTES {
+            self.routes.remove(0);
+        }
+        self.routes.push((ssrc, kind));
+    }
+
+    /// A stream webrtc-rs bound (or unbound) on this connection: its feedback chain follows.
+    pub(crate) fn bind(&mut self, info: &StreamInfo, bound: bool) {
+        let feedback = self.feedback.get_or_insert_with(Feedback::new);
+        if bound {
+            feedback.bind(info);
+        } else {
+            feedback.unbind(info);
+        }
+    }
+
+    /// Sender Reports webrtc-rs decrypted, for the receiver reports' round-trip fields.
+    pub(crate) fn sender_reports(&mut self, now: Instant, reports: Rtcp) {
+        if let Some(feedback) = &mut self.feedback {
+            feedback.read(now, Packet::Rtcp(reports));
+        }
+    }
+
+    /// One datagram from this connection's peer. An RTP packet of a routed track that
+    /// decrypts is taken (`None`); anything else comes back, to go the long way.
+    pub(crate) fn datagram(
+        &mut self,
+        datagram: Bytes,
+        now: Instant,
+        counters: &MediaPathCounters,
+    ) -> Option<Bytes> {
+        if !is_rtp(&datagram) {
+            return Some(datagram);
+        }
+        let mut rest = &datagram[..];
+        let Ok(header) = rtc::rtp::Header::unmarshal(&mut rest) else {
+            return Some(datagram);
+        };
+        let payload_start = datagram.len() - rest.len();
+        let route = self.routes.iter().find(|r| r.0 == header.ssrc).map(|r| r.1);
+        let taken = match route {
+            Some(kind) if !self.gone => self.take(kind, &datagram, &header, payload_start, now),
+            _ => false,
+        };
+        if !taken && route.is_some() {
+            counters.not_decrypted.fetch_add(1, Ordering::Relaxed);
+        } else if taken {
+            counters.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(feedback) = &mut self.feedback {
+            // The header is all the feedback interceptors read (sequence number, timestamp,
+            // transport-wide sequence extension); the payload stays where it is.
+            let packet = rtc::rtp::Packet {
+                header,
+                payload: Bytes::new(),
+            };
+            feedback.read(now, Packet::Rtp(packet));
+        }
+        (!taken).then_some(datagram)
+    }
+
+    /// Decrypts one packet of a routed track and hands it to the session; false if it did
+    /// not decrypt (no keys yet, or it fails authentication).
+    fn take(
+        &mut self,
+        kind: TrackKind,
+        datagram: &Bytes,
+        header: &rtc::rtp::Header,
+        payload_start: usize,
+        now: Instant,
+    ) -> bool {
+        if self.srtp.is_none() {
+            let Some(keys) = self.random.as_ref().and_then(KeyStore::take) else {
+                return false;
+            };
+            self.srtp = remote_context(&keys);
+            if self.srtp.is_none() {
+                return false;
+            }
+        }
+        let (Some(srtp), Some(sink)) = (&mut self.srtp, &self.sink) else {
+            return false;
+        };
+        let plain = match srtp.decrypt_rtp_with_header(datagram, header) {
+            Ok(p) => p.freeze(),
+            Err(e) => {
+                debug!(
+                    ssrc = header.ssrc,
+                    seq = header.sequence_number,
+                    "udp mux: not decrypted here: {e}"
+                );
+                return false;
+            }
+        };
+        let mut end = plain.len();
+        if header.padding {
+            end = end.saturating_sub(usize::from(plain.last().copied().unwrap_or(0)));
+        }
+        // Padding-only packets (bandwidth probes) carry nothing to record: taken, not sent.
+        if end <= payload_start {
+            return true;
+        }
+        let counter = match kind {
+            TrackKind::Video => &sink.counters.video_packets,
+            TrackKind::Audio => &sink.counters.audio_packets,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let event = SessionEvent::Media(MediaEvent::Rtp {
+            kind,
+            packet: RtpPacket {
+                sequence: header.sequence_number,
+                timestamp: header.timestamp,
+                marker: header.marker,
+                ssrc: header.ssrc,
+                payload_type: header.payload_type,
+                payload: plain.slice(payload_start..end),
+            },
+            arrival: now,
+        });
+        match sink.events.try_send(event) {
+            Ok(()) => {}
+            // The recorder is behind: dropped and counted, as the long way does.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                sink.counters.media_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
+        }
+        true
+    }
+
+    /// Runs the feedback chain's timers and hands what it made to the session.
+    pub(crate) fn tick(&mut self, now: Instant, counters: &MediaPathCounters) {
+        let (Some(feedback), Some(sink)) = (&mut self.feedback, &self.sink) else {
+            return;
+        };
+        for rtcp in feedback.timeout(now) {
+            if sink.rtcp.try_send(rtcp).is_err() {
+                counters.feedback_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The SRTP context that decrypts what the peer sends, from its handshake's keys.
+fn remote_context(keys: &ExportedSrtpKeys) -> Option<rtc::srtp::context::Context> {
+    let profile = match keys.profile {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
+        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        }
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => {
+            ProtectionProfile::Aes128CmHmacSha1_32
+        }
+        other => {
+            warn!(
+                "udp mux: SRTP profile {other:?} unknown here; this connection's media takes the long way"
+            );
+            return None;
+        }
+    };
+    let mut config = rtc::srtp::config::Config {
+        profile,
+        ..Default::default()
+    };
+    let provider = rtc::crypto::default_provider()
+        .inspect_err(|e| warn!("udp mux: no crypto provider ({e}); media takes the long way"))
+        .ok()?;
+    let built = config
+        .set_session_keys_from_keying_material(&keys.keying_material, keys.is_client)
+        .and_then(|()| {
+            rtc::srtp::context::Context::new(
+                &config.keys.remote_master_key,
+                &config.keys.remote_master_salt,
+                profile,
+                Some(rtc::srtp::option::srtp_replay_protection(REPLAY_WINDOW)),
+                None,
+                provider.crypto(),
+            )
+        });
+    built
+        .inspect_err(|e| {
+            warn!("udp mux: no SRTP context ({e}); this connection's media takes the long way")
+        })
+        .ok()
+}
+
+/// One connection's feedback interceptors (webrtc-rs's NACK generator, receiver reports and
+/// TWCC receiver, as [`crate::peer::receive_feedback`] builds them), driven by the port.
+pub(crate) struct Feedback {
+    chain: Box<dyn Interceptor>,
+    streams: Vec<u32>,
+}
+
+impl Feedback {
+    fn new() -> Feedback {
+        Feedback {
+            chain: Box::new(crate::peer::receive_feedback().build()),
+            streams: Vec::new(),
+        }
+    }
+
+    fn bind(&mut self, info: &StreamInfo) {
+        if self.streams.contains(&info.ssrc) || self.streams.len() >= MAX_STREAMS {
+            return;
+        }
+        self.streams.push(info.ssrc);
+        self.chain.bind_remote_stream(info);
+    }
+
+    fn unbind(&mut self, info: &StreamInfo) {
+        if let Some(i) = self.streams.iter().position(|s| *s == info.ssrc) {
+            self.streams.remove(i);
+            self.chain.unbind_remote_stream(info);
+        }
+    }
+
+    fn read(&mut self, now: Instant, packet: Packet) {
+        let msg = TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(packet),
+        };
+        if self.chain.handle_read(msg).is_ok() {
+            // What passes the chain has no one to go to: the packet itself goes elsewhere.
+            while self.chain.poll_read().is_some() {}
+        }
+    }
+
+    /// The chain's timers, if due; the RTCP it has to send.
+    fn timeout(&mut self, now: Instant) -> Vec<Rtcp> {
+        if self.chain.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.chain.handle_timeout(now);
+        }
+        let mut out = Vec::new();
+        while let Some(msg) = self.chain.poll_write() {
+            if let Packet::Rtcp(packets) = msg.message.packet
+                && !packets.is_empty()
+            {
+                out.push(packets);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::RTCPFeedback;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+    use rtc::shared::marshal::Marshal;
+    use std::time::Duration;
+
+    const SSRC: u32 = 0x1234_5678;
+
+    /// A DTLS record holding a hello of `kind` (1 ClientHello, 2 ServerHello) with `random`.
+    fn hello(kind: u8, random: [u8; 32]) -> Vec<u8> {
+        let mut d = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 80];
+        d.extend_from_slice(&[kind, 0, 0, 70, 0, 0, 0, 0, 0, 0, 0, 70, 0xfe, 0xfd]);
+        d.extend_from_slice(&random);
+        d.extend_from_slice(&[0; 36]);
+        d
+    }
+
+    #[test]
+    fn the_peer_hello_random_is_read_and_nothing_else_is() {
+        let random = [7u8; 32];
+        assert_eq!(hello_random(&hello(1, random)), Some(random));
+        assert_eq!(hello_random(&hello(2, random)), Some(random));
+        // A Certificate, a record of epoch 1, a fragment not at offset 0, and short input.
+        assert_eq!(hello_random(&hello(11, random)), None);
+        let mut epoch1 = hello(1, random);
+        epoch1[4] = 1;
+        assert_eq!(hello_random(&epoch1), None);
+        let mut fragment = hello(1, random);
+        fragment[21] = 5;
+        assert_eq!(hello_random(&fragment), None);
+        assert_eq!(hello_random(&hello(1, random)[..40]), None);
+        assert_eq!(hello_random(&[]), None);
+    }
+
+    /// Keys as a handshake with a peer of hello `random` would export them (our side the DTLS
+    /// server), left in the store; and the peer's own context, which encrypts what it sends.
+    fn handshake(random: [u8; 32]) -> rtc::srtp::context::Context {
+        let profile = ProtectionProfile::Aes128CmHmacSha1_80;
+        let material: Vec<u8> = (0..60u8).map(|i| i.wrapping_mul(37) ^ random[0]).collect();
+        KeyStore::observe(ExportedSrtpKeys {
+            remote_random: random,
+            is_client: false,
+            profile: SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            keying_material: material.clone(),
+        });
+        let mut peer = rtc::srtp::config::Config {
+            profile,
+            ..Default::default()
+        };
+        peer.set_session_keys_from_keying_material(&material, true)
+            .unwrap();
+        let provider = rtc::crypto::default_provider().unwrap();
+        rtc::srtp::context::Context::new(
+            &peer.keys.local_master_key,
+            &peer.keys.local_master_salt,
+            profile,
+            None,
+            None,
+            provider.crypto(),
+        )
+        .unwrap()
+    }
+
+    fn rtp(peer: &mut rtc::srtp::context::Context, ssrc: u32, seq: u16, payload: &[u8]) -> Bytes {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::Header {
+                version: 2,
+                payload_type: 102,
+                sequence_number: seq,
+                timestamp: 3000 * u32::from(seq),
+                ssrc,
+                marker: true,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        };
+        peer.encrypt_rtp(&packet.marshal().unwrap())
+            .unwrap()
+            .freeze()
+    }
+
+    struct Session {
+        events: mpsc::Receiver<SessionEvent>,
+        rtcp: mpsc::Receiver<Rtcp>,
+        counters: Arc<Counters>,
+    }
+
+    fn attached(path: &mut MediaPath) -> Session {
+        let (events, events_rx) = mpsc::channel(16);
+        let (rtcp, rtcp_rx) = mpsc::channel(16);
+        let counters = Arc::new(Counters::default());
+        path.attach(Sink {
+            events,
+            counters: counters.clone(),
+            rtcp,
+        });
+        Session {
+            events: events_rx,
+            rtcp: rtcp_rx,
+            counters,
+        }
+    }
+
+    #[test]
+    fn a_routed_track_is_decrypted_here_and_the_rest_takes_the_long_way() {
+        let random = [0xa1; 32];
+        let mut peer = handshake(random);
+        let mut path = MediaPath::default();
+        let mut session = attached(&mut path);
+        let counters = MediaPathCounters::default();
+        let now = Instant::now();
+
+        // Before the route, and before the hello: handed back, not decrypted.
+        let first = rtp(&mut peer, SSRC, 1, b"first");
+        assert_eq!(path.datagram(first.clone(), now, &counters), Some(first));
+        path.route(SSRC, TrackKind::Video);
+        let second = rtp(&mut peer, SSRC, 2, b"second");
+        assert_eq!(path.datagram(second.clone(), now, &counters), Some(second));
+        assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 1);
+
+        path.saw_hello(random);
+        assert_eq!(
+            path.datagram(rtp(&mut peer, SSRC, 3, b"third"), now, &counters),
+            None
+        );
+        let Ok(SessionEvent::Media(MediaEvent::Rtp { kind, packet, .. })) =
+            session.events.try_recv()
+        else {
+            panic!("no packet for the session");
+        };
+        assert_eq!(kind, TrackKind::Video);
+        assert_eq!(
+            (packet.sequence, packet.ssrc, packet.marker),
+            (3, SSRC, true)
+        );
+        assert_eq!(&packet.payload[..], b"third");
+        assert_eq!(session.counters.video_packets.load(Ordering::Relaxed), 1);
+
+        // Another SSRC (RTX, an unrecorded track), RTCP and a forged packet: handed back.
+        let other = rtp(&mut peer, SSRC + 1, 4, b"rtx");
+        assert_eq!(path.datagram(other.clone(), now, &counters), Some(other));
+        let mut forged = rtp(&mut peer, SSRC, 5, b"forged").to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let forged = Bytes::from(forged);
+        assert_eq!(path.datagram(forged.clone(), now, &counters), Some(forged));
+        let rtcp = Bytes::from_static(&[0x80, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(path.datagram(rtcp.clone(), now, &counters), Some(rtcp));
+        assert!(session.events.try_recv().is_err());
+        assert_eq!(counters.taken.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_closed_session_takes_nothing_more() {
+        let random = [0xa2; 32];
+        let mut peer = handshake(random);
+        let mut path = MediaPath::default();
+        let session = attached(&mut path);
+        let counters = MediaPathCounters::default();
+        path.saw_hello(random);
+        path.route(SSRC, TrackKind::Audio);
+        drop(session);
+        let now = Instant::now();
+        // The first finds the queue closed; the next goes the long way.
+        assert_eq!(
+            path.datagram(rtp(&mut peer, SSRC, 1, b"a"), now, &counters),
+            None
+        );
+        let next = rtp(&mut peer, SSRC, 2, b"b");
+        assert_eq!(path.datagram(next.clone(), now, &counters), Some(next));
+    }
+
+    #[test]
+    fn a_gap_in_a_bound_stream_is_asked_for_again() {
+        let random = [0xa3; 32];
+        let mut peer = handshake(random);
+        let mut path = MediaPath::default();
+        let mut session = attached(&mut path);
+        let counters = MediaPathCounters::default();
+        path.saw_hello(random);
+        path.route(SSRC, TrackKind::Video);
+        path.bind(
+            &StreamInfo {
+                ssrc: SSRC,
+                clock_rate: 90_000,
+                mime_type: "video/H264".into(),
+                rtcp_feedback: vec![RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: String::new(),
+                }],
+                ..Default::default()
+            },
+            true,
+        );
+        let start = Instant::now();
+        for seq in [10u16, 11, 12, 14, 15] {
+            // Taken or not, every packet's header reaches the feedback chain.
+            path.datagram(rtp(&mut peer, SSRC, seq, b"x"), start, &counters);
+        }
+        let mut nacked = Vec::new();
+        for step in 1..=20u64 {
+            path.tick(start + Duration::from_millis(20 * step), &counters);
+            while let Ok(packets) = session.rtcp.try_recv() {
+                for p in packets {
+                    if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                        assert_eq!(nack.media_ssrc, SSRC);
+                        nacked.extend(nack.nacks.iter().flat_map(|n| n.packet_list()));
+                    }
+                }
+            }
+        }
+        assert!(nacked.contains(&13), "NACKs asked for {nacked:?}");
+        assert!(!nacked.iter().any(|s| [10, 11, 12, 14, 15].contains(s)));
+        assert_eq!(counters.feedback_dropped.load(Ordering::Relaxed), 0);
+    }
+}
