@@ -38,8 +38,9 @@ use crate::media::{RtpPacket, TrackKind, VideoCodec};
 const MAX_PENDING_CANDIDATES: usize = 256;
 /// Data channels tracked per connection (Raspberry Ninja opens two); more are ignored.
 const MAX_DATA_CHANNELS: usize = 8;
-/// RTCP messages the shared port's feedback may queue for the session (a second's worth of
-/// TWCC feedback, NACKs and receiver reports); past it they are dropped and counted.
+/// Compound RTCP packets the shared port's feedback may queue for the session (it makes at
+/// most a few per 20 ms grid step: over a second of TWCC feedback, NACKs and receiver
+/// reports); past it they are dropped and counted.
 const FEEDBACK_QUEUE: usize = 64;
 /// Longest wait for the track readers to drain after `close()`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);

@@ -310,12 +310,37 @@ impl MediaPath {
         let (Some(feedback), Some(sink)) = (&mut self.feedback, &self.sink) else {
             return;
         };
-        for rtcp in feedback.timeout(now) {
+        // A tick's RTCP in as few compounds as fit a datagram: one wake of the session and of
+        // webrtc-rs's driver per tick where there were one per packet.
+        for rtcp in compounds(feedback.timeout(now)) {
             if sink.rtcp.try_send(rtcp).is_err() {
                 counters.feedback_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Largest compound RTCP packet made of several feedback packets: with SRTCP's 14-18 bytes,
+/// IPv6 and UDP headers it stays well inside a 1280-byte path MTU. A single packet larger than
+/// this goes alone.
+const MAX_COMPOUND: usize = 1100;
+
+/// `packets` grouped, in order, into compounds of at most [`MAX_COMPOUND`] bytes.
+fn compounds(packets: Rtcp) -> Vec<Rtcp> {
+    let mut out: Vec<Rtcp> = Vec::new();
+    let mut size = 0;
+    for p in packets {
+        let len = p.marshal_size();
+        match out.last_mut() {
+            Some(last) if size + len <= MAX_COMPOUND => last.push(p),
+            _ => {
+                out.push(vec![p]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    out
 }
 
 /// The SRTP context that decrypts what the peer sends, from its handshake's keys.
@@ -404,17 +429,15 @@ impl Feedback {
         }
     }
 
-    /// The chain's timers, if due; the RTCP it has to send.
-    fn timeout(&mut self, now: Instant) -> Vec<Rtcp> {
+    /// The chain's timers, if due; the RTCP it has to send, as one compound.
+    fn timeout(&mut self, now: Instant) -> Rtcp {
         if self.chain.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.chain.handle_timeout(now);
         }
         let mut out = Vec::new();
         while let Some(msg) = self.chain.poll_write() {
-            if let Packet::Rtcp(packets) = msg.message.packet
-                && !packets.is_empty()
-            {
-                out.push(packets);
+            if let Packet::Rtcp(packets) = msg.message.packet {
+                out.extend(packets);
             }
         }
         out
@@ -574,6 +597,30 @@ mod tests {
         assert!(session.events.try_recv().is_err());
         assert_eq!(counters.taken.load(Ordering::Relaxed), 1);
         assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn feedback_goes_in_compounds_that_fit_a_datagram() {
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        let rr = |n: usize| -> Box<dyn rtc::rtcp::Packet> {
+            Box::new(ReceiverReport {
+                ssrc: n as u32,
+                reports: vec![Default::default(); n],
+                ..Default::default()
+            })
+        };
+        // 8 + 24 n bytes each: 32, 488, 560, 488, 32.
+        let sizes = |c: &Vec<Rtcp>| -> Vec<Vec<usize>> {
+            c.iter()
+                .map(|v| v.iter().map(|p| p.marshal_size()).collect())
+                .collect()
+        };
+        let grouped = compounds(vec![rr(1), rr(20), rr(23), rr(20), rr(1)]);
+        assert_eq!(sizes(&grouped), vec![vec![32, 488, 560], vec![488, 32]]);
+        // Order kept, nothing lost, and one too large for any compound goes alone.
+        let grouped = compounds(vec![rr(1), rr(31), rr(60), rr(1)]);
+        assert_eq!(sizes(&grouped), vec![vec![32, 752], vec![1448], vec![32]]);
+        assert!(compounds(Vec::new()).is_empty());
     }
 
     #[test]
