@@ -42,6 +42,8 @@ const MAX_DATA_CHANNELS: usize = 8;
 /// most a few per 20 ms grid step: over a second of TWCC feedback, NACKs and receiver
 /// reports); past it they are dropped and counted.
 const FEEDBACK_QUEUE: usize = 64;
+/// Longest wait for webrtc-rs to take one feedback compound ([`Session::send_feedback`]).
+const FEEDBACK_SEND_WAIT: Duration = Duration::from_millis(50);
 /// Longest wait for the track readers to drain after `close()`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The label VDO.Ninja publishers use for their signalling data channel.
@@ -586,9 +588,6 @@ async fn run(
             break CloseReason::LocalClose;
         }
     };
-    if let (Some(mux), Some(ufrag)) = (&s.config.udp_mux, &s.ufrag) {
-        mux.detach(ufrag);
-    }
     s.shutdown(reason).await;
 }
 
@@ -693,21 +692,26 @@ impl Session {
         }
     }
 
-    /// Sends a PLI for the video track now. Not rate-limited here: the one limiter is the
-    /// recording core's (`StreamMuxer::take_keyframe_request`), and `--keyframe-interval`
-    /// is periodic by itself.
     /// Sends RTCP the shared port's feedback chain made, through webrtc-rs (which encrypts
     /// it with the connection's SRTCP context), on any track of the connection: RTCP is per
-    /// connection. Before the first track there is nothing to report on.
+    /// connection. Before the first track it is dropped (the first feedback is due 100 ms
+    /// after the first packet, and a track starts with its first packet). Never waits long:
+    /// the session also answers the publisher's pings, so feedback that webrtc-rs cannot take
+    /// at once (its queue full) is dropped, as the network may drop it.
     async fn send_feedback(&mut self, rtcp: super::udp_mux::media_path::Rtcp) {
         let Some(track) = &self.feedback_track else {
             return;
         };
-        if let Err(e) = track.write_rtcp(rtcp).await {
-            debug!("feedback not sent: {e}");
+        match tokio::time::timeout(FEEDBACK_SEND_WAIT, track.write_rtcp(rtcp)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("feedback not sent: {e}"),
+            Err(_) => debug!("feedback not sent: webrtc-rs's queue stayed full"),
         }
     }
 
+    /// Sends a PLI for the video track now. Not rate-limited here: the one limiter is the
+    /// recording core's (`StreamMuxer::take_keyframe_request`), and `--keyframe-interval`
+    /// is periodic by itself.
     async fn send_pli(&mut self) {
         let Some((track, ssrc)) = &self.video else {
             return;
@@ -998,6 +1002,10 @@ impl Session {
             if tokio::time::timeout(DRAIN_TIMEOUT, r).await.is_err() {
                 abort.abort();
             }
+        }
+        // Like the readers: what the shared port took is queued before `Closed`.
+        if let (Some(mux), Some(ufrag)) = (&self.config.udp_mux, &self.ufrag) {
+            mux.detach(ufrag).await;
         }
         self.stats.video_packets = self.counters.video_packets.load(Ordering::Relaxed);
         self.stats.audio_packets = self.counters.audio_packets.load(Ordering::Relaxed);

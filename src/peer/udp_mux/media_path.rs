@@ -172,6 +172,12 @@ impl MediaPath {
         self.gone = false;
     }
 
+    /// The session is ending: its queues are let go and its tracks take the long way.
+    pub(crate) fn detach(&mut self) {
+        self.sink = None;
+        self.routes.clear();
+    }
+
     /// From now on, RTP of `ssrc` that decrypts here goes to the session as `kind`.
     pub(crate) fn route(&mut self, ssrc: u32, kind: TrackKind) {
         self.routes.retain(|r| r.0 != ssrc);

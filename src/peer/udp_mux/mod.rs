@@ -128,9 +128,10 @@ enum Control {
         now: std::time::Instant,
         reports: media_path::Rtcp,
     },
-    /// The session is over: its media path goes (if its connection never registered).
+    /// The session is ending: nothing more goes to its queues; said done on `done`.
     Detach {
         ufrag: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<()>,
     },
 }
 
@@ -277,11 +278,18 @@ impl UdpMux {
         });
     }
 
-    /// The session of the connection known by `ufrag` is over.
-    pub(crate) fn detach(&self, ufrag: &str) {
-        let _ = self.control.send(Control::Detach {
+    /// The session of the connection known by `ufrag` is ending: once this returns, the port
+    /// sends nothing more to its queues, so what it sent is ahead of the session's last event.
+    pub(crate) async fn detach(&self, ufrag: &str) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let sent = self.control.send(Control::Detach {
             ufrag: ufrag.as_bytes().to_vec(),
+            done,
         });
+        if sent.is_ok() {
+            // The port's task answers within a grid step; it is gone if it never does.
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        }
     }
 
     /// The port's counters.
@@ -482,14 +490,28 @@ impl Demux {
             Some(Control::SentTo { slot, addr }) => self.routes.sent_to(slot, addr),
             Some(Control::Attach { ufrag, sink }) => self.path(ufrag).attach(sink),
             Some(Control::Route { ufrag, ssrc, kind }) => self.path(ufrag).route(ssrc, kind),
-            Some(Control::Bind { ufrag, info, bound }) => self.path(ufrag).bind(&info, bound),
+            Some(Control::Bind { ufrag, info, bound }) => {
+                if bound {
+                    self.path(ufrag).bind(&info, true);
+                } else if let Some(path) = self.existing_path(&ufrag) {
+                    path.bind(&info, false);
+                }
+            }
             Some(Control::SenderReports {
                 ufrag,
                 now,
                 reports,
-            }) => self.path(ufrag).sender_reports(now, reports),
-            Some(Control::Detach { ufrag }) => {
+            }) => {
+                if let Some(path) = self.existing_path(&ufrag) {
+                    path.sender_reports(now, reports);
+                }
+            }
+            Some(Control::Detach { ufrag, done }) => {
                 self.pending.remove(&ufrag);
+                if let Some(path) = self.existing_path(&ufrag) {
+                    path.detach();
+                }
+                let _ = done.send(());
             }
             Some(Control::Unregister(slot)) => {
                 let (handed, full) = self.delivered.remove(&slot).unwrap_or_default();
@@ -516,6 +538,15 @@ impl Demux {
         match self.slots_by_ufrag.get(&ufrag) {
             Some(slot) => self.paths.entry(*slot).or_default(),
             None => self.pending.entry(ufrag).or_default(),
+        }
+    }
+
+    /// The media path of the connection known by `ufrag`, if it has one: what comes after a
+    /// session has ended (a stream unbound as its connection closes) creates none.
+    fn existing_path(&mut self, ufrag: &[u8]) -> Option<&mut media_path::MediaPath> {
+        match self.slots_by_ufrag.get(ufrag) {
+            Some(slot) => self.paths.get_mut(slot),
+            None => self.pending.get_mut(ufrag),
         }
     }
 
@@ -1186,6 +1217,75 @@ mod tests {
             mux.counters().received.load(Ordering::Relaxed),
             COUNT as u64 + 2
         );
+    }
+
+    /// A session's media path lives from its first message to its connection's end, and
+    /// what comes after its end (a stream unbound as the connection closes, a late Sender
+    /// Report) leaves nothing behind: a recorder that sees publishers come and go for days
+    /// keeps no state of the gone ones.
+    #[test]
+    fn a_gone_session_leaves_no_media_path() {
+        let mut demux = Demux::default();
+        let info = Box::new(rtc::interceptor::StreamInfo {
+            ssrc: 5,
+            ..Default::default()
+        });
+        let (events, _events_rx) = mpsc::channel(4);
+        let (rtcp, _rtcp_rx) = mpsc::channel(4);
+        let sink = || media_path::Sink {
+            events: events.clone(),
+            counters: Default::default(),
+            rtcp: rtcp.clone(),
+        };
+        // Before its connection registers: pending, then moved to the slot.
+        assert!(demux.control(Some(Control::Attach {
+            ufrag: b"gone".to_vec(),
+            sink: sink(),
+        })));
+        assert_eq!(demux.pending.len(), 1);
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        demux.control(Some(Control::Register {
+            slot: 3,
+            ufrag: b"gone".to_vec(),
+            tx,
+        }));
+        assert!(demux.pending.is_empty() && demux.paths.contains_key(&3));
+        demux.control(Some(Control::Bind {
+            ufrag: b"gone".to_vec(),
+            info: info.clone(),
+            bound: true,
+        }));
+        // The connection closes, then its streams are unbound, a report comes, it detaches.
+        demux.control(Some(Control::Unregister(3)));
+        demux.control(Some(Control::Bind {
+            ufrag: b"gone".to_vec(),
+            info,
+            bound: false,
+        }));
+        demux.control(Some(Control::SenderReports {
+            ufrag: b"gone".to_vec(),
+            now: std::time::Instant::now(),
+            reports: Vec::new(),
+        }));
+        let (done, mut said) = tokio::sync::oneshot::channel();
+        demux.control(Some(Control::Detach {
+            ufrag: b"gone".to_vec(),
+            done,
+        }));
+        assert!(said.try_recv().is_ok(), "detach is answered");
+        assert!(demux.paths.is_empty() && demux.pending.is_empty());
+        assert!(demux.slots_by_ufrag.is_empty());
+        // A session whose connection never registered goes on detach too.
+        demux.control(Some(Control::Attach {
+            ufrag: b"never".to_vec(),
+            sink: sink(),
+        }));
+        let (done, _said) = tokio::sync::oneshot::channel();
+        demux.control(Some(Control::Detach {
+            ufrag: b"never".to_vec(),
+            done,
+        }));
+        assert!(demux.pending.is_empty());
     }
 
     /// Datagrams go on as slices of their read's buffer while their connection keeps up; once
