@@ -3,41 +3,55 @@
 //! There the port makes a connection's NACKs, receiver reports and TWCC feedback from every
 //! RTP packet that arrives over UDP ([`super::udp_mux::media_path`]), including the ones it
 //! decrypts itself, which webrtc-rs never sees. So in webrtc-rs's chain the same interceptors
-//! sit behind this gate: RTP that came over UDP passes them by (the port has counted it), RTP
-//! over TCP (the shared TCP port) goes through them as before. Every stream so gets exactly
-//! one of each report, whichever way its packets come.
+//! sit behind this gate: once the port has had a datagram of the connection (its flag,
+//! [`PortFeeds`]), RTP passes them by (the port has counted it); a connection the port never
+//! hears from (one on the shared TCP port) has its RTP go through them as before. Every
+//! stream so gets exactly one of each report, whichever way its packets come.
 //!
 //! The gate also tells the port what only webrtc-rs knows: which streams it binds (SSRC,
 //! RTX SSRC, clock rate, negotiated feedback and header extensions) and the Sender Reports it
 //! decrypts (the receiver reports' round-trip fields need them).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
-use rtc::shared::TransportProtocol;
 use rtc::shared::error::Error;
 
 use super::udp_mux::UdpMux;
+
+/// Set by the shared port once it has had a datagram of the connection: from then on it makes
+/// the connection's feedback. One flag per connection, written once by the port's task and
+/// read per packet here.
+pub(crate) type PortFeeds = Arc<AtomicBool>;
 
 /// See the module docs.
 pub(crate) struct FeedbackGate {
     inner: Box<dyn Interceptor>,
     mux: UdpMux,
     ufrag: String,
+    port_feeds: PortFeeds,
     read_queue: VecDeque<TaggedPacket>,
 }
 
 impl FeedbackGate {
     /// A gate in front of `inner` (the feedback chain) for the connection known to `mux` by
-    /// `ufrag`.
-    pub(crate) fn new(inner: Box<dyn Interceptor>, mux: UdpMux, ufrag: String) -> FeedbackGate {
+    /// `ufrag`, whose port sets `port_feeds`.
+    pub(crate) fn new(
+        inner: Box<dyn Interceptor>,
+        mux: UdpMux,
+        ufrag: String,
+        port_feeds: PortFeeds,
+    ) -> FeedbackGate {
         FeedbackGate {
             inner,
             mux,
             ufrag,
+            port_feeds,
             read_queue: VecDeque::new(),
         }
     }
@@ -51,9 +65,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackGate {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        let udp = msg.transport.transport_protocol == TransportProtocol::UDP;
         match &msg.message.packet {
-            Packet::Rtp(_) if udp => self.read_queue.push_back(msg),
+            Packet::Rtp(_) if self.port_feeds.load(Ordering::Relaxed) => {
+                self.read_queue.push_back(msg)
+            }
             Packet::Rtcp(packets) => {
                 // The inner chain would end the packet (RTCP stops at a chain's end unless
                 // marked for the application, which the Sender-Report tap after us does):

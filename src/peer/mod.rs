@@ -270,9 +270,13 @@ fn receive_interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error:
 /// A receiving connection's chain on the shared UDP port: the feedback interceptors behind
 /// the [`feedback_gate`] (the port runs their twins for what arrives over UDP), then the
 /// Sender-Report tap.
-pub(crate) fn shared_port_chain(mux: &udp_mux::UdpMux, ufrag: &str) -> Registry {
+pub(crate) fn shared_port_chain(
+    mux: &udp_mux::UdpMux,
+    ufrag: &str,
+    port_feeds: feedback_gate::PortFeeds,
+) -> Registry {
     let inner = Box::new(receive_feedback().build());
-    let gate = feedback_gate::FeedbackGate::new(inner, mux.clone(), ufrag.to_owned());
+    let gate = feedback_gate::FeedbackGate::new(inner, mux.clone(), ufrag.to_owned(), port_feeds);
     Registry::new()
         .with(Slot::NackGenerator, gate)
         .with(Slot::from(14_000), sr_tap::SrTap::default())

@@ -413,6 +413,7 @@ async fn build_pc(
     config: &SessionConfig,
     handler: Arc<super::Forwarder>,
     ufrag_out: &mut Option<String>,
+    port_feeds: &super::feedback_gate::PortFeeds,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let (media_engine, mut registry) = media_setup(super::MediaDirection::Receive)?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
@@ -426,7 +427,7 @@ async fn build_pc(
         // socket, no STUN/TURN: publishers reach the shared port directly.
         let (ufrag, pwd) = ice_credentials();
         *ufrag_out = Some(ufrag.clone());
-        registry = super::shared_port_chain(mux, &ufrag);
+        registry = super::shared_port_chain(mux, &ufrag, port_feeds.clone());
         builder = builder.with_runtime(mux.runtime_for(&ufrag, config.tcp_mux.as_ref()));
         if config.tcp_mux.is_some() {
             // Also a placeholder: the shared TCP port hands this connection its streams.
@@ -491,7 +492,8 @@ async fn run(
         tx: internal_tx.clone(),
     });
     let mut ufrag = None;
-    let pc = match build_pc(&config, handler, &mut ufrag).await {
+    let port_feeds = super::feedback_gate::PortFeeds::default();
+    let pc = match build_pc(&config, handler, &mut ufrag, &port_feeds).await {
         Ok(pc) => pc,
         Err(e) => {
             warn!(label = %config.label, "cannot create peer connection: {e}");
@@ -515,6 +517,7 @@ async fn run(
                 events: events.clone(),
                 counters: counters.clone(),
                 rtcp,
+                port_feeds,
             },
         );
         feedback_rx = Some(rx);

@@ -28,8 +28,9 @@
 //! port, taken or not, plus the Sender Reports webrtc-rs decrypts
 //! ([`crate::peer::feedback_gate`] forwards them, and the streams it binds). The RTCP they
 //! make goes to the session, which sends it through webrtc-rs (one SRTCP context per
-//! direction: never two). webrtc-rs's own copies of these interceptors then see only packets
-//! that came over TCP, so every stream gets exactly one of each report.
+//! direction: never two). webrtc-rs's own copies of these interceptors then see RTP only of
+//! connections the port never hears from (TCP: [`Sink::port_feeds`]), so every stream gets
+//! exactly one of each report.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +130,9 @@ pub(crate) struct Sink {
     pub(crate) counters: Arc<Counters>,
     /// RTCP for the session to send to the publisher.
     pub(crate) rtcp: mpsc::Sender<Rtcp>,
+    /// Set at the connection's first datagram here: webrtc-rs's feedback interceptors then
+    /// leave its RTP to the port ([`crate::peer::feedback_gate`]).
+    pub(crate) port_feeds: crate::peer::feedback_gate::PortFeeds,
 }
 
 /// What the media path counts over all connections of the port.
@@ -154,6 +158,8 @@ pub(crate) struct MediaPath {
     feedback: Option<Feedback>,
     /// The recorder's queue has closed: nothing is taken any more.
     gone: bool,
+    /// The session has been told that this port makes the connection's feedback.
+    feeding: bool,
 }
 
 impl MediaPath {
@@ -212,6 +218,14 @@ impl MediaPath {
         now: Instant,
         counters: &MediaPathCounters,
     ) -> Option<Bytes> {
+        if !self.feeding
+            && let Some(sink) = &self.sink
+        {
+            // The connection is on this port (its ICE checks come first): its feedback is
+            // made here from now on, not also in webrtc-rs.
+            sink.port_feeds.store(true, Ordering::Relaxed);
+            self.feeding = true;
+        }
         if !is_rtp(&datagram) {
             return Some(datagram);
         }
@@ -537,21 +551,25 @@ mod tests {
         events: mpsc::Receiver<SessionEvent>,
         rtcp: mpsc::Receiver<Rtcp>,
         counters: Arc<Counters>,
+        port_feeds: crate::peer::feedback_gate::PortFeeds,
     }
 
     fn attached(path: &mut MediaPath) -> Session {
         let (events, events_rx) = mpsc::channel(16);
         let (rtcp, rtcp_rx) = mpsc::channel(16);
         let counters = Arc::new(Counters::default());
+        let port_feeds = crate::peer::feedback_gate::PortFeeds::default();
         path.attach(Sink {
             events,
             counters: counters.clone(),
             rtcp,
+            port_feeds: port_feeds.clone(),
         });
         Session {
             events: events_rx,
             rtcp: rtcp_rx,
             counters,
+            port_feeds,
         }
     }
 
@@ -564,9 +582,12 @@ mod tests {
         let counters = MediaPathCounters::default();
         let now = Instant::now();
 
-        // Before the route, and before the hello: handed back, not decrypted.
+        // Before the route, and before the hello: handed back, not decrypted; but from the
+        // first datagram on, the port makes the connection's feedback.
+        assert!(!session.port_feeds.load(Ordering::Relaxed));
         let first = rtp(&mut peer, SSRC, 1, b"first");
         assert_eq!(path.datagram(first.clone(), now, &counters), Some(first));
+        assert!(session.port_feeds.load(Ordering::Relaxed));
         path.route(SSRC, TrackKind::Video);
         let second = rtp(&mut peer, SSRC, 2, b"second");
         assert_eq!(path.datagram(second.clone(), now, &counters), Some(second));

@@ -1236,6 +1236,7 @@ mod tests {
             events: events.clone(),
             counters: Default::default(),
             rtcp: rtcp.clone(),
+            port_feeds: Default::default(),
         };
         // Before its connection registers: pending, then moved to the slot.
         assert!(demux.control(Some(Control::Attach {
