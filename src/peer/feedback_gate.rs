@@ -71,25 +71,26 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackGate {
             }
             Packet::Rtcp(packets) => {
                 // The inner chain would end the packet (RTCP stops at a chain's end unless
-                // marked for the application, which the Sender-Report tap after us does):
-                // it and the port get copies of the Sender Reports, all they read.
-                let reports = || -> Vec<Box<dyn rtc::rtcp::Packet>> {
-                    packets
-                        .iter()
-                        .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
-                        .map(|sr| Box::new(sr.clone()) as Box<dyn rtc::rtcp::Packet>)
-                        .collect()
-                };
-                let copies = reports();
-                if !copies.is_empty() {
-                    self.mux.sender_reports(&self.ufrag, msg.now, copies);
-                    let copy = TaggedPacket {
-                        now: msg.now,
-                        transport: msg.transport,
-                        message: AttributedPacket::new(Packet::Rtcp(reports())),
-                    };
-                    self.inner.handle_read(copy)?;
-                    while self.inner.poll_read().is_some() {}
+                // marked for the application, which the Sender-Report tap after us does), so
+                // whichever makes this connection's feedback gets copies of the Sender
+                // Reports, all it reads; the packet itself goes on.
+                let reports: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                    .map(|sr| Box::new(sr.clone()) as Box<dyn rtc::rtcp::Packet>)
+                    .collect();
+                if !reports.is_empty() {
+                    if self.port_feeds.load(Ordering::Relaxed) {
+                        self.mux.sender_reports(&self.ufrag, msg.now, reports);
+                    } else {
+                        let copy = TaggedPacket {
+                            now: msg.now,
+                            transport: msg.transport,
+                            message: AttributedPacket::new(Packet::Rtcp(reports)),
+                        };
+                        self.inner.handle_read(copy)?;
+                        while self.inner.poll_read().is_some() {}
+                    }
                 }
                 self.read_queue.push_back(msg);
             }

@@ -158,8 +158,6 @@ pub(crate) struct MediaPath {
     feedback: Option<Feedback>,
     /// The recorder's queue has closed: nothing is taken any more.
     gone: bool,
-    /// The session has been told that this port makes the connection's feedback.
-    feeding: bool,
 }
 
 impl MediaPath {
@@ -218,13 +216,12 @@ impl MediaPath {
         now: Instant,
         counters: &MediaPathCounters,
     ) -> Option<Bytes> {
-        if !self.feeding
-            && let Some(sink) = &self.sink
+        if let Some(sink) = &self.sink
+            && !sink.port_feeds.load(Ordering::Relaxed)
         {
             // The connection is on this port (its ICE checks come first): its feedback is
             // made here from now on, not also in webrtc-rs.
             sink.port_feeds.store(true, Ordering::Relaxed);
-            self.feeding = true;
         }
         if !is_rtp(&datagram) {
             return Some(datagram);
