@@ -10,3 +10,4 @@ pub mod orchestrator;
 pub mod quiet;
 pub mod retention;
 pub mod stream;
+pub(crate) mod writer;

@@ -38,8 +38,8 @@ pub struct RecorderSettings {
     pub session: SessionConfig,
     /// Pending file bytes are written on the first recorder tick ([`TICK`], 100 ms) at least
     /// this long after the last write, so a killed recorder loses at most about this much of
-    /// what it had made ready. Writes are batched because each costs a hop to the blocking
-    /// pool and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s stream) made
+    /// what it had made ready. Writes are batched because each costs a hop to the writer
+    /// thread and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s stream) made
     /// file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
     pub flush_interval: Duration,
     /// Pending file bytes are written as soon as there are this many: for a high-bitrate
@@ -441,6 +441,9 @@ impl DiskState {
 /// ticks once [`RecorderSettings::flush_interval`] has passed since the last write.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Most session events taken from the queue in one turn of the recorder's loop.
+const EVENT_BATCH: usize = 64;
+
 /// A track of the file that has delivered nothing for this long is reported (once): a muted
 /// or blocked track would otherwise just be missing from the file without a word.
 const SILENT_TRACK_AFTER: Duration = Duration::from_secs(10);
@@ -495,6 +498,9 @@ async fn run(
     let mut tick = tokio::time::interval_at(first, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    // Media comes in bursts (the shared port hands over a grid step's packets at once): a
+    // burst is taken in one go, one turn of this loop, not one per packet.
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
     let mut close_reason = None;
     let mut media_dropped = 0;
     loop {
@@ -510,49 +516,22 @@ async fn run(
                     let _ = session.close().await;
                 }
             },
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                match ev {
-                    SessionEvent::Media(m) => {
-                        if rec.media(m) {
-                            let _ = session.request_keyframe();
-                        }
-                        if rec.pending() >= rec.settings.flush_bytes {
-                            rec.flush().await;
-                        }
-                    }
-                    SessionEvent::LocalAnswer { sdp } => {
-                        rec.outbox.push(StreamReport::Signal(SignalOut::Answer {
-                            peer: rec.id.peer.clone(),
-                            session: rec.id.session.clone(),
-                            sdp,
-                            encrypt: rec.id.encrypted,
-                        }));
-                    }
-                    SessionEvent::LocalCandidate(c) => {
-                        rec.outbox.push(StreamReport::Signal(SignalOut::Candidates {
-                            peer: rec.id.peer.clone(),
-                            session: rec.id.session.clone(),
-                            candidates: vec![c],
-                        }));
-                    }
-                    SessionEvent::MediaOffered { video, audio } => rec.media_offered(video, audio),
-                    SessionEvent::TrackStarted { codec: Some(codec), .. } => {
-                        rec.video_codec(codec).await;
-                    }
-                    SessionEvent::State(state) => {
-                        debug!(stream = %rec.id.stream_id, ?state, "connection state");
-                        rec.connected = matches!(state, crate::peer::ConnectionState::Connected);
-                    }
-                    SessionEvent::Closed { reason, stats } => {
-                        close_reason = Some(reason);
-                        media_dropped = stats.media_dropped;
+            n = events.recv_many(&mut batch, EVENT_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                let mut end = None;
+                for ev in batch.drain(..) {
+                    if let Some(closed) = rec.event(ev, &session).await {
+                        // `Closed` is the session's last event.
+                        end = Some(closed);
                         break;
                     }
-                    SessionEvent::PublisherLabel(label) => rec.label(label),
-                    SessionEvent::TrackStarted { codec: None, .. }
-                    | SessionEvent::DataChannelOpen { .. }
-                    | SessionEvent::Renegotiated => {}
+                }
+                if let Some((reason, dropped)) = end {
+                    close_reason = Some(reason);
+                    media_dropped = dropped;
+                    break;
                 }
             }
             _ = tick.tick() => {
@@ -616,25 +595,36 @@ fn test_panic(rec: &Recorder) {
 /// never a runtime thread that the other recordings and the peer connections run on. The
 /// recorder waits meanwhile, so what it writes stays in order and its errors stay its own;
 /// its session's media queue (bounded) absorbs the wait. A panic inside is this recorder's
-/// panic (its supervisor sees it).
+/// panic (its supervisor sees it). For the slow calls (a file's end and sync); appends go to
+/// [`on_writer`].
 async fn on_disk<R: Send + 'static>(
     file: &mut RecordingFile,
     f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
 ) -> R {
     let mut taken = std::mem::replace(file, RecordingFile::new(Path::new(""), "", ""));
-    let done = tokio::task::spawn_blocking(move || {
+    let (back, r) = super::writer::blocking(move || {
         let r = f(&mut taken);
         (taken, r)
     })
     .await;
-    match done {
-        Ok((back, r)) => {
-            *file = back;
-            r
-        }
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("file write not run: {e}"),
-    }
+    *file = back;
+    r
+}
+
+/// [`on_disk`] on the writer thread, in turn with the other recordings' appends
+/// ([`super::writer`]): one thread wake per grid tick's writes, not two per write.
+async fn on_writer<R: Send + 'static>(
+    file: &mut RecordingFile,
+    f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
+) -> R {
+    let mut taken = std::mem::replace(file, RecordingFile::new(Path::new(""), "", ""));
+    let (back, r) = super::writer::run(move || {
+        let r = f(&mut taken);
+        (taken, r)
+    })
+    .await;
+    *file = back;
+    r
 }
 
 /// The file for segment `segment` of a recording (named with its number when segments are on).
@@ -661,6 +651,59 @@ fn unix_ms_at(at: Instant) -> f64 {
 }
 
 impl Recorder {
+    /// Handles one event of the session; at its end (`Closed`), why and how many media
+    /// events it dropped.
+    async fn event(
+        &mut self,
+        ev: SessionEvent,
+        session: &session::SessionHandle,
+    ) -> Option<(CloseReason, u64)> {
+        match ev {
+            SessionEvent::Media(m) => {
+                if self.media(m) {
+                    let _ = session.request_keyframe();
+                }
+                if self.pending() >= self.settings.flush_bytes {
+                    self.flush().await;
+                }
+            }
+            SessionEvent::LocalAnswer { sdp } => {
+                self.outbox.push(StreamReport::Signal(SignalOut::Answer {
+                    peer: self.id.peer.clone(),
+                    session: self.id.session.clone(),
+                    sdp,
+                    encrypt: self.id.encrypted,
+                }));
+            }
+            SessionEvent::LocalCandidate(c) => {
+                self.outbox
+                    .push(StreamReport::Signal(SignalOut::Candidates {
+                        peer: self.id.peer.clone(),
+                        session: self.id.session.clone(),
+                        candidates: vec![c],
+                    }));
+            }
+            SessionEvent::MediaOffered { video, audio } => self.media_offered(video, audio),
+            SessionEvent::TrackStarted {
+                codec: Some(codec), ..
+            } => {
+                self.video_codec(codec).await;
+            }
+            SessionEvent::State(state) => {
+                debug!(stream = %self.id.stream_id, ?state, "connection state");
+                self.connected = matches!(state, crate::peer::ConnectionState::Connected);
+            }
+            SessionEvent::Closed { reason, stats } => {
+                return Some((reason, stats.media_dropped));
+            }
+            SessionEvent::PublisherLabel(label) => self.label(label),
+            SessionEvent::TrackStarted { codec: None, .. }
+            | SessionEvent::DataChannelOpen { .. }
+            | SessionEvent::Renegotiated => {}
+        }
+        None
+    }
+
     /// A (re)negotiation said which media the publisher sends. The file's tracks are fixed by
     /// the first offer that carries media; later offers (renegotiations) keep them.
     fn media_offered(&mut self, video: Option<VideoCodec>, audio: bool) {
@@ -895,9 +938,9 @@ impl Recorder {
             return;
         }
         let opening = self.file.path().is_none();
-        // The buffer goes to the blocking pool and comes back emptied, capacity kept.
+        // The buffer goes to the writer thread and comes back emptied, capacity kept.
         let bytes = std::mem::take(out);
-        let (result, mut bytes) = on_disk(&mut self.file, move |file| {
+        let (result, mut bytes) = on_writer(&mut self.file, move |file| {
             let result = file.append(&bytes);
             (result, bytes)
         })

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::dtls::srtp_key_export::{self, ExportedSrtpKeys};
 use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
@@ -208,14 +208,16 @@ impl MediaPath {
         }
     }
 
-    /// One datagram from this connection's peer. An RTP packet of a routed track that
-    /// decrypts is taken (`None`); anything else comes back, to go the long way.
+    /// One datagram from this connection's peer, still in the port's read buffer: true if it
+    /// was taken (an RTP packet of a routed track that decrypts), else it goes the long way.
+    /// Borrowed, so a taken packet is never copied out of the buffer; its decryption is the
+    /// one copy.
     pub(crate) fn datagram(
         &mut self,
-        datagram: Bytes,
+        datagram: &[u8],
         now: Instant,
         counters: &MediaPathCounters,
-    ) -> Option<Bytes> {
+    ) -> bool {
         if let Some(sink) = &self.sink
             && !sink.port_feeds.load(Ordering::Relaxed)
         {
@@ -223,17 +225,17 @@ impl MediaPath {
             // made here from now on, not also in webrtc-rs.
             sink.port_feeds.store(true, Ordering::Relaxed);
         }
-        if !is_rtp(&datagram) {
-            return Some(datagram);
+        if !is_rtp(datagram) {
+            return false;
         }
-        let mut rest = &datagram[..];
+        let mut rest = datagram;
         let Ok(header) = rtc::rtp::Header::unmarshal(&mut rest) else {
-            return Some(datagram);
+            return false;
         };
         let payload_start = datagram.len() - rest.len();
         let route = self.routes.iter().find(|r| r.0 == header.ssrc).map(|r| r.1);
         let taken = match route {
-            Some(kind) if !self.gone => self.take(kind, &datagram, &header, payload_start, now),
+            Some(kind) if !self.gone => self.take(kind, datagram, &header, payload_start, now),
             _ => false,
         };
         if !taken && route.is_some() {
@@ -250,7 +252,7 @@ impl MediaPath {
             };
             feedback.read(now, Packet::Rtp(packet));
         }
-        (!taken).then_some(datagram)
+        taken
     }
 
     /// Decrypts one packet of a routed track and hands it to the session; false if it did
@@ -258,7 +260,7 @@ impl MediaPath {
     fn take(
         &mut self,
         kind: TrackKind,
-        datagram: &Bytes,
+        datagram: &[u8],
         header: &rtc::rtp::Header,
         payload_start: usize,
         now: Instant,
@@ -275,8 +277,8 @@ impl MediaPath {
         let (Some(srtp), Some(sink)) = (&mut self.srtp, &self.sink) else {
             return false;
         };
-        let plain = match srtp.decrypt_rtp_with_header(datagram, header) {
-            Ok(p) => p.freeze(),
+        let mut plain = match srtp.decrypt_rtp_with_header(datagram, header) {
+            Ok(p) => p,
             Err(e) => {
                 debug!(
                     ssrc = header.ssrc,
@@ -299,6 +301,12 @@ impl MediaPath {
             TrackKind::Audio => &sink.counters.audio_packets,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // The payload is cut out of the decrypted buffer before it is frozen: a frozen buffer
+        // that fills its allocation needs no second one (slicing it afterwards would allocate
+        // a shared header, per packet). Only padding, which is rare, costs one.
+        plain.truncate(end);
+        plain.advance(payload_start);
+        let payload = plain.freeze();
         let event = SessionEvent::Media(MediaEvent::Rtp {
             kind,
             packet: RtpPacket {
@@ -307,7 +315,7 @@ impl MediaPath {
                 marker: header.marker,
                 ssrc: header.ssrc,
                 payload_type: header.payload_type,
-                payload: plain.slice(payload_start..end),
+                payload,
             },
             arrival: now,
         });
@@ -527,9 +535,21 @@ mod tests {
     }
 
     fn rtp(peer: &mut rtc::srtp::context::Context, ssrc: u32, seq: u16, payload: &[u8]) -> Bytes {
+        rtp_padded(peer, ssrc, seq, payload, false)
+    }
+
+    /// [`rtp`], with padding to a multiple of 4 bytes (at least 1) if `padding`.
+    fn rtp_padded(
+        peer: &mut rtc::srtp::context::Context,
+        ssrc: u32,
+        seq: u16,
+        payload: &[u8],
+        padding: bool,
+    ) -> Bytes {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,
+                padding,
                 payload_type: 102,
                 sequence_number: seq,
                 timestamp: 3000 * u32::from(seq),
@@ -583,18 +603,15 @@ mod tests {
         // first datagram on, the port makes the connection's feedback.
         assert!(!session.port_feeds.load(Ordering::Relaxed));
         let first = rtp(&mut peer, SSRC, 1, b"first");
-        assert_eq!(path.datagram(first.clone(), now, &counters), Some(first));
+        assert!(!path.datagram(&first, now, &counters));
         assert!(session.port_feeds.load(Ordering::Relaxed));
         path.route(SSRC, TrackKind::Video);
         let second = rtp(&mut peer, SSRC, 2, b"second");
-        assert_eq!(path.datagram(second.clone(), now, &counters), Some(second));
+        assert!(!path.datagram(&second, now, &counters));
         assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 1);
 
         path.saw_hello(random);
-        assert_eq!(
-            path.datagram(rtp(&mut peer, SSRC, 3, b"third"), now, &counters),
-            None
-        );
+        assert!(path.datagram(&rtp(&mut peer, SSRC, 3, b"third"), now, &counters));
         let Ok(SessionEvent::Media(MediaEvent::Rtp { kind, packet, .. })) =
             session.events.try_recv()
         else {
@@ -607,19 +624,27 @@ mod tests {
         );
         assert_eq!(&packet.payload[..], b"third");
         assert_eq!(session.counters.video_packets.load(Ordering::Relaxed), 1);
+        // Padding is cut off the payload.
+        let padded = rtp_padded(&mut peer, SSRC, 4, b"padded", true);
+        assert!(path.datagram(&padded, now, &counters));
+        let Ok(SessionEvent::Media(MediaEvent::Rtp { packet, .. })) = session.events.try_recv()
+        else {
+            panic!("no padded packet for the session");
+        };
+        assert_eq!(&packet.payload[..], b"padded");
 
         // Another SSRC (RTX, an unrecorded track), RTCP and a forged packet: handed back.
-        let other = rtp(&mut peer, SSRC + 1, 4, b"rtx");
-        assert_eq!(path.datagram(other.clone(), now, &counters), Some(other));
-        let mut forged = rtp(&mut peer, SSRC, 5, b"forged").to_vec();
+        let other = rtp(&mut peer, SSRC + 1, 5, b"rtx");
+        assert!(!path.datagram(&other, now, &counters));
+        let mut forged = rtp(&mut peer, SSRC, 6, b"forged").to_vec();
         let last = forged.len() - 1;
         forged[last] ^= 1;
         let forged = Bytes::from(forged);
-        assert_eq!(path.datagram(forged.clone(), now, &counters), Some(forged));
+        assert!(!path.datagram(&forged, now, &counters));
         let rtcp = Bytes::from_static(&[0x80, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0]);
-        assert_eq!(path.datagram(rtcp.clone(), now, &counters), Some(rtcp));
+        assert!(!path.datagram(&rtcp, now, &counters));
         assert!(session.events.try_recv().is_err());
-        assert_eq!(counters.taken.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.taken.load(Ordering::Relaxed), 2);
         assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 2);
     }
 
@@ -659,12 +684,9 @@ mod tests {
         drop(session);
         let now = Instant::now();
         // The first finds the queue closed; the next goes the long way.
-        assert_eq!(
-            path.datagram(rtp(&mut peer, SSRC, 1, b"a"), now, &counters),
-            None
-        );
+        assert!(path.datagram(&rtp(&mut peer, SSRC, 1, b"a"), now, &counters));
         let next = rtp(&mut peer, SSRC, 2, b"b");
-        assert_eq!(path.datagram(next.clone(), now, &counters), Some(next));
+        assert!(!path.datagram(&next, now, &counters));
     }
 
     #[test]
@@ -692,7 +714,7 @@ mod tests {
         let start = Instant::now();
         for seq in [10u16, 11, 12, 14, 15] {
             // Taken or not, every packet's header reaches the feedback chain.
-            path.datagram(rtp(&mut peer, SSRC, seq, b"x"), start, &counters);
+            path.datagram(&rtp(&mut peer, SSRC, seq, b"x"), start, &counters);
         }
         let mut nacked = Vec::new();
         for step in 1..=20u64 {

@@ -560,8 +560,9 @@ impl Demux {
     /// Reads what the socket holds now (bounded, so a flood cannot hold the task) and hands
     /// each datagram on; true if the socket was emptied.
     ///
-    /// The datagrams of one read are copied into one buffer and handed on as slices of it:
-    /// one allocation per read instead of one per datagram. Datagrams of full size are over
+    /// A datagram the media path takes is decrypted straight out of the read buffer. The
+    /// others of one read are copied into one buffer and handed on as slices of it: one
+    /// allocation per read instead of one per datagram. Datagrams of full size are over
     /// glibc's per-thread cache limit (1032 bytes), so each of their allocations took
     /// malloc's slow path; that was ~3 % of the recorder's CPU at 32 publishers (issue 11).
     /// A slice keeps its whole buffer alive, so a connection whose queue is backing up gets
@@ -584,64 +585,87 @@ impl Demux {
                     continue;
                 }
             };
-            let total = batch.datagrams().map(|(_, d)| d.len()).sum();
+            let now = std::time::Instant::now();
+            // Every datagram counts, empty ones too (`datagrams` yields them), so nothing a
+            // sender floods the port with can hold the task past the bound.
+            let mut long_way = Vec::new();
+            let mut total = 0;
+            for (from, datagram) in batch.datagrams() {
+                left = left.saturating_sub(1);
+                if let Some(slot) = self.route(from, datagram, now, counters) {
+                    total += datagram.len();
+                    long_way.push((from, slot, datagram));
+                }
+            }
             if total > PIN_MAX_READ {
-                for (from, datagram) in batch.datagrams() {
-                    left = left.saturating_sub(1);
-                    self.hand_on(from, Bytes::copy_from_slice(datagram), counters);
+                for (from, slot, datagram) in long_way {
+                    self.deliver(slot, from, Bytes::copy_from_slice(datagram), counters);
                 }
                 continue;
             }
             let mut chunk = BytesMut::with_capacity(total);
-            for (_, datagram) in batch.datagrams() {
+            for (_, _, datagram) in &long_way {
                 chunk.extend_from_slice(datagram);
             }
             let chunk = chunk.freeze();
-            // The same walk again: datagram k of the read is the next span of `chunk`. Every
-            // datagram counts, empty ones too (`datagrams` yields them), so nothing a sender
-            // floods the port with can hold the task past the bound.
             let mut start = 0;
-            for (from, datagram) in batch.datagrams() {
-                left = left.saturating_sub(1);
+            for (from, slot, datagram) in long_way {
                 let end = start + datagram.len();
-                self.hand_on(from, chunk.slice(start..end), counters);
+                self.deliver(slot, from, chunk.slice(start..end), counters);
                 start = end;
             }
         }
         false
     }
 
-    /// Routes one datagram to its connection's queue, or counts why not.
+    /// Routes one datagram to its connection and hands it on ([`Demux::route`],
+    /// [`Demux::deliver`]).
+    #[cfg(test)]
     fn hand_on(&mut self, from: SocketAddr, datagram: Bytes, counters: &MuxCounters) {
+        if let Some(slot) = self.route(from, &datagram, std::time::Instant::now(), counters) {
+            self.deliver(slot, from, datagram, counters);
+        }
+    }
+
+    /// Finds one datagram's connection, or counts why none; gives it to the connection's
+    /// media path, which may take it. The connection whose queue it must go to otherwise.
+    fn route(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: std::time::Instant,
+        counters: &MuxCounters,
+    ) -> Option<SlotId> {
         counters.received.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = self.routes.route(from, &datagram) else {
+        let Some(slot) = self.routes.route(from, datagram) else {
             let n = counters.unknown.fetch_add(1, Ordering::Relaxed);
             if n < 20 || n.is_power_of_two() {
                 debug!(
                     %from,
-                    ufrag = ?route::binding_request_ufrag(&datagram).map(String::from_utf8_lossy),
+                    ufrag = ?route::binding_request_ufrag(datagram).map(String::from_utf8_lossy),
                     first_byte = datagram.first().copied().unwrap_or(0),
                     unknown = n + 1,
                     "udp mux: datagram for no connection"
                 );
             }
-            return;
+            return None;
         };
+        if let Some(path) = self.paths.get_mut(&slot) {
+            if let Some(random) = media_path::hello_random(datagram) {
+                path.saw_hello(random);
+            }
+            if path.datagram(datagram, now, &counters.media) {
+                return None;
+            }
+        }
+        Some(slot)
+    }
+
+    /// Puts a datagram on its connection's queue (webrtc-rs's way), or counts why not.
+    fn deliver(&mut self, slot: SlotId, from: SocketAddr, datagram: Bytes, counters: &MuxCounters) {
         let Some(tx) = self.queues.get(&slot) else {
             counters.unknown.fetch_add(1, Ordering::Relaxed);
             return;
-        };
-        let datagram = match self.paths.get_mut(&slot) {
-            Some(path) => {
-                if let Some(random) = media_path::hello_random(&datagram) {
-                    path.saw_hello(random);
-                }
-                match path.datagram(datagram, std::time::Instant::now(), &counters.media) {
-                    Some(d) => d,
-                    None => return,
-                }
-            }
-            None => datagram,
         };
         let count = self.delivered.entry(slot).or_default();
         // (A full queue drops it below: no copy for that.)
