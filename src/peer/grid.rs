@@ -33,12 +33,31 @@ pub const STEP: Duration = Duration::from_millis(20);
 
 /// `at` rounded up to the process-wide grid.
 pub fn on_grid(at: Instant) -> Instant {
+    on_grid_every(at, STEP)
+}
+
+/// The process-wide grid's origin.
+fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let step = STEP.as_nanos();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` rounded up to a multiple of `period` on the process-wide grid (a multiple of
+/// [`STEP`] stays on the grid). Tasks whose timers have the same period and start there tick
+/// together: the recorders' ticks, and so their file writes, share one wake.
+pub fn on_grid_every(at: Instant, period: Duration) -> Instant {
+    let epoch = epoch();
+    let step = period.as_nanos().max(1);
     let since = at.saturating_duration_since(epoch).as_nanos();
     let steps = since.div_ceil(step);
     epoch + Duration::from_nanos((steps * step) as u64)
+}
+
+/// Which `period` of the process-wide grid `at` is in, counted from its origin: the same
+/// number for every instant from one multiple of `period` ([`on_grid_every`]) to the next.
+pub fn period_of(at: Instant, period: Duration) -> u64 {
+    let since = at.saturating_duration_since(epoch()).as_nanos();
+    (since / period.as_nanos().max(1)) as u64
 }
 
 /// A sleep that ends on the grid, for webrtc-rs's `Runtime::sleep`.
@@ -57,5 +76,23 @@ mod tests {
         assert!(a >= now && a - now <= STEP);
         assert_eq!(on_grid(a), a);
         assert_eq!(on_grid(a + Duration::from_nanos(1)), a + STEP);
+    }
+
+    #[test]
+    fn a_period_starts_on_its_multiple_and_lasts_until_the_next() {
+        let period = STEP * 5;
+        let start = on_grid_every(Instant::now(), period);
+        assert_eq!(on_grid(start), start);
+        assert_eq!(on_grid_every(start, period), start);
+        let n = period_of(start, period);
+        assert_eq!(
+            period_of(start + period - Duration::from_nanos(1), period),
+            n
+        );
+        assert_eq!(period_of(start + period, period), n + 1);
+        assert_eq!(
+            on_grid_every(start + Duration::from_nanos(1), period),
+            start + period
+        );
     }
 }

@@ -36,9 +36,9 @@ pub struct RecorderSettings {
     pub stream: StreamConfig,
     /// Peer connection settings (ICE servers, timeouts, cipher for data-channel payloads).
     pub session: SessionConfig,
-    /// Pending file bytes are written on the first recorder tick ([`TICK`], 100 ms) at least
-    /// this long after the last write, so a killed recorder loses at most about this much of
-    /// what it had made ready. Writes are batched because each costs a hop to the writer
+    /// Pending file bytes are written at the first recorder tick ([`TICK`], 100 ms) of each
+    /// period this long on the process's grid (every recording in the same tick), so a killed
+    /// recorder loses at most about this much of what it had made ready. Writes are batched because each costs a hop to the writer
     /// thread and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s stream) made
     /// file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
     pub flush_interval: Duration,
@@ -406,8 +406,9 @@ struct Recorder {
     /// Reports for the orchestrator, sent from the task's loop (never lost, never awaited
     /// inside the core's calls).
     outbox: Vec<StreamReport>,
-    /// When the file was last written (or the recorder started).
-    last_flush: Instant,
+    /// The grid period ([`RecorderSettings::flush_interval`] long) of the last write (or of
+    /// the recorder's start).
+    flushed_period: u64,
 }
 
 /// Whether the recording can write.
@@ -437,9 +438,17 @@ impl DiskState {
 }
 
 /// How often the recorder polls its core (reorder deadlines, the interleaver, keyframe
-/// requests), checks the disk and publishes its live counters. Files are written on these
-/// ticks once [`RecorderSettings::flush_interval`] has passed since the last write.
+/// requests), checks the disk and publishes its live counters. Every recorder ticks at the
+/// same instants (multiples of this on the process's grid), and files are written on the
+/// first tick of each [`RecorderSettings::flush_interval`] of the grid: all recordings' writes
+/// of a period go to the writer thread together, one wake for them all.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The grid period of length [`RecorderSettings::flush_interval`] that `at` is in.
+fn flush_period(settings: &RecorderSettings, at: Instant) -> u64 {
+    let at = tokio::time::Instant::from_std(at);
+    crate::peer::grid::period_of(at, settings.flush_interval)
+}
 
 /// Most session events taken from the queue in one turn of the recorder's loop.
 const EVENT_BATCH: usize = 64;
@@ -488,13 +497,15 @@ async fn run(
         label: None,
         media_dropped: 0,
         outbox: Vec::new(),
-        last_flush: Instant::now(),
+        flushed_period: 0,
     };
+    rec.flushed_period = flush_period(&rec.settings, Instant::now());
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
-    // On the connections' grid: the runtime wakes once for this tick and their timers.
-    let first = crate::peer::grid::on_grid(tokio::time::Instant::now());
+    // On the connections' grid: the runtime wakes once for this tick, every other
+    // recorder's and the connections' timers.
+    let first = crate::peer::grid::on_grid_every(tokio::time::Instant::now(), TICK);
     let mut tick = tokio::time::interval_at(first, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
@@ -534,7 +545,7 @@ async fn run(
                     break;
                 }
             }
-            _ = tick.tick() => {
+            at = tick.tick() => {
                 let now = Instant::now();
                 if let Some(m) = rec.muxer.as_mut() {
                     m.poll(now);
@@ -543,7 +554,7 @@ async fn run(
                     }
                 }
                 rec.check_disk(now);
-                if rec.flush_due(now) {
+                if rec.flush_due(at.into_std()) {
                     rec.flush().await;
                 }
                 rec.report_timeline();
@@ -893,23 +904,23 @@ impl Recorder {
     /// Whether a tick at `now` should write: a file the core ended is closed at once, and the
     /// first bytes of a file are written at once (that names the file, which the timeline's
     /// gap events point to); the rest waits for [`RecorderSettings::flush_interval`] (the
-    /// media path writes earlier once there are [`RecorderSettings::flush_bytes`]). Half a
-    /// tick of slack: `last_flush` is taken a little after its tick's `now`.
-    fn flush_due(&mut self, now: Instant) -> bool {
+    /// media path writes earlier once there are [`RecorderSettings::flush_bytes`]), that is
+    /// for the first tick of the next period of that length on the grid, which every
+    /// recording shares. `tick` is the tick's scheduled instant.
+    fn flush_due(&mut self, tick: Instant) -> bool {
         let opening = self.file.path().is_none();
+        let next_period = flush_period(&self.settings, tick) != self.flushed_period;
         let Some(m) = self.muxer.as_mut() else {
             return false;
         };
-        let waited = now.saturating_duration_since(self.last_flush) + TICK / 2;
-        m.has_ended()
-            || (!m.output().is_empty() && (opening || waited >= self.settings.flush_interval))
+        m.has_ended() || (!m.output().is_empty() && (opening || next_period))
     }
 
     /// Writes what the core produced: first the files it ended (segments), then the bytes
     /// of the current one. While the disk is failed the bytes are dropped (counted): memory
     /// must not grow, and the file to come starts at a keyframe anyway.
     async fn flush(&mut self) {
-        self.last_flush = Instant::now();
+        self.flushed_period = flush_period(&self.settings, Instant::now());
         let Some(m) = self.muxer.as_mut() else {
             return;
         };
