@@ -286,10 +286,24 @@ pub(crate) fn shared_port_chain(
 /// feedback. In webrtc-rs's chain, or run by the shared UDP port for its connections
 /// ([`udp_mux::media_path`], [`feedback_gate`]).
 pub(crate) fn receive_feedback() -> Registry {
+    let (nack, rr, twcc) = feedback_interceptors();
     Registry::new()
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+        .with(Slot::NackGenerator, nack)
+        .with(Slot::ReceiverReport, rr)
+        .with(Slot::TwccReceiver, twcc)
+}
+
+/// The interceptors of [`receive_feedback`], one configuration for both places.
+pub(crate) fn feedback_interceptors() -> (
+    rtc::interceptor::NackGeneratorInterceptor,
+    rtc::interceptor::ReceiverReportInterceptor,
+    rtc::interceptor::TwccReceiverInterceptor,
+) {
+    (
+        NackGeneratorBuilder::new().build(),
+        ReceiverReportBuilder::new().build(),
+        TwccReceiverBuilder::new().build(),
+    )
 }
 
 /// The ICE username fragment of an offer (its first `a=ice-ufrag:` line). It tells a new

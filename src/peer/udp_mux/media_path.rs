@@ -40,8 +40,10 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::dtls::srtp_key_export::{self, ExportedSrtpKeys};
-use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
-use rtc::sansio::Protocol;
+use rtc::interceptor::{
+    AttributedPacket, Interceptor, NackGeneratorInterceptor, Packet, ReceiverReportInterceptor,
+    StreamInfo, TaggedPacket, TwccReceiverInterceptor,
+};
 use rtc::shared::TransportContext;
 use rtc::shared::marshal::Unmarshal;
 use rtc::srtp::protection_profile::ProtectionProfile;
@@ -413,16 +415,26 @@ fn remote_context(keys: &ExportedSrtpKeys) -> Option<rtc::srtp::context::Context
 }
 
 /// One connection's feedback interceptors (webrtc-rs's NACK generator, receiver reports and
-/// TWCC receiver, as [`crate::peer::receive_feedback`] builds them), driven by the port.
+/// TWCC receiver, as [`crate::peer::feedback_interceptors`] builds them), driven by the port.
+///
+/// Called one after the other, not through an `rtc-interceptor` chain: a chain's walk puts
+/// every packet on a queue of its own (an allocation per packet) and moves it through a no-op
+/// end as well; none of these three changes or holds what it reads, so each hands the packet
+/// to the next as it came, and the last one's copy is dropped.
 pub(crate) struct Feedback {
-    chain: Box<dyn Interceptor>,
+    nack: NackGeneratorInterceptor,
+    rr: ReceiverReportInterceptor,
+    twcc: TwccReceiverInterceptor,
     streams: Vec<u32>,
 }
 
 impl Feedback {
     fn new() -> Feedback {
+        let (nack, rr, twcc) = crate::peer::feedback_interceptors();
         Feedback {
-            chain: Box::new(crate::peer::receive_feedback().build()),
+            nack,
+            rr,
+            twcc,
             streams: Vec::new(),
         }
     }
@@ -432,13 +444,17 @@ impl Feedback {
             return;
         }
         self.streams.push(info.ssrc);
-        self.chain.bind_remote_stream(info);
+        self.nack.bind_remote_stream(info);
+        self.rr.bind_remote_stream(info);
+        self.twcc.bind_remote_stream(info);
     }
 
     fn unbind(&mut self, info: &StreamInfo) {
         if let Some(i) = self.streams.iter().position(|s| *s == info.ssrc) {
             self.streams.remove(i);
-            self.chain.unbind_remote_stream(info);
+            self.nack.unbind_remote_stream(info);
+            self.rr.unbind_remote_stream(info);
+            self.twcc.unbind_remote_stream(info);
         }
     }
 
@@ -448,25 +464,44 @@ impl Feedback {
             transport: TransportContext::default(),
             message: AttributedPacket::new(packet),
         };
-        if self.chain.handle_read(msg).is_ok() {
-            // What passes the chain has no one to go to: the packet itself goes elsewhere.
-            while self.chain.poll_read().is_some() {}
-        }
+        // Each passes what it read on (its read queue holds just that packet); what passes
+        // the last has no one to go to: the packet itself goes elsewhere.
+        let Some(msg) = pass(&mut self.nack, msg) else {
+            return;
+        };
+        let Some(msg) = pass(&mut self.rr, msg) else {
+            return;
+        };
+        let _ = pass(&mut self.twcc, msg);
     }
 
-    /// The chain's timers, if due; the RTCP it has to send, as one compound.
+    /// The interceptors' timers, if due; the RTCP they have to send.
     fn timeout(&mut self, now: Instant) -> Rtcp {
-        if self.chain.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.chain.handle_timeout(now);
-        }
         let mut out = Vec::new();
-        while let Some(msg) = self.chain.poll_write() {
-            if let Packet::Rtcp(packets) = msg.message.packet {
-                out.extend(packets);
+        let interceptors: [&mut dyn Interceptor; 3] =
+            [&mut self.nack, &mut self.rr, &mut self.twcc];
+        for interceptor in interceptors {
+            if interceptor.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = interceptor.handle_timeout(now);
+            }
+            while let Some(msg) = interceptor.poll_write() {
+                if let Packet::Rtcp(packets) = msg.message.packet {
+                    out.extend(packets);
+                }
             }
         }
         out
     }
+}
+
+/// `msg` through one interceptor: what it passes on (all of it, for these three).
+fn pass(interceptor: &mut dyn Interceptor, msg: TaggedPacket) -> Option<TaggedPacket> {
+    interceptor.handle_read(msg).ok()?;
+    let out = interceptor.poll_read();
+    // Nothing else is queued behind it; drained all the same, so nothing piles up if one
+    // ever queues more.
+    while interceptor.poll_read().is_some() {}
+    out
 }
 
 #[cfg(test)]
