@@ -507,7 +507,9 @@ async fn run(
     // recorder's and the connections' timers.
     let first = crate::peer::grid::on_grid_every(tokio::time::Instant::now(), TICK);
     let mut tick = tokio::time::interval_at(first, TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A late tick is not made up for, and the next one stays on the shared grid (`Delay`
+    // would shift every later tick off it, and this recorder's writes out of the others').
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stopping = false;
     // Media comes in bursts (the shared port hands over a grid step's packets at once): a
     // burst is taken in one go, one turn of this loop, not one per packet.
