@@ -38,9 +38,10 @@ pub struct RecorderSettings {
     pub session: SessionConfig,
     /// Pending file bytes are written at the first recorder tick ([`TICK`], 100 ms) of each
     /// period this long on the process's grid (every recording in the same tick), so a killed
-    /// recorder loses at most about this much of what it had made ready. Writes are batched because each costs a hop to the writer
-    /// thread and the kernel's per-call work: 100 ms batches (~25 KiB of a 2 Mb/s stream) made
-    /// file writes ~7 % of the recorder's CPU (issue 11, `docs/loadbench.md`).
+    /// recorder loses at most about this much of what it had made ready. Writes are batched
+    /// because each costs a hop to the writer thread and the kernel's per-call work: 100 ms
+    /// batches (~25 KiB of a 2 Mb/s stream) made file writes ~7 % of the recorder's CPU
+    /// (issue 11, `docs/loadbench.md`).
     pub flush_interval: Duration,
     /// Pending file bytes are written as soon as there are this many: for a high-bitrate
     /// stream, writes of this size instead of every tick's worth (a write of 64 KiB or more
