@@ -615,14 +615,7 @@ async fn on_disk<R: Send + 'static>(
     file: &mut RecordingFile,
     f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
 ) -> R {
-    let mut taken = std::mem::replace(file, RecordingFile::new(Path::new(""), "", ""));
-    let (back, r) = super::writer::blocking(move || {
-        let r = f(&mut taken);
-        (taken, r)
-    })
-    .await;
-    *file = back;
-    r
+    with_file(file, f, false).await
 }
 
 /// [`on_disk`] on the writer thread, in turn with the other recordings' appends
@@ -631,12 +624,25 @@ async fn on_writer<R: Send + 'static>(
     file: &mut RecordingFile,
     f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
 ) -> R {
+    with_file(file, f, true).await
+}
+
+/// `f` on the file, moved to the writer thread (`on_writer`) or the blocking pool and back.
+async fn with_file<R: Send + 'static>(
+    file: &mut RecordingFile,
+    f: impl FnOnce(&mut RecordingFile) -> R + Send + 'static,
+    on_writer: bool,
+) -> R {
     let mut taken = std::mem::replace(file, RecordingFile::new(Path::new(""), "", ""));
-    let (back, r) = super::writer::run(move || {
+    let job = move || {
         let r = f(&mut taken);
         (taken, r)
-    })
-    .await;
+    };
+    let (back, r) = if on_writer {
+        super::writer::run(job).await
+    } else {
+        super::writer::blocking(job).await
+    };
     *file = back;
     r
 }
