@@ -76,7 +76,7 @@ const REPLAY_WINDOW: usize = 64;
 /// Video packets are held for a frame (their payload is copied into the frame then).
 const ARENA: usize = 16 * 1024;
 
-/// Packets up to this size are decrypted on the stack and their payload copied out (an
+/// Packets up to this size are decrypted in a scratch buffer and their payload copied out (an
 /// allocation the per-thread cache serves): audio, held until the interleaver writes it
 /// (up to a second behind video), would otherwise keep a 16 KiB arena alive per packet:
 /// +0.2 MiB of RSS per stream at 32 publishers, measured.
@@ -176,6 +176,8 @@ pub(crate) struct MediaPath {
     gone: bool,
     /// Where taken packets are decrypted, one after the other ([`ARENA`]).
     arena: BytesMut,
+    /// Where small ones are ([`SMALL_PACKET`]).
+    scratch: Vec<u8>,
 }
 
 impl MediaPath {
@@ -295,13 +297,13 @@ impl MediaPath {
         let (Some(srtp), Some(sink)) = (&mut self.srtp, &self.sink) else {
             return false;
         };
-        // Decrypted in place (`rtc-srtp`, our patch), on the stack for a small packet (whose
-        // payload is then copied out), else in this connection's arena ([`ARENA`]).
+        // Decrypted in place (`rtc-srtp`, our patch): a small packet in a scratch buffer (its
+        // payload then copied out), else in this connection's arena ([`ARENA`]).
         let len = datagram.len();
         let decrypted = if len <= SMALL_PACKET {
-            let mut buf = [0u8; SMALL_PACKET];
-            let buf = &mut buf[..len];
-            buf.copy_from_slice(datagram);
+            let buf = &mut self.scratch;
+            buf.clear();
+            buf.extend_from_slice(datagram);
             srtp.decrypt_rtp_in_place_with_header(buf, header)
                 .map(|n| payload_range(&buf[..n], header, payload_start))
                 .map(|range| range.map(|r| Bytes::copy_from_slice(&buf[r])))
