@@ -474,6 +474,7 @@ async fn run(
     session_cfg.label = id.stream_id.clone();
     session_cfg.dtls_server = offers_media(&offer_sdp);
     let (session, mut events) = session::spawn(session_cfg);
+    let flushed_period = flush_period(&settings, Instant::now());
     let mut rec = Recorder {
         file: new_file(&settings, &id.stream_id, 0),
         settings,
@@ -498,9 +499,8 @@ async fn run(
         label: None,
         media_dropped: 0,
         outbox: Vec::new(),
-        flushed_period: 0,
+        flushed_period,
     };
-    rec.flushed_period = flush_period(&rec.settings, Instant::now());
     if session.remote_offer(offer_sdp).await.is_err() {
         warn!(stream = %rec.id.stream_id, "peer session ended before the offer was applied");
     }
