@@ -282,6 +282,8 @@ pub struct StreamMuxer {
     /// Scratch lists, kept to avoid an allocation per packet.
     items: Vec<Ordered>,
     video_out: Vec<VideoOutput>,
+    /// The last written frame's buffer, for the depacketizer to reuse.
+    spare_frame: Option<Vec<u8>>,
     opus_out: Vec<OpusPacket>,
     stats: StreamStats,
 }
@@ -344,6 +346,7 @@ impl StreamMuxer {
             gaps: GapWatch::default(),
             items: Vec::with_capacity(16),
             video_out: Vec::with_capacity(4),
+            spare_frame: None,
             opus_out: Vec::with_capacity(4),
             stats: StreamStats::default(),
             tracks,
@@ -825,6 +828,9 @@ impl StreamMuxer {
             return;
         };
         let mut outputs = std::mem::take(&mut self.video_out);
+        if let Some(buffer) = self.spare_frame.take() {
+            video.recycle(buffer);
+        }
         for item in items.drain(..) {
             video.push(item, &mut |o| outputs.push(o));
             for o in outputs.drain(..) {
@@ -1068,6 +1074,7 @@ impl StreamMuxer {
                 tracing::debug!("video unit refused: {e}");
             }
         }
+        self.spare_frame = Some(frame.data);
     }
 
     fn write_audio(&mut self, mut pts: u64, data: Bytes) {

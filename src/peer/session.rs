@@ -279,6 +279,9 @@ pub enum SessionEvent {
     State(ConnectionState),
     /// Media.
     Media(MediaEvent),
+    /// Media, several at once, in order: what the shared port (`--udp-port`) decrypted for
+    /// this connection in one read of its socket (at most a few packets).
+    MediaBatch(Vec<MediaEvent>),
     /// The session is over; nothing follows.
     Closed {
         /// Why.
@@ -700,15 +703,28 @@ impl Session {
     /// connection. Before the first track it is dropped (the first feedback is due 100 ms
     /// after the first packet, and a track starts with its first packet). Never waits long:
     /// the session also answers the publisher's pings, so feedback that webrtc-rs cannot take
-    /// at once (its queue full) is dropped, as the network may drop it.
+    /// at once (its queue full) is dropped, as the network may drop it. Either drop is counted
+    /// with the port's own (`ninjarec_udp_port_feedback_dropped_total`).
     async fn send_feedback(&mut self, rtcp: super::udp_mux::media_path::Rtcp) {
-        let Some(track) = &self.feedback_track else {
-            return;
+        let sent = match &self.feedback_track {
+            None => false,
+            Some(track) => {
+                match tokio::time::timeout(FEEDBACK_SEND_WAIT, track.write_rtcp(rtcp)).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        debug!("feedback not sent: {e}");
+                        false
+                    }
+                    Err(_) => {
+                        debug!("feedback not sent: webrtc-rs's queue stayed full");
+                        false
+                    }
+                }
+            }
         };
-        match tokio::time::timeout(FEEDBACK_SEND_WAIT, track.write_rtcp(rtcp)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!("feedback not sent: {e}"),
-            Err(_) => debug!("feedback not sent: webrtc-rs's queue stayed full"),
+        if !sent && let Some(mux) = &self.config.udp_mux {
+            let dropped = &mux.counters().media.feedback_dropped;
+            dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

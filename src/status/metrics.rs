@@ -129,7 +129,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         w.family(
             name,
             "counter",
-            "--udp-port: RTCP feedback (NACKs, receiver reports, TWCC) the port made that a session had no room to queue.",
+            "--udp-port: RTCP feedback (NACKs, receiver reports, TWCC) the port made that was not sent: no room in a session's queue, no track yet to send it on, or webrtc-rs refused it or had no room for 50 ms.",
         );
         w.sample(name, &[("port", &port)], u.feedback_dropped as f64);
     }

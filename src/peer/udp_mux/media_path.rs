@@ -76,11 +76,24 @@ const REPLAY_WINDOW: usize = 64;
 /// Video packets are held for a frame (their payload is copied into the frame then).
 const ARENA: usize = 16 * 1024;
 
-/// Packets up to this size are decrypted in a scratch buffer and their payload copied out (an
-/// allocation the per-thread cache serves): audio, held until the interleaver writes it
-/// (up to a second behind video), would otherwise keep a 16 KiB arena alive per packet:
-/// +0.2 MiB of RSS per stream at 32 publishers, measured.
+/// Packets up to this size (audio) are decrypted in an arena of their own ([`SMALL_ARENA`]):
+/// audio is held until the interleaver writes it (up to a second behind video), and in the
+/// 16 KiB arena of video packets each held audio packet kept one alive (+0.2 MiB of RSS per
+/// stream at 32 publishers, measured).
 const SMALL_PACKET: usize = 1024;
+
+/// Packets handed to the session in one event at most. The port hands a connection's packets
+/// of one read of the socket (one grid step, ~6 for 720p30) to its session together: one
+/// queue operation and one event for the recorder per batch, where each packet cost one
+/// (~4 % of the recorder's CPU at 32 publishers, issue 11). Small, so that the session's
+/// bounded queue (counted in events) still bounds the packets it holds.
+const MAX_BATCH: usize = 8;
+
+/// Bytes of the arena small packets are decrypted in: ~20 Opus packets (~0.4 s) share one
+/// allocation, so the held audio keeps at most a few of them alive. A copy of each payload
+/// into an allocation of its own had cost ~2 % of the recorder's CPU at 32 publishers
+/// (issue 11: malloc, and the scratch copy before it).
+const SMALL_ARENA: usize = 4 * 1024;
 
 /// The keys exported by handshakes that no port has taken yet, oldest first.
 ///
@@ -158,7 +171,8 @@ pub struct MediaPathCounters {
     pub taken: AtomicU64,
     /// Packets of a routed track that did not decrypt here (handed on the long way instead).
     pub not_decrypted: AtomicU64,
-    /// RTCP packets the feedback chains made that the session's queue had no room for.
+    /// RTCP packets the feedback chains made that were not sent: no room in the session's
+    /// queue, or (counted by the session) no track to send them on, or webrtc-rs refused them.
     pub feedback_dropped: AtomicU64,
 }
 
@@ -176,8 +190,10 @@ pub(crate) struct MediaPath {
     gone: bool,
     /// Where taken packets are decrypted, one after the other ([`ARENA`]).
     arena: BytesMut,
-    /// Where small ones are ([`SMALL_PACKET`]).
-    scratch: Vec<u8>,
+    /// Where small ones are ([`SMALL_PACKET`], [`SMALL_ARENA`]).
+    small: BytesMut,
+    /// Packets taken since the last [`MediaPath::send_batch`].
+    batch: Vec<MediaEvent>,
 }
 
 impl MediaPath {
@@ -199,6 +215,7 @@ impl MediaPath {
     /// The session is ending: its queues are let go and its tracks take the long way.
     pub(crate) fn detach(&mut self) {
         self.sink = None;
+        self.batch.clear();
         self.routes.clear();
     }
 
@@ -297,34 +314,19 @@ impl MediaPath {
         let (Some(srtp), Some(sink)) = (&mut self.srtp, &self.sink) else {
             return false;
         };
-        // Decrypted in place (`rtc-srtp`, our patch): a small packet in a scratch buffer (its
-        // payload then copied out), else in this connection's arena ([`ARENA`]).
-        let len = datagram.len();
-        let decrypted = if len <= SMALL_PACKET {
-            let buf = &mut self.scratch;
-            buf.clear();
-            buf.extend_from_slice(datagram);
-            srtp.decrypt_rtp_in_place_with_header(buf, header)
-                .map(|n| payload_range(&buf[..n], header, payload_start))
-                .map(|range| range.map(|r| Bytes::copy_from_slice(&buf[r])))
+        if sink.events.is_closed() {
+            // The recorder is gone: from now on everything goes the long way.
+            self.gone = true;
+            self.batch.clear();
+            return false;
+        }
+        // Decrypted in place (`rtc-srtp`, our patch), in this connection's arena for its size.
+        let (arena, size) = if datagram.len() <= SMALL_PACKET {
+            (&mut self.small, SMALL_ARENA)
         } else {
-            if self.arena.capacity() < len {
-                self.arena = BytesMut::with_capacity(ARENA.max(len));
-            }
-            self.arena.extend_from_slice(datagram);
-            let mut plain = self.arena.split_to(len);
-            srtp.decrypt_rtp_in_place_with_header(&mut plain, header)
-                .map(|n| payload_range(&plain[..n], header, payload_start))
-                .map(|range| {
-                    // Cut before it is frozen: a frozen buffer sliced afterwards would
-                    // allocate a shared header per packet.
-                    range.map(|r| {
-                        plain.truncate(r.end);
-                        plain.advance(r.start);
-                        plain.freeze()
-                    })
-                })
+            (&mut self.arena, ARENA)
         };
+        let decrypted = decrypt_in(arena, size, srtp, datagram, header, payload_start);
         let payload = match decrypted {
             Ok(Some(payload)) => payload,
             // Padding-only packets (bandwidth probes) carry nothing to record: taken, not sent.
@@ -343,7 +345,7 @@ impl MediaPath {
             TrackKind::Audio => &sink.counters.audio_packets,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let event = SessionEvent::Media(MediaEvent::Rtp {
+        self.batch.push(MediaEvent::Rtp {
             kind,
             packet: RtpPacket {
                 sequence: header.sequence_number,
@@ -355,15 +357,37 @@ impl MediaPath {
             },
             arrival: now,
         });
-        match sink.events.try_send(event) {
+        if self.batch.len() >= MAX_BATCH {
+            self.send_batch();
+        }
+        true
+    }
+
+    /// Hands the packets taken since the last call to the session, in one event ([`MAX_BATCH`]).
+    /// The port calls it after each read of its socket; a packet waits for no other read.
+    pub(crate) fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let Some(sink) = &self.sink else {
+            self.batch.clear();
+            return;
+        };
+        let n = self.batch.len() as u64;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
+        match sink.events.try_send(SessionEvent::MediaBatch(batch)) {
             Ok(()) => {}
             // The recorder is behind: dropped and counted, as the long way does.
             Err(mpsc::error::TrySendError::Full(_)) => {
-                sink.counters.media_dropped.fetch_add(1, Ordering::Relaxed);
+                sink.counters.media_dropped.fetch_add(n, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
         }
-        true
+    }
+
+    /// Whether packets wait for [`MediaPath::send_batch`].
+    pub(crate) fn has_batch(&self) -> bool {
+        !self.batch.is_empty()
     }
 
     /// Runs the feedback chain's timers and hands what it made to the session.
@@ -383,6 +407,32 @@ impl MediaPath {
 
 /// Where the payload of a decrypted RTP packet (`plain`, header first) lies, padding cut off;
 /// `None` if it has none (padding only).
+/// `datagram` copied to the end of `arena` (a fresh one of `size` bytes when it has no room
+/// left) and decrypted there: its payload, `None` if it has none (padding only).
+fn decrypt_in(
+    arena: &mut BytesMut,
+    size: usize,
+    srtp: &mut rtc::srtp::context::Context,
+    datagram: &[u8],
+    header: &rtc::rtp::Header,
+    payload_start: usize,
+) -> Result<Option<Bytes>, rtc::shared::error::Error> {
+    let len = datagram.len();
+    if arena.capacity() < len {
+        *arena = BytesMut::with_capacity(size.max(len));
+    }
+    arena.extend_from_slice(datagram);
+    let mut plain = arena.split_to(len);
+    let n = srtp.decrypt_rtp_in_place_with_header(&mut plain, header)?;
+    // Cut before it is frozen: a frozen buffer sliced afterwards would allocate a shared
+    // header per packet.
+    Ok(payload_range(&plain[..n], header, payload_start).map(|r| {
+        plain.truncate(r.end);
+        plain.advance(r.start);
+        plain.freeze()
+    }))
+}
+
 fn payload_range(
     plain: &[u8],
     header: &rtc::rtp::Header,
@@ -689,6 +739,25 @@ mod tests {
         }
     }
 
+    /// The packets the path handed to the session so far (its batch is sent first).
+    fn handed(path: &mut MediaPath, session: &mut Session) -> Vec<(TrackKind, RtpPacket)> {
+        path.send_batch();
+        let mut out = Vec::new();
+        while let Ok(ev) = session.events.try_recv() {
+            let SessionEvent::MediaBatch(batch) = ev else {
+                panic!("not a batch of media: {ev:?}");
+            };
+            assert!(!batch.is_empty() && batch.len() <= MAX_BATCH);
+            for m in batch {
+                let MediaEvent::Rtp { kind, packet, .. } = m else {
+                    panic!("not RTP: {m:?}");
+                };
+                out.push((kind, packet));
+            }
+        }
+        out
+    }
+
     #[test]
     fn a_routed_track_is_decrypted_here_and_the_rest_takes_the_long_way() {
         let random = [0xa1; 32];
@@ -711,12 +780,10 @@ mod tests {
 
         path.saw_hello(random);
         assert!(path.datagram(&rtp(&mut peer, SSRC, 3, b"third"), now, &counters));
-        let Ok(SessionEvent::Media(MediaEvent::Rtp { kind, packet, .. })) =
-            session.events.try_recv()
-        else {
-            panic!("no packet for the session");
+        let [(kind, packet)] = &handed(&mut path, &mut session)[..] else {
+            panic!("not one packet for the session");
         };
-        assert_eq!(kind, TrackKind::Video);
+        assert_eq!(*kind, TrackKind::Video);
         assert_eq!(
             (packet.sequence, packet.ssrc, packet.marker),
             (3, SSRC, true)
@@ -726,9 +793,8 @@ mod tests {
         // Padding is cut off the payload.
         let padded = rtp_padded(&mut peer, SSRC, 4, b"padded", true);
         assert!(path.datagram(&padded, now, &counters));
-        let Ok(SessionEvent::Media(MediaEvent::Rtp { packet, .. })) = session.events.try_recv()
-        else {
-            panic!("no padded packet for the session");
+        let [(_, packet)] = &handed(&mut path, &mut session)[..] else {
+            panic!("not one padded packet for the session");
         };
         assert_eq!(&packet.payload[..], b"padded");
 
@@ -742,7 +808,7 @@ mod tests {
         assert!(!path.datagram(&forged, now, &counters));
         let rtcp = Bytes::from_static(&[0x80, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0]);
         assert!(!path.datagram(&rtcp, now, &counters));
-        assert!(session.events.try_recv().is_err());
+        assert!(handed(&mut path, &mut session).is_empty());
         assert_eq!(counters.taken.load(Ordering::Relaxed), 2);
         assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 2);
     }
@@ -804,14 +870,14 @@ mod tests {
             path.route(SSRC, TrackKind::Audio);
             // Enough packets to fill an arena and start the next.
             let payload = vec![0x5a; 1100];
+            // In batches: full ones go at once, the rest when the read ends.
             for seq in 1..=20u16 {
                 let packet = rtp_padded(&mut peer, SSRC, seq, &payload, seq % 7 == 0);
                 assert!(path.datagram(&packet, now, &counters), "{profile:?} {seq}");
-                let Ok(SessionEvent::Media(MediaEvent::Rtp { packet, .. })) =
-                    session.events.try_recv()
-                else {
-                    panic!("{profile:?}: no packet {seq}");
-                };
+            }
+            let got = handed(&mut path, &mut session);
+            assert_eq!(got.len(), 20, "{profile:?}");
+            for (seq, (_, packet)) in (1..=20u16).zip(got) {
                 assert_eq!(packet.sequence, seq);
                 assert_eq!(&packet.payload[..], &payload[..], "{profile:?} {seq}");
             }
@@ -834,10 +900,39 @@ mod tests {
         path.route(SSRC, TrackKind::Audio);
         drop(session);
         let now = Instant::now();
-        // The first finds the queue closed; the next goes the long way.
-        assert!(path.datagram(&rtp(&mut peer, SSRC, 1, b"a"), now, &counters));
+        // Nothing is taken for a queue that has closed: it goes the long way.
+        assert!(!path.datagram(&rtp(&mut peer, SSRC, 1, b"a"), now, &counters));
         let next = rtp(&mut peer, SSRC, 2, b"b");
         assert!(!path.datagram(&next, now, &counters));
+        assert_eq!(counters.taken.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_batch_that_finds_the_queue_full_is_dropped_and_counted() {
+        let random = [0xa4; 32];
+        let mut peer = handshake(random);
+        let mut path = MediaPath::default();
+        let mut session = attached(&mut path);
+        let counters = MediaPathCounters::default();
+        path.saw_hello(random);
+        path.route(SSRC, TrackKind::Audio);
+        let now = Instant::now();
+        // The test queue holds 16 events: 16 batches of one packet fill it.
+        for seq in 1..=16u16 {
+            assert!(path.datagram(&rtp(&mut peer, SSRC, seq, b"a"), now, &counters));
+            path.send_batch();
+        }
+        for seq in 17..=19u16 {
+            assert!(path.datagram(&rtp(&mut peer, SSRC, seq, b"b"), now, &counters));
+        }
+        path.send_batch();
+        assert_eq!(session.counters.media_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(handed(&mut path, &mut session).len(), 16);
+        // With room again, the next batch goes through.
+        assert!(path.datagram(&rtp(&mut peer, SSRC, 20, b"c"), now, &counters));
+        let got = handed(&mut path, &mut session);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.sequence, 20);
     }
 
     #[test]

@@ -52,11 +52,11 @@ struct Builder {
 impl Builder {
     /// A builder whose buffer starts at `capacity` bytes (the size of the previous access
     /// unit), so a frame is assembled without reallocating as it grows.
-    fn new(timestamp: u32, arrival: Instant, capacity: usize) -> Self {
+    fn new(timestamp: u32, arrival: Instant, data: Vec<u8>) -> Self {
         Self {
             timestamp,
             arrival,
-            data: Vec::with_capacity(capacity),
+            data,
             nals: Vec::with_capacity(8),
             fu_start: None,
             has_idr: false,
@@ -80,6 +80,8 @@ pub struct H264Depacketizer {
     gate: KeyframeGate,
     /// Capacity for the next access unit's buffer: a little more than the last one's size.
     size_hint: usize,
+    /// An empty buffer to assemble the next access unit in (a written frame's, given back).
+    spare: Vec<u8>,
 }
 
 impl Default for H264Depacketizer {
@@ -99,6 +101,7 @@ impl H264Depacketizer {
             info: None,
             gate: KeyframeGate::new(),
             size_hint: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -151,7 +154,12 @@ impl H264Depacketizer {
             self.close(out);
         }
         if self.current.is_none() {
-            self.current = Some(Builder::new(timestamp, arrival, self.size_hint));
+            let data = if self.spare.capacity() >= self.size_hint {
+                std::mem::take(&mut self.spare)
+            } else {
+                Vec::with_capacity(self.size_hint)
+            };
+            self.current = Some(Builder::new(timestamp, arrival, data));
             if self.gate.take_after_gap() && !starts_picture(payload) {
                 // Its first packets were lost (or sent before we joined).
                 self.damage(self.gate.wait_reason(), out);
@@ -368,6 +376,7 @@ impl H264Depacketizer {
                     data.extend_from_slice(&b.data[start..end]);
                 }
             }
+            self.recycle(b.data);
             data
         } else {
             b.data
@@ -387,6 +396,16 @@ impl H264Depacketizer {
 impl VideoDepacketizer for H264Depacketizer {
     fn codec(&self) -> VideoCodec {
         VideoCodec::H264
+    }
+
+    fn recycle(&mut self, mut buffer: Vec<u8>) {
+        // The larger one is kept, unless it is much larger than the frames are now (a
+        // keyframe's): that would hold memory for nothing.
+        let capacity = buffer.capacity();
+        if capacity > self.spare.capacity() && capacity <= 2 * self.size_hint + 4096 {
+            buffer.clear();
+            self.spare = buffer;
+        }
     }
 
     fn push(&mut self, item: Ordered, out: &mut dyn FnMut(VideoOutput)) {

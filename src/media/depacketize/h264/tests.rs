@@ -571,3 +571,24 @@ fn chromes_rewritten_sps_with_a_trailing_zero_byte_starts_the_stream() {
     assert!(f.aus[0].keyframe);
     assert_eq!(f.datas()[0], annex_b(&[&sps[..18], &pps, &idr]));
 }
+
+#[test]
+fn a_buffer_given_back_holds_the_next_frame_unless_it_is_much_larger() {
+    let mut f = Feed::new();
+    f.idr(0);
+    let p1 = f.p(3000);
+    // A written frame's buffer, given back: the next frame is assembled in it, intact.
+    let mut given = f.aus.pop().unwrap().data;
+    given.reserve(64);
+    let at = given.as_ptr();
+    f.d.recycle(given);
+    let p2 = f.p(6000);
+    assert_eq!(f.aus.last().unwrap().data, p2);
+    assert_eq!(f.aus.last().unwrap().data.as_ptr(), at);
+    assert_ne!(p1, p2);
+    // One far larger than the frames now (a keyframe's, say) is not kept.
+    f.d.recycle(Vec::with_capacity(1 << 20));
+    f.p(9000);
+    assert!(f.aus.last().unwrap().data.capacity() < 1 << 16);
+    assert_eq!(f.d.stats().frames_out, 4);
+}
