@@ -279,9 +279,6 @@ pub enum SessionEvent {
     State(ConnectionState),
     /// Media.
     Media(MediaEvent),
-    /// Media, several at once, in order: what the shared port (`--udp-port`) decrypted for
-    /// this connection in one read of its socket (at most a few packets).
-    MediaBatch(Vec<MediaEvent>),
     /// The session is over; nothing follows.
     Closed {
         /// Why.

@@ -679,8 +679,14 @@ impl Recorder {
         session: &session::SessionHandle,
     ) -> Option<(CloseReason, u64)> {
         match ev {
-            SessionEvent::Media(m) => self.media_events([m], session).await,
-            SessionEvent::MediaBatch(batch) => self.media_events(batch, session).await,
+            SessionEvent::Media(m) => {
+                if self.media(m) {
+                    let _ = session.request_keyframe();
+                }
+                if self.pending() >= self.settings.flush_bytes {
+                    self.flush().await;
+                }
+            }
             SessionEvent::LocalAnswer { sdp } => {
                 self.outbox.push(StreamReport::Signal(SignalOut::Answer {
                     peer: self.id.peer.clone(),
@@ -875,25 +881,6 @@ impl Recorder {
     }
 
     /// Feeds one media event; returns true when a keyframe should be requested now.
-    /// Media events, in order; then a keyframe request if one is due, and a write if enough
-    /// is waiting.
-    async fn media_events(
-        &mut self,
-        events: impl IntoIterator<Item = MediaEvent>,
-        session: &session::SessionHandle,
-    ) {
-        let mut keyframe = false;
-        for m in events {
-            keyframe |= self.media(m);
-        }
-        if keyframe {
-            let _ = session.request_keyframe();
-        }
-        if self.pending() >= self.settings.flush_bytes {
-            self.flush().await;
-        }
-    }
-
     fn media(&mut self, m: MediaEvent) -> bool {
         let Some(muxer) = self.muxer.as_mut() else {
             return false;

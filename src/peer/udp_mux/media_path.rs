@@ -82,13 +82,6 @@ const ARENA: usize = 16 * 1024;
 /// stream at 32 publishers, measured).
 const SMALL_PACKET: usize = 1024;
 
-/// Packets handed to the session in one event at most. The port hands a connection's packets
-/// of one read of the socket (one grid step, ~6 for 720p30) to its session together: one
-/// queue operation and one event for the recorder per batch, where each packet cost one
-/// (~4 % of the recorder's CPU at 32 publishers, issue 11). Small, so that the session's
-/// bounded queue (counted in events) still bounds the packets it holds.
-const MAX_BATCH: usize = 8;
-
 /// Bytes of the arena small packets are decrypted in: ~20 Opus packets (~0.4 s) share one
 /// allocation, so the held audio keeps at most a few of them alive. A copy of each payload
 /// into an allocation of its own had cost ~2 % of the recorder's CPU at 32 publishers
@@ -192,8 +185,6 @@ pub(crate) struct MediaPath {
     arena: BytesMut,
     /// Where small ones are ([`SMALL_PACKET`], [`SMALL_ARENA`]).
     small: BytesMut,
-    /// Packets taken since the last [`MediaPath::send_batch`].
-    batch: Vec<MediaEvent>,
 }
 
 impl MediaPath {
@@ -215,7 +206,6 @@ impl MediaPath {
     /// The session is ending: its queues are let go and its tracks take the long way.
     pub(crate) fn detach(&mut self) {
         self.sink = None;
-        self.batch.clear();
         self.routes.clear();
     }
 
@@ -314,12 +304,6 @@ impl MediaPath {
         let (Some(srtp), Some(sink)) = (&mut self.srtp, &self.sink) else {
             return false;
         };
-        if sink.events.is_closed() {
-            // The recorder is gone: from now on everything goes the long way.
-            self.gone = true;
-            self.batch.clear();
-            return false;
-        }
         // Decrypted in place (`rtc-srtp`, our patch), in this connection's arena for its size.
         let (arena, size) = if datagram.len() <= SMALL_PACKET {
             (&mut self.small, SMALL_ARENA)
@@ -345,7 +329,7 @@ impl MediaPath {
             TrackKind::Audio => &sink.counters.audio_packets,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.batch.push(MediaEvent::Rtp {
+        let event = SessionEvent::Media(MediaEvent::Rtp {
             kind,
             packet: RtpPacket {
                 sequence: header.sequence_number,
@@ -357,37 +341,15 @@ impl MediaPath {
             },
             arrival: now,
         });
-        if self.batch.len() >= MAX_BATCH {
-            self.send_batch();
-        }
-        true
-    }
-
-    /// Hands the packets taken since the last call to the session, in one event ([`MAX_BATCH`]).
-    /// The port calls it after each read of its socket; a packet waits for no other read.
-    pub(crate) fn send_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let Some(sink) = &self.sink else {
-            self.batch.clear();
-            return;
-        };
-        let n = self.batch.len() as u64;
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
-        match sink.events.try_send(SessionEvent::MediaBatch(batch)) {
+        match sink.events.try_send(event) {
             Ok(()) => {}
             // The recorder is behind: dropped and counted, as the long way does.
             Err(mpsc::error::TrySendError::Full(_)) => {
-                sink.counters.media_dropped.fetch_add(n, Ordering::Relaxed);
+                sink.counters.media_dropped.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
         }
-    }
-
-    /// Whether packets wait for [`MediaPath::send_batch`].
-    pub(crate) fn has_batch(&self) -> bool {
-        !self.batch.is_empty()
+        true
     }
 
     /// Runs the feedback chain's timers and hands what it made to the session.
@@ -739,25 +701,6 @@ mod tests {
         }
     }
 
-    /// The packets the path handed to the session so far (its batch is sent first).
-    fn handed(path: &mut MediaPath, session: &mut Session) -> Vec<(TrackKind, RtpPacket)> {
-        path.send_batch();
-        let mut out = Vec::new();
-        while let Ok(ev) = session.events.try_recv() {
-            let SessionEvent::MediaBatch(batch) = ev else {
-                panic!("not a batch of media: {ev:?}");
-            };
-            assert!(!batch.is_empty() && batch.len() <= MAX_BATCH);
-            for m in batch {
-                let MediaEvent::Rtp { kind, packet, .. } = m else {
-                    panic!("not RTP: {m:?}");
-                };
-                out.push((kind, packet));
-            }
-        }
-        out
-    }
-
     #[test]
     fn a_routed_track_is_decrypted_here_and_the_rest_takes_the_long_way() {
         let random = [0xa1; 32];
@@ -780,10 +723,12 @@ mod tests {
 
         path.saw_hello(random);
         assert!(path.datagram(&rtp(&mut peer, SSRC, 3, b"third"), now, &counters));
-        let [(kind, packet)] = &handed(&mut path, &mut session)[..] else {
-            panic!("not one packet for the session");
+        let Ok(SessionEvent::Media(MediaEvent::Rtp { kind, packet, .. })) =
+            session.events.try_recv()
+        else {
+            panic!("no packet for the session");
         };
-        assert_eq!(*kind, TrackKind::Video);
+        assert_eq!(kind, TrackKind::Video);
         assert_eq!(
             (packet.sequence, packet.ssrc, packet.marker),
             (3, SSRC, true)
@@ -793,8 +738,9 @@ mod tests {
         // Padding is cut off the payload.
         let padded = rtp_padded(&mut peer, SSRC, 4, b"padded", true);
         assert!(path.datagram(&padded, now, &counters));
-        let [(_, packet)] = &handed(&mut path, &mut session)[..] else {
-            panic!("not one padded packet for the session");
+        let Ok(SessionEvent::Media(MediaEvent::Rtp { packet, .. })) = session.events.try_recv()
+        else {
+            panic!("no padded packet for the session");
         };
         assert_eq!(&packet.payload[..], b"padded");
 
@@ -808,7 +754,7 @@ mod tests {
         assert!(!path.datagram(&forged, now, &counters));
         let rtcp = Bytes::from_static(&[0x80, 200, 0, 6, 1, 2, 3, 4, 0, 0, 0, 0]);
         assert!(!path.datagram(&rtcp, now, &counters));
-        assert!(handed(&mut path, &mut session).is_empty());
+        assert!(session.events.try_recv().is_err());
         assert_eq!(counters.taken.load(Ordering::Relaxed), 2);
         assert_eq!(counters.not_decrypted.load(Ordering::Relaxed), 2);
     }
@@ -868,24 +814,32 @@ mod tests {
             let now = Instant::now();
             path.saw_hello(random);
             path.route(SSRC, TrackKind::Audio);
-            // Enough packets to fill an arena and start the next.
-            let payload = vec![0x5a; 1100];
-            // In batches: full ones go at once, the rest when the read ends.
-            for seq in 1..=20u16 {
-                let packet = rtp_padded(&mut peer, SSRC, seq, &payload, seq % 7 == 0);
+            // Enough packets to fill each arena and start the next: full-size ones (the
+            // 16 KiB arena) and small ones (the 4 KiB one), interleaved as video and audio
+            // come. All are kept until the end: no packet overwrites another's bytes.
+            let big = vec![0x5a; 1100];
+            let small = vec![0xa5; 200];
+            let mut kept = Vec::new();
+            for seq in 1..=40u16 {
+                let payload = if seq % 2 == 0 { &big } else { &small };
+                let packet = rtp_padded(&mut peer, SSRC, seq, payload, seq % 7 == 0);
                 assert!(path.datagram(&packet, now, &counters), "{profile:?} {seq}");
-            }
-            let got = handed(&mut path, &mut session);
-            assert_eq!(got.len(), 20, "{profile:?}");
-            for (seq, (_, packet)) in (1..=20u16).zip(got) {
+                let Ok(SessionEvent::Media(MediaEvent::Rtp { packet, .. })) =
+                    session.events.try_recv()
+                else {
+                    panic!("{profile:?}: no packet {seq}");
+                };
                 assert_eq!(packet.sequence, seq);
-                assert_eq!(&packet.payload[..], &payload[..], "{profile:?} {seq}");
+                kept.push((payload, packet.payload));
             }
-            let mut forged = rtp(&mut peer, SSRC, 21, b"forged").to_vec();
+            for (seq, (sent, got)) in kept.iter().enumerate() {
+                assert_eq!(&got[..], &sent[..], "{profile:?} {}", seq + 1);
+            }
+            let mut forged = rtp(&mut peer, SSRC, 41, b"forged").to_vec();
             let last = forged.len() - 1;
             forged[last] ^= 1;
             assert!(!path.datagram(&forged, now, &counters), "{profile:?}");
-            assert_eq!(counters.taken.load(Ordering::Relaxed), 20);
+            assert_eq!(counters.taken.load(Ordering::Relaxed), 40);
         }
     }
 
@@ -900,39 +854,10 @@ mod tests {
         path.route(SSRC, TrackKind::Audio);
         drop(session);
         let now = Instant::now();
-        // Nothing is taken for a queue that has closed: it goes the long way.
-        assert!(!path.datagram(&rtp(&mut peer, SSRC, 1, b"a"), now, &counters));
+        // The first finds the queue closed; the next goes the long way.
+        assert!(path.datagram(&rtp(&mut peer, SSRC, 1, b"a"), now, &counters));
         let next = rtp(&mut peer, SSRC, 2, b"b");
         assert!(!path.datagram(&next, now, &counters));
-        assert_eq!(counters.taken.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn a_batch_that_finds_the_queue_full_is_dropped_and_counted() {
-        let random = [0xa4; 32];
-        let mut peer = handshake(random);
-        let mut path = MediaPath::default();
-        let mut session = attached(&mut path);
-        let counters = MediaPathCounters::default();
-        path.saw_hello(random);
-        path.route(SSRC, TrackKind::Audio);
-        let now = Instant::now();
-        // The test queue holds 16 events: 16 batches of one packet fill it.
-        for seq in 1..=16u16 {
-            assert!(path.datagram(&rtp(&mut peer, SSRC, seq, b"a"), now, &counters));
-            path.send_batch();
-        }
-        for seq in 17..=19u16 {
-            assert!(path.datagram(&rtp(&mut peer, SSRC, seq, b"b"), now, &counters));
-        }
-        path.send_batch();
-        assert_eq!(session.counters.media_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(handed(&mut path, &mut session).len(), 16);
-        // With room again, the next batch goes through.
-        assert!(path.datagram(&rtp(&mut peer, SSRC, 20, b"c"), now, &counters));
-        let got = handed(&mut path, &mut session);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1.sequence, 20);
     }
 
     #[test]

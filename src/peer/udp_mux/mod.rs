@@ -472,9 +472,6 @@ struct Demux {
     paths: HashMap<SlotId, media_path::MediaPath>,
     /// Media paths of sessions whose connection has not registered yet.
     pending: HashMap<Vec<u8>, media_path::MediaPath>,
-    /// Connections whose media paths took packets in this read of the socket, to be sent
-    /// when it ends ([`media_path::MediaPath::send_batch`]).
-    batched: Vec<SlotId>,
 }
 
 impl Demux {
@@ -577,27 +574,6 @@ impl Demux {
         reader: &mut BatchReader,
         counters: &MuxCounters,
     ) -> bool {
-        let emptied = self.read(socket, reader, counters);
-        self.send_batches();
-        emptied
-    }
-
-    /// Hands each media path's packets of this read to its session ([`Demux::batched`]).
-    fn send_batches(&mut self) {
-        for slot in self.batched.drain(..) {
-            if let Some(path) = self.paths.get_mut(&slot) {
-                path.send_batch();
-            }
-        }
-    }
-
-    /// [`Demux::drain`]'s reading: true if it emptied the socket.
-    fn read(
-        &mut self,
-        socket: &std::net::UdpSocket,
-        reader: &mut BatchReader,
-        counters: &MuxCounters,
-    ) -> bool {
         let mut left = MAX_PER_TICK;
         while left > 0 {
             let batch = match reader.recv(socket) {
@@ -649,7 +625,6 @@ impl Demux {
         if let Some(slot) = self.route(from, &datagram, std::time::Instant::now(), counters) {
             self.deliver(slot, from, datagram, counters);
         }
-        self.send_batches();
     }
 
     /// Finds one datagram's connection, or counts why none; gives it to the connection's
@@ -679,11 +654,7 @@ impl Demux {
             if let Some(random) = media_path::hello_random(datagram) {
                 path.saw_hello(random);
             }
-            let had_batch = path.has_batch();
             if path.datagram(datagram, now, &counters.media) {
-                if !had_batch && path.has_batch() {
-                    self.batched.push(slot);
-                }
                 return None;
             }
         }
