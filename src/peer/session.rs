@@ -579,7 +579,14 @@ async fn run(
                 break CloseReason::IceTimeout;
             }
             _ = tokio::time::sleep_until(vanish_deadline) => {
-                warn!(label = %s.config.label, "publisher vanished (connection lost)");
+                // What the data channel did says which side stopped (a publisher drops a
+                // viewer whose pings go unanswered).
+                warn!(
+                    label = %s.config.label,
+                    channels = s.channels.len(),
+                    pings_answered = s.stats.pings_answered,
+                    "publisher vanished (connection lost)"
+                );
                 break CloseReason::PublisherVanished;
             }
             _ = tokio::time::sleep_until(pli_deadline) => {

@@ -670,6 +670,11 @@ class Peer:
         self.send_channel = None  # the last one opened: pings go there
         self.all_channels = []
         self.unanswered_pings = 0
+        # Data-channel diagnostics, reported per viewer in `stats`: channels opened, pings
+        # sent, pongs received (a viewer dropped for "no heartbeat" shows which side failed).
+        self.dc_opened = 0
+        self.pings_sent = 0
+        self.pongs = 0
         self.counters = Counters(light=self.args.light_counters)
         self.media_epoch_ms = None
         self.ping_task = None
@@ -1127,6 +1132,7 @@ class Peer:
     def on_channel_open(self, ch):
         if ch not in self.channels:
             self.channels.append(ch)
+            self.dc_opened += 1
         self.send_channel = ch
 
     def on_channel_close(self, ch):
@@ -1149,6 +1155,7 @@ class Peer:
             self.close("viewer bye", bye=False)
         elif "pong" in msg:
             self.unanswered_pings = 0
+            self.pongs += 1
         elif "ping" in msg:
             self._send_on(ch, {"pong": msg["ping"]})
         elif "candidates" in msg or "candidate" in msg:
@@ -1178,7 +1185,8 @@ class Peer:
                 self.close("no heartbeat", bye=False)
                 return
             self.unanswered_pings += 1
-            self._send_on(self.send_channel, {"ping": unix_ms()})
+            if self._send_on(self.send_channel, {"ping": unix_ms()}):
+                self.pings_sent += 1
 
     def close(self, reason, bye=True):
         """Says bye on every open data channel (if asked), then tears the pipeline down in a
@@ -1441,6 +1449,9 @@ class Publisher:
             audio_ssrc = snap["audio_ssrc"] or audio_ssrc
             video_ssrc = snap["video_ssrc"] or video_ssrc
             snap["closed"] = p.closed
+            snap["dc_opened"] = p.dc_opened
+            snap["pings_sent"] = p.pings_sent
+            snap["pongs"] = p.pongs
             per_viewer[p.key] = snap
         ev = {"event": "stats", "stream": self.stream, "final": final}
         ev["viewers"] = sum(1 for p in self.peers.values() if not p.closed)
