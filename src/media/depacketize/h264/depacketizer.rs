@@ -50,8 +50,8 @@ struct Builder {
 }
 
 impl Builder {
-    /// A builder whose buffer starts at `capacity` bytes (the size of the previous access
-    /// unit), so a frame is assembled without reallocating as it grows.
+    /// A builder assembling into `data`: empty, with room for about the previous access
+    /// unit's size, so a frame is assembled without reallocating as it grows.
     fn new(timestamp: u32, arrival: Instant, data: Vec<u8>) -> Self {
         Self {
             timestamp,
