@@ -66,6 +66,10 @@ pub struct PublisherConfig {
     pub session: Value,
     /// ICE consent timeouts (disconnected, failed); `None` = webrtc-rs defaults.
     pub ice_timeouts: Option<(Duration, Duration)>,
+    /// ICE keepalive interval, the period of a connected agent's timer; `None` = a third of
+    /// the disconnected timeout, at most 2 s. A long one lets a test see that nothing in
+    /// connection set-up waits for that timer.
+    pub ice_keepalive: Option<Duration>,
     /// Align the clip's loops to the Unix clock: each loop starts at a whole multiple of the
     /// clip's length (Unix time), so publishers started at different times send the same
     /// frame at the same wall-clock instant (media starts mid-loop, at the next frame due).
@@ -89,6 +93,7 @@ impl PublisherConfig {
             },
             session: Value::String("testsessn0".to_owned()),
             ice_timeouts: None,
+            ice_keepalive: None,
             wall_aligned: false,
             label: None,
         }
@@ -237,7 +242,9 @@ async fn build_pc(
     if let Some((disc, failed)) = config.ice_timeouts {
         // Keepalives must come well inside the disconnect timeout, or an idle but healthy
         // path is declared disconnected.
-        let keepalive = (disc / 3).min(Duration::from_secs(2));
+        let keepalive = config
+            .ice_keepalive
+            .unwrap_or_else(|| (disc / 3).min(Duration::from_secs(2)));
         se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
     }
     let pc = PeerConnectionBuilder::new()

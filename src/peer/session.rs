@@ -66,6 +66,10 @@ pub struct SessionConfig {
     /// ICE consent timeouts handed to webrtc-rs: (disconnected, failed); `None` = its defaults
     /// (5 s, 25 s). The recorder's default is (3 s, 25 s), see [`Self::vanish_timeout`].
     pub ice_timeouts: Option<(Duration, Duration)>,
+    /// ICE keepalive interval, the period of a connected agent's timer; `None` = a third of
+    /// the disconnected timeout, at most 2 s (1 s for the recorder). A long one lets a test see
+    /// that nothing in connection set-up waits for that timer.
+    pub ice_keepalive: Option<Duration>,
     /// Send a PLI this often, on top of explicit [`SessionHandle::request_keyframe`] calls.
     pub keyframe_interval: Option<Duration>,
     /// Our label, sent in the viewer request and used in logs.
@@ -133,6 +137,7 @@ impl Default for SessionConfig {
             // Outages shorter than that keep the recording in its file.
             vanish_timeout: Duration::from_secs(2),
             ice_timeouts: Some((Duration::from_secs(3), Duration::from_secs(25))),
+            ice_keepalive: None,
             keyframe_interval: None,
             label: "ninjarec".to_owned(),
             prefer_video_codec: Some(VideoCodec::H264),
@@ -447,7 +452,9 @@ async fn build_pc(
     if let Some((disc, failed)) = config.ice_timeouts {
         // Keepalives must come well inside the disconnect timeout, or an idle but healthy
         // path is declared disconnected.
-        let keepalive = (disc / 3).min(Duration::from_secs(2));
+        let keepalive = config
+            .ice_keepalive
+            .unwrap_or_else(|| (disc / 3).min(Duration::from_secs(2)));
         se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
     }
     let rtc_config = RTCConfigurationBuilder::new()

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ninjarec::media::TrackKind;
+use ninjarec::peer::ConnectionState;
 use ninjarec::peer::publisher::{
     self, PublisherCloseReason, PublisherConfig, PublisherEvent, PublisherHandle, PublisherMode,
 };
@@ -254,6 +255,51 @@ async fn data_channel_first_renegotiates_and_publisher_bye_closes_session() {
     let (reason, stats) = wait_session_closed(&mut sess_ev, Duration::from_secs(5)).await;
     assert_eq!(reason, CloseReason::Bye);
     assert_eq!(stats.renegotiations, 1);
+}
+
+/// Nothing in a data-channel-first set-up waits for a timer. Once DTLS is up, four SCTP packets
+/// and the DCEP OPEN/ACK pair (a few milliseconds on loopback) stand between the publisher and
+/// the viewer request. No media flows before the channel is open, so a packet that handling an
+/// event queued (the SCTP INIT once DTLS completes, the DCEP OPEN once the association is up)
+/// and left for the next tick or packet waits a timer out: the SCTP INIT retransmission after
+/// 1 s at the least, and the ICE agents here tick only every 2 s. 800 ms is far above the
+/// first and below that floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_channel_first_set_up_does_not_wait_for_a_timer() {
+    // Keepalives at most every 30 s: the agents tick at their 2 s ceiling and send nothing.
+    let quiet = (Duration::from_secs(90), Duration::from_secs(120));
+    let mut cfg = PublisherConfig::new(PublisherMode::DataChannelFirst);
+    cfg.ice_timeouts = Some(quiet);
+    cfg.ice_keepalive = Some(Duration::from_secs(30));
+    let (ph, prx) = publisher::spawn(cfg);
+    let mut scfg = session_config();
+    scfg.ice_timeouts = Some(quiet);
+    scfg.ice_keepalive = Some(Duration::from_secs(30));
+    let (sh, srx) = session::spawn(scfg);
+    let (mut pub_ev, mut sess_ev) = wire(ph.clone(), prx, sh.clone(), srx);
+
+    wait_publisher(&mut pub_ev, Duration::from_secs(10), |e| {
+        matches!(e, PublisherEvent::State(ConnectionState::Connected))
+    })
+    .await;
+    let connected = Instant::now();
+    let req = wait_publisher(&mut pub_ev, Duration::from_secs(10), |e| {
+        matches!(e, PublisherEvent::ViewerRequest { .. })
+    })
+    .await;
+    let took = connected.elapsed();
+    assert!(
+        matches!(req, PublisherEvent::ViewerRequest { video: true, .. }),
+        "{req:?}"
+    );
+    assert!(
+        took < Duration::from_millis(800),
+        "the viewer request came {took:?} after DTLS was up"
+    );
+    let seen = observe(&mut sess_ev, Duration::from_secs(2)).await;
+    assert!(seen.renegotiated, "{seen:?}");
+    assert_media(&seen, 2.0);
+    ph.close().await.unwrap();
 }
 
 /// The publisher's process dies (its runtime is shut down: no bye, no SCTP abort, sockets gone):
