@@ -659,8 +659,10 @@ impl<A> Timeline<A> {
         // Reports of one instant (a sender that puts both in one compound packet, as
         // GStreamer does) need no extrapolation: the median over the recent ones, which also
         // evens out such a sender's jitter (±25 ms per report seen from GStreamer 1.22).
-        let mut same_instant: Vec<i64> = Vec::with_capacity(SR_KEPT);
-        for &vr in self.video.srs.iter().rev() {
+        // On the stack: this runs for every audio packet, and video keeps at most SR_KEPT.
+        let mut pairs = [0i64; SR_KEPT];
+        let mut n = 0;
+        for &vr in self.video.srs.iter().rev().take(SR_KEPT) {
             let Some((tv, dv)) = self.video.sr_delta(vr) else {
                 continue;
             };
@@ -669,9 +671,11 @@ impl<A> Timeline<A> {
                 ((tv - ta).abs() <= SR_PAIR_TICKS).then_some(da)
             });
             if let Some(da) = pair {
-                same_instant.push(dv.saturating_sub(da));
+                pairs[n] = dv.saturating_sub(da);
+                n += 1;
             }
         }
+        let same_instant = &mut pairs[..n];
         if let [newest, older] = same_instant[..]
             && newest.saturating_sub(older).saturating_abs() > SR_PAIR_AGREE_TICKS
         {
