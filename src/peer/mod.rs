@@ -34,7 +34,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
-    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionState, register_default_interceptors,
+    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionState, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 /// An ICE candidate as VDO.Ninja signalling carries it (`{"candidate","sdpMLineIndex","sdpMid"}`).
@@ -100,6 +101,22 @@ impl IceServer {
 
 pub(crate) fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
     servers.iter().map(IceServer::to_rtc).collect()
+}
+
+/// Hands ICE consent timeouts (disconnected, failed) to webrtc-rs; `None` keeps its defaults.
+/// The keepalive, also the period of a connected agent's timer, defaults to a third of the
+/// disconnected timeout, at most 2 s: keepalives must come well inside the disconnect timeout,
+/// or an idle but healthy path is declared disconnected.
+pub(crate) fn with_ice_timeouts(
+    se: SettingEngineBuilder,
+    timeouts: Option<(Duration, Duration)>,
+    keepalive: Option<Duration>,
+) -> SettingEngineBuilder {
+    let Some((disc, failed)) = timeouts else {
+        return se;
+    };
+    let keepalive = keepalive.unwrap_or_else(|| (disc / 3).min(Duration::from_secs(2)));
+    se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive))
 }
 
 /// Encrypts and decrypts data-channel signalling payloads (`description`/`candidates` as hex plus

@@ -239,14 +239,7 @@ async fn build_pc(
     let (media_engine, registry) = media_setup(super::MediaDirection::Send)?;
     let loopback = config.udp_addrs.iter().any(|a| a.starts_with("127."));
     let mut se = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
-    if let Some((disc, failed)) = config.ice_timeouts {
-        // Keepalives must come well inside the disconnect timeout, or an idle but healthy
-        // path is declared disconnected.
-        let keepalive = config
-            .ice_keepalive
-            .unwrap_or_else(|| (disc / 3).min(Duration::from_secs(2)));
-        se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
-    }
+    se = super::with_ice_timeouts(se, config.ice_timeouts, config.ice_keepalive);
     let pc = PeerConnectionBuilder::new()
         .with_configuration(
             RTCConfigurationBuilder::new()

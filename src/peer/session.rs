@@ -449,14 +449,7 @@ async fn build_pc(
         // See `SessionConfig::dtls_server`.
         se = se.with_answering_dtls_role(RTCDtlsRole::Server);
     }
-    if let Some((disc, failed)) = config.ice_timeouts {
-        // Keepalives must come well inside the disconnect timeout, or an idle but healthy
-        // path is declared disconnected.
-        let keepalive = config
-            .ice_keepalive
-            .unwrap_or_else(|| (disc / 3).min(Duration::from_secs(2)));
-        se = se.with_ice_timeouts(Some(disc), Some(failed), Some(keepalive));
-    }
+    se = super::with_ice_timeouts(se, config.ice_timeouts, config.ice_keepalive);
     let rtc_config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers)
         .build();
