@@ -334,20 +334,13 @@ impl Endpoint {
         // flight `connect` queues when rtc's DTLS handler starts the client on an event) are
         // due now. rtc drains `poll_transmit` only in those three calls, so the ClientHello
         // otherwise waited for the next timer of any layer (up to 200 ms, an ICE check tick).
+        let conn = self.connections.get(remote)?;
         let queued = self
             .transmits
             .iter()
             .filter(|t| t.transport.peer_addr == *remote)
-            .map(|t| t.now)
-            .min();
-        if let Some(conn) = self.connections.get(remote) {
-            match (queued, conn.current_retransmit_timer) {
-                (Some(q), Some(t)) => Some(q.min(t)),
-                (q, t) => q.or(t),
-            }
-        } else {
-            None
-        }
+            .map(|t| t.now);
+        queued.chain(conn.current_retransmit_timer).min()
     }
 }
 
