@@ -687,6 +687,18 @@ impl Recorder {
                     self.flush().await;
                 }
             }
+            SessionEvent::MediaBatch(mut batch) => {
+                let mut keyframe = false;
+                for m in batch.take() {
+                    keyframe |= self.media(m);
+                }
+                if keyframe {
+                    let _ = session.request_keyframe();
+                }
+                if self.pending() >= self.settings.flush_bytes {
+                    self.flush().await;
+                }
+            }
             SessionEvent::LocalAnswer { sdp } => {
                 self.outbox.push(StreamReport::Signal(SignalOut::Answer {
                     peer: self.id.peer.clone(),
