@@ -387,7 +387,9 @@ impl MediaPath {
             return;
         };
         let n = self.pending.len();
-        let events = std::mem::replace(&mut self.pending, Vec::with_capacity(n));
+        // An allocation of just this size (a few hundred bytes: the allocator's fast path);
+        // `pending` keeps its capacity for the next read.
+        let events: Vec<MediaEvent> = self.pending.drain(..).collect();
         if sink.counters.batched.load(Ordering::Relaxed) + n > sink.batch_limit {
             // The recorder is behind: dropped and counted, as the long way does.
             sink.counters.media_dropped.fetch_add(n as u64, Ordering::Relaxed);

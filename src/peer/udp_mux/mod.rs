@@ -472,6 +472,9 @@ struct Demux {
     paths: HashMap<SlotId, media_path::MediaPath>,
     /// Media paths of sessions whose connection has not registered yet.
     pending: HashMap<Vec<u8>, media_path::MediaPath>,
+    /// Where each datagram of the read in progress goes the long way, if it does (kept
+    /// between reads for its allocation).
+    routed: Vec<Option<SlotId>>,
 }
 
 impl Demux {
@@ -587,37 +590,48 @@ impl Demux {
             };
             let now = std::time::Instant::now();
             // Every datagram counts, empty ones too (`datagrams` yields them), so nothing a
-            // sender floods the port with can hold the task past the bound.
-            let mut long_way = Vec::new();
+            // sender floods the port with can hold the task past the bound. Where each went is
+            // kept in a list the task reuses, not one allocated per read.
+            let mut routed = std::mem::take(&mut self.routed);
+            routed.clear();
             let mut total = 0;
             for (from, datagram) in batch.datagrams() {
                 left = left.saturating_sub(1);
-                if let Some(slot) = self.route(from, datagram, now, counters) {
+                let slot = self.route(from, datagram, now, counters);
+                if slot.is_some() {
                     total += datagram.len();
-                    long_way.push((from, slot, datagram));
                 }
+                routed.push(slot);
             }
             // What each connection's media path took from this read, in one hand-over.
             for path in self.paths.values_mut() {
                 path.send_taken();
             }
+            // The rest goes the long way.
+            let long_way = || {
+                batch
+                    .datagrams()
+                    .zip(&routed)
+                    .filter_map(|((from, datagram), slot)| Some((from, (*slot)?, datagram)))
+            };
             if total > PIN_MAX_READ {
-                for (from, slot, datagram) in long_way {
+                for (from, slot, datagram) in long_way() {
                     self.deliver(slot, from, Bytes::copy_from_slice(datagram), counters);
                 }
-                continue;
+            } else if total > 0 {
+                let mut chunk = BytesMut::with_capacity(total);
+                for (_, _, datagram) in long_way() {
+                    chunk.extend_from_slice(datagram);
+                }
+                let chunk = chunk.freeze();
+                let mut start = 0;
+                for (from, slot, datagram) in long_way() {
+                    let end = start + datagram.len();
+                    self.deliver(slot, from, chunk.slice(start..end), counters);
+                    start = end;
+                }
             }
-            let mut chunk = BytesMut::with_capacity(total);
-            for (_, _, datagram) in &long_way {
-                chunk.extend_from_slice(datagram);
-            }
-            let chunk = chunk.freeze();
-            let mut start = 0;
-            for (from, slot, datagram) in long_way {
-                let end = start + datagram.len();
-                self.deliver(slot, from, chunk.slice(start..end), counters);
-                start = end;
-            }
+            self.routed = routed;
         }
         false
     }

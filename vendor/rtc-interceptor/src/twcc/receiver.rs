@@ -116,11 +116,14 @@ impl TwccReceiverInterceptor {
             .or(self.transport_hdr_ext_id);
 
         // Extract transport CC sequence number
+        // Read where it lies: `Header::get_extension` clones the payload, and the clone of a
+        // payload unmarshalled from a slice allocates.
         if let Some(hdr_ext_id) = hdr_ext_id
-            && let Some(ext_data) = header.get_extension(hdr_ext_id)
+            && header.extension
+            && let Some(ext) = header.extensions.iter().find(|e| e.id == hdr_ext_id)
             && let Ok(tcc) =
                 rtp::extension::transport_cc_extension::TransportCcExtension::unmarshal(
-                    &mut ext_data.as_ref(),
+                    &mut &ext.payload[..],
                 )
         {
             // Initialize recorder on the first packet carrying transport-wide CC
