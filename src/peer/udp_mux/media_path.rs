@@ -8,7 +8,8 @@
 //! publishers that path was ~45 % of the recorder's CPU and nothing of it is needed to
 //! record (`docs/loadbench.md`). Here, once a track is recorded ([`MediaPath::route`]), its
 //! packets are decrypted with the connection's own SRTP keys in the port's loop and handed to
-//! the session's event queue as [`MediaEvent::Rtp`]: the same event the long way produces.
+//! the session's event queue as [`MediaEvent::Rtp`], the same event the long way produces, all
+//! a read of the port took for the connection in one [`MediaBatch`].
 //!
 //! **Keys.** webrtc-rs keeps the SRTP keys it derives inside its DTLS handler. The vendored
 //! `rtc-dtls` hands each handshake's exported keying material to an observer, named by the
@@ -534,8 +535,8 @@ fn remote_context(keys: &ExportedSrtpKeys) -> Option<rtc::srtp::context::Context
 ///
 /// Called one after the other, not through an `rtc-interceptor` chain: a chain's walk puts
 /// every packet on a queue of its own (an allocation per packet) and moves it through a no-op
-/// end as well; none of these three changes or holds what it reads, so each hands the packet
-/// to the next as it came, and the last one's copy is dropped.
+/// end as well. RTP headers go to each directly ([`Feedback::read_rtp`]); RTCP (Sender
+/// Reports) through each one's read queue, which hands it to the next as it came.
 pub(crate) struct Feedback {
     nack: NackGeneratorInterceptor,
     rr: ReceiverReportInterceptor,
