@@ -233,7 +233,9 @@ impl Clone for MediaBatch {
 
 impl Drop for MediaBatch {
     fn drop(&mut self) {
-        self.counters.batched.fetch_sub(self.held, Ordering::Relaxed);
+        self.counters
+            .batched
+            .fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 

@@ -393,14 +393,18 @@ impl MediaPath {
         let events: Vec<MediaEvent> = self.pending.drain(..).collect();
         if sink.counters.batched.load(Ordering::Relaxed) + n > sink.batch_limit {
             // The recorder is behind: dropped and counted, as the long way does.
-            sink.counters.media_dropped.fetch_add(n as u64, Ordering::Relaxed);
+            sink.counters
+                .media_dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
             return;
         }
         let batch = MediaBatch::new(events, sink.counters.clone());
         match sink.events.try_send(SessionEvent::MediaBatch(batch)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                sink.counters.media_dropped.fetch_add(n as u64, Ordering::Relaxed);
+                sink.counters
+                    .media_dropped
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.gone = true,
         }
