@@ -5,12 +5,13 @@
 //! about how much of it is overhead. This tool measures the least any receiver of the same packets
 //! must spend: a process that reads each datagram from a UDP socket with one `recv_from` and
 //! SRTP-decrypts it with the same `rtc-srtp` context type and the same crypto provider as the
-//! recorder. It leaves out, on purpose, everything else the recorder does: no ICE (no STUN
-//! checks or consent freshness), no DTLS (the SRTP keys are fixed constants), no RTCP, no jitter
-//! buffer, no depacketizing, no muxing, no disk writes, no async runtime.
+//! recorder, reading on the recorder's 20 ms grid ([`ReadMode`]). It leaves out, on purpose,
+//! everything else the recorder does: no ICE (no STUN checks or consent freshness), no DTLS
+//! (the SRTP keys are fixed constants), no RTCP, no jitter buffer, no depacketizing, no muxing,
+//! no disk writes, no async runtime.
 //!
 //! ```text
-//! floor recv --listen 127.0.0.1:PORT --seconds S [--profile cm|gcm]
+//! floor recv --listen 127.0.0.1:PORT --seconds S [--profile cm|gcm] [--read grid|arrival]
 //! floor send --to 127.0.0.1:PORT --streams N --seconds S [--video-pps 225] [--audio-pps 50]
 //!            [--video-size 1150] [--audio-size 110] [--profile cm|gcm]
 //! ```
@@ -80,7 +81,7 @@ const VIDEO_CLOCK: u64 = 90_000;
 const AUDIO_CLOCK: u64 = 48_000;
 
 const USAGE: &str = "\
-usage: floor recv --listen ADDR:PORT --seconds S [--profile cm|gcm]
+usage: floor recv --listen ADDR:PORT --seconds S [--profile cm|gcm] [--read grid|arrival]
        floor send --to ADDR:PORT --streams N --seconds S [--video-pps 225] [--audio-pps 50]
                   [--video-size 1150] [--audio-size 110] [--profile cm|gcm]";
 
@@ -90,7 +91,33 @@ struct RecvArgs {
     listen: SocketAddr,
     seconds: f64,
     profile: ProtectionProfile,
+    read: ReadMode,
 }
+
+/// When `floor recv` reads its socket.
+///
+/// `grid` (the default): every [`GRID_STEP`], it reads what the socket holds, one `recv_from`
+/// per datagram, until it is empty, then sleeps to the next step; the recorder's shared port
+/// reads on the same grid. `arrival`: it blocks in `recv_from`, so it sleeps and is woken for
+/// nearly every datagram. That wake-up is no part of the floor (one receive and one decrypt
+/// per packet), and its cost is the host's: on an AMD EPYC VM, 32 streams (8800 packets/s)
+/// cost 3.9-4.1 µs a packet read on arrival, the scheduler's context switch the largest item
+/// of the profile, and 2.7 µs read on the grid (`docs/loadbench.md`, sixth session).
+/// `arrival` is how the floor read before that session, kept to compare with earlier
+/// figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    Grid,
+    Arrival,
+}
+
+/// The grid step of `--read grid`: the recorder's (`ninjarec::peer::grid::STEP`).
+const GRID_STEP: Duration = Duration::from_millis(20);
+
+/// Receive buffer `--read grid` asks for: a step of 32 streams' datagrams is ~200 KiB, more
+/// than Linux's default buffer holds. Forced past `net.core.rmem_max` where allowed (root), as
+/// the recorder does.
+const GRID_RECV_BUFFER: libc::c_int = 4 << 20;
 
 /// Options of `floor send`.
 #[derive(Debug)]
@@ -145,11 +172,16 @@ fn parse_command(args: &[String]) -> Result<Command> {
     let flags = parse_flags(rest)?;
     match sub.as_str() {
         "recv" => {
-            flags.only(&["--listen", "--seconds", "--profile"])?;
+            flags.only(&["--listen", "--seconds", "--profile", "--read"])?;
             Ok(Command::Recv(RecvArgs {
                 listen: flags.required("--listen")?,
                 seconds: positive_seconds(flags.required("--seconds")?)?,
                 profile: parse_profile(flags.get("--profile").unwrap_or("cm"))?,
+                read: match flags.get("--read").unwrap_or("grid") {
+                    "grid" => ReadMode::Grid,
+                    "arrival" => ReadMode::Arrival,
+                    other => bail!("invalid --read {other:?} (grid or arrival)"),
+                },
             }))
         }
         "send" => {
@@ -326,9 +358,17 @@ fn run_recv(args: &RecvArgs) -> Result<String> {
     let mut context = srtp_context(args.profile, provider.as_ref(), true)?;
     let socket =
         UdpSocket::bind(args.listen).with_context(|| format!("cannot bind {}", args.listen))?;
-    socket
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .context("cannot set the read timeout")?;
+    match args.read {
+        ReadMode::Arrival => socket
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .context("cannot set the read timeout")?,
+        ReadMode::Grid => {
+            socket
+                .set_nonblocking(true)
+                .context("cannot make the socket non-blocking")?;
+            grow_recv_buffer(&socket);
+        }
+    }
 
     let window = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
@@ -361,12 +401,40 @@ fn run_recv(args: &RecvArgs) -> Result<String> {
                     }
                     _ => {}
                 }
+                if args.read == ReadMode::Grid {
+                    // Emptied: sleep to the next step of the grid (counted from the start).
+                    let steps = started.elapsed().as_nanos() / GRID_STEP.as_nanos() + 1;
+                    let next = started + GRID_STEP * steps as u32;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
             }
             Err(e) => return Err(e).context("recv_from failed"),
         }
     }
     let cpu_seconds = process_cpu_seconds()?;
     Ok(recv_report(&stats, cpu_seconds, provider.name()).to_string())
+}
+
+/// Asks for [`GRID_RECV_BUFFER`] (forced where the process may), so a grid step's datagrams
+/// fit; a smaller buffer shows as fewer packets received than sent.
+fn grow_recv_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = GRID_RECV_BUFFER;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket descriptor and a c_int option of its stated size.
+        let done = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+    }
 }
 
 /// The JSON line `floor recv` prints.

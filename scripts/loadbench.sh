@@ -43,7 +43,8 @@
 #   FLOOR=1         after each N, measure the floor at the same packet rate: examples/floor.rs
 #                   receives SRTP packets from a paced sender and only decrypts them
 #                   (FLOOR_VIDEO_PPS, FLOOR_AUDIO_PPS, FLOOR_VIDEO_SIZE per stream; defaults: the
-#                   publisher kind's measured rates; FLOOR_PROFILE=gcm|cm, default gcm)
+#                   publisher kind's measured rates; FLOOR_PROFILE=gcm|cm, default gcm;
+#                   FLOOR_READ=grid|arrival, default grid: examples/floor.rs)
 #   PERF=1          also sample the recorder with `perf record` (no call graphs, 1999 Hz) over
 #                   the measured window and say how many of its samples were SRTP decryption:
 #                   samples per SRTP sample is the recorder's work in units of its own SRTP
@@ -81,6 +82,9 @@ FLOOR_AUDIO_PPS=${FLOOR_AUDIO_PPS:-50}
 FLOOR_VIDEO_SIZE=${FLOOR_VIDEO_SIZE:-1150}
 # The cheaper SRTP profile (the floor is then the lowest, the ratio the least flattering).
 FLOOR_PROFILE=${FLOOR_PROFILE:-gcm}
+# How the floor reads: on the recorder's 20 ms grid (the default), or woken per datagram
+# (`arrival`, how it read before the sixth session of issue 11: see examples/floor.rs).
+FLOOR_READ=${FLOOR_READ:-grid}
 NS=("$@")
 [ ${#NS[@]} -eq 0 ] && NS=(1 8 32 64 100)
 
@@ -227,7 +231,8 @@ for N in "${NS[@]}"; do
     floor="-"
     if [ -n "$FLOOR" ]; then
         fport=$((port + 2000))
-        "$FLOOR_BIN" recv --listen "127.0.0.1:$fport" --seconds "$DURATION" --profile "$FLOOR_PROFILE" >"$dir/floor.out" 2>"$dir/floor.err" &
+        "$FLOOR_BIN" recv --listen "127.0.0.1:$fport" --seconds "$DURATION" --profile "$FLOOR_PROFILE" \
+            --read "$FLOOR_READ" >"$dir/floor.out" 2>"$dir/floor.err" &
         floor_pid=$!
         sleep 0.5
         "$FLOOR_BIN" send --to "127.0.0.1:$fport" --streams "$N" --seconds $((DURATION + 2)) \

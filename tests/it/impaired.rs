@@ -70,7 +70,13 @@ fn the_bridge_loses_delays_and_reorders_as_told() {
         "30 ± 30 ms at 1000 packets/s reorders many packets, saw {reordered}"
     );
     let [up, _] = net.stats();
-    assert_eq!(up.lost as usize, lost, "the bridge counts what it drops");
+    // Every test packet it dropped, and maybe a stray one of the namespace's own (seen once:
+    // 198 counted for 197 test packets lost), which the bridge drops at the same rate.
+    let counted = up.lost as usize;
+    assert!(
+        (lost..=lost + 2).contains(&counted),
+        "the bridge counts what it drops: {counted} counted, {lost} test packets lost"
+    );
 }
 
 /// The handshake figure: behind 2 % loss and 30 ± 30 ms jitter (both directions),
