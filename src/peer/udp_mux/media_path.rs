@@ -995,15 +995,28 @@ mod tests {
         assert!(!path.datagram(&next, now, &counters));
     }
 
+    /// A path with the keys of the handshake named by `random` and `SSRC` routed as `kind`,
+    /// its session, and the port's counters.
+    fn keyed(
+        random: [u8; 32],
+        kind: TrackKind,
+    ) -> (
+        rtc::srtp::context::Context,
+        MediaPath,
+        Session,
+        MediaPathCounters,
+    ) {
+        let peer = handshake(random);
+        let mut path = MediaPath::default();
+        let session = attached(&mut path);
+        path.saw_hello(random);
+        path.route(SSRC, kind);
+        (peer, path, session, MediaPathCounters::default())
+    }
+
     #[test]
     fn a_read_is_handed_over_in_one_batch_and_batches_count_against_the_queue() {
-        let random = [0xa4; 32];
-        let mut peer = handshake(random);
-        let mut path = MediaPath::default();
-        let mut session = attached(&mut path);
-        let counters = MediaPathCounters::default();
-        path.saw_hello(random);
-        path.route(SSRC, TrackKind::Video);
+        let (mut peer, mut path, mut session, counters) = keyed([0xa4; 32], TrackKind::Video);
         path.route(SSRC + 1, TrackKind::Audio);
         let now = Instant::now();
         for seq in 1..=3 {
@@ -1048,13 +1061,7 @@ mod tests {
 
     #[test]
     fn a_gap_in_a_bound_stream_is_asked_for_again() {
-        let random = [0xa3; 32];
-        let mut peer = handshake(random);
-        let mut path = MediaPath::default();
-        let mut session = attached(&mut path);
-        let counters = MediaPathCounters::default();
-        path.saw_hello(random);
-        path.route(SSRC, TrackKind::Video);
+        let (mut peer, mut path, mut session, counters) = keyed([0xa3; 32], TrackKind::Video);
         path.bind(
             &StreamInfo {
                 ssrc: SSRC,
