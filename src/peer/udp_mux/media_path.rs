@@ -377,6 +377,11 @@ impl MediaPath {
         true
     }
 
+    /// Packets taken since the last [`MediaPath::send_taken`].
+    pub(crate) fn taken(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Hands the packets taken since the last call to the session, in one batch: called
     /// after each read of the port.
     pub(crate) fn send_taken(&mut self) {

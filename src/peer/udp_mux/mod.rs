@@ -475,6 +475,8 @@ struct Demux {
     /// Where each datagram of the read in progress goes the long way, if it does (kept
     /// between reads for its allocation).
     routed: Vec<Option<SlotId>>,
+    /// The connections whose media paths took packets of the read in progress.
+    took: Vec<SlotId>,
 }
 
 impl Demux {
@@ -603,10 +605,7 @@ impl Demux {
                 }
                 routed.push(slot);
             }
-            // What each connection's media path took from this read, in one hand-over.
-            for path in self.paths.values_mut() {
-                path.send_taken();
-            }
+            self.hand_over_taken();
             // The rest goes the long way.
             let long_way = || {
                 batch
@@ -643,8 +642,15 @@ impl Demux {
         if let Some(slot) = self.route(from, &datagram, std::time::Instant::now(), counters) {
             self.deliver(slot, from, datagram, counters);
         }
-        for path in self.paths.values_mut() {
-            path.send_taken();
+        self.hand_over_taken();
+    }
+
+    /// What each connection's media path took from the read just done, in one hand-over.
+    fn hand_over_taken(&mut self) {
+        for slot in self.took.drain(..) {
+            if let Some(path) = self.paths.get_mut(&slot) {
+                path.send_taken();
+            }
         }
     }
 
@@ -676,6 +682,10 @@ impl Demux {
                 path.saw_hello(random);
             }
             if path.datagram(datagram, now, &counters.media) {
+                if path.taken() == 1 {
+                    // Its first of this read: it hands them over when the read is done.
+                    self.took.push(slot);
+                }
                 return None;
             }
         }
