@@ -679,26 +679,8 @@ impl Recorder {
         session: &session::SessionHandle,
     ) -> Option<(CloseReason, u64)> {
         match ev {
-            SessionEvent::Media(m) => {
-                if self.media(m) {
-                    let _ = session.request_keyframe();
-                }
-                if self.pending() >= self.settings.flush_bytes {
-                    self.flush().await;
-                }
-            }
-            SessionEvent::MediaBatch(mut batch) => {
-                let mut keyframe = false;
-                for m in batch.take() {
-                    keyframe |= self.media(m);
-                }
-                if keyframe {
-                    let _ = session.request_keyframe();
-                }
-                if self.pending() >= self.settings.flush_bytes {
-                    self.flush().await;
-                }
-            }
+            SessionEvent::Media(m) => self.media_in([m], session).await,
+            SessionEvent::MediaBatch(mut batch) => self.media_in(batch.take(), session).await,
             SessionEvent::LocalAnswer { sdp } => {
                 self.outbox.push(StreamReport::Signal(SignalOut::Answer {
                     peer: self.id.peer.clone(),
@@ -890,6 +872,25 @@ impl Recorder {
         self.segment += 1;
         self.file = new_file(&self.settings, &self.id.stream_id, self.segment);
         self.clock_reported = false;
+    }
+
+    /// Feeds media events (one from the long way, a read's from the shared port): asks for
+    /// a keyframe once if any of them wants one, and writes if enough output is pending.
+    async fn media_in(
+        &mut self,
+        events: impl IntoIterator<Item = MediaEvent>,
+        session: &session::SessionHandle,
+    ) {
+        let mut keyframe = false;
+        for m in events {
+            keyframe |= self.media(m);
+        }
+        if keyframe {
+            let _ = session.request_keyframe();
+        }
+        if self.pending() >= self.settings.flush_bytes {
+            self.flush().await;
+        }
     }
 
     /// Feeds one media event; returns true when a keyframe should be requested now.
